@@ -1,0 +1,662 @@
+//! The on-disk format of a shard: the only module that knows byte offsets.
+//!
+//! A shard is one rkyv archive (rkyv 0.8, little-endian, 64-bit relative pointers, aligned; the
+//! features are pinned in `Cargo.toml` so that no dependency default can change them). The file
+//! is laid out in the order it is written, so that a writer can stream values straight to disk:
+//!
+//! ```text
+//! offset          size        part
+//! 0               32          preamble (plain bytes, see below)
+//! 32              R           records arena: one record per entry, back to back
+//! 32+R            4*(B+1)     bucket table: B+1 little-endian u32 slot indices
+//! ..              16*N        slot table: N slots sorted by key hash
+//! ..              P           the producer string's bytes (when not stored inline)
+//! end-size(root)  size(root)  rkyv root: `ArchivedRoot` (counts, producer, the three arenas)
+//! ```
+//!
+//! **Preamble** (offset 0, 32 bytes; check it with `xxd -l 32 file.shard`):
+//!
+//! | offset | size | field                                                          |
+//! |-------:|-----:|----------------------------------------------------------------|
+//! | 0      | 8    | magic `WARMSHRD`                                               |
+//! | 8      | 4    | format version, u32 LE (currently [`FORMAT_VERSION`])          |
+//! | 12     | 1    | pointer width of the archive in bits (64)                      |
+//! | 13     | 1    | endianness of the archive (1 = little)                         |
+//! | 14     | 2    | reserved, zero                                                 |
+//! | 16     | 8    | total file length in bytes, u64 LE (catches truncation)        |
+//! | 24     | 8    | reserved, zero                                                 |
+//!
+//! **Root** (the last bytes of the file, validated by rkyv's `check_bytes`): the producer string,
+//! the build time (ns since the Unix epoch), the entry count, the total value bytes, the bucket
+//! count, the oldest entry generation, and three `ArchivedVec<u8>` arenas: records, buckets, slots. Validating the root checks
+//! that each arena lies inside the file without overlap; all bit patterns of a `u8` are valid, so
+//! validation costs the same for 10 entries as for 10 million. Every lookup then slices the arenas
+//! with bounds checks, so a lying offset produces a miss, never an out-of-bounds read.
+//!
+//! **Record** (in the records arena, unaligned, all integers LE):
+//!
+//! | offset | size | field                                                     |
+//! |-------:|-----:|-----------------------------------------------------------|
+//! | 0      | 8    | generation the entry was written under                    |
+//! | 8      | 8    | checksum: [`value_checksum`] (XXH3-64) of the value        |
+//! | 16     | 4    | key length K                                              |
+//! | 20     | 4    | value length V                                            |
+//! | 24     | K    | key bytes                                                 |
+//! | 24+K   | V    | value bytes                                               |
+//!
+//! **Slot** (16 bytes): key hash u64, record offset u64 (relative to the records arena).
+//! Slots are sorted by hash. **Bucket table**: for B buckets, B+1 u32 slot indices; bucket `b`
+//! owns slots `buckets[b]..buckets[b+1]`. A key's bucket is `(hash * B) >> 64` (see
+//! [`bucket_of`]), which is monotone in the hash, so sorting slots by hash groups them by bucket.
+//! B is about half the entry count, so a lookup scans about two 16-byte slots in one cache line.
+//!
+//! The key hash is [`key_hash`]: XXH3-64 with seed 0, a published, platform-independent function;
+//! it is part of the format and never changes without a format version bump.
+
+use std::io::{self, Write};
+use std::ops::Range;
+
+use rkyv::rancor;
+use rkyv::ser::Positional;
+use rkyv::ser::writer::IoWriter;
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::{Archive, Place, Serialize};
+
+use crate::health::Health;
+
+/// Magic bytes at offset 0 of every shard.
+pub const MAGIC: [u8; 8] = *b"WARMSHRD";
+/// The format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Pointer width, in bits, of the rkyv archive (pinned by the `pointer_width_64` feature).
+pub const POINTER_WIDTH_BITS: u8 = 64;
+/// Endianness code of the rkyv archive: 1 = little-endian (pinned by `little_endian`).
+pub const ENDIANNESS_LITTLE: u8 = 1;
+/// Size of the preamble at offset 0.
+pub const PREAMBLE_LEN: usize = 32;
+/// Size of a record header in the records arena.
+pub const RECORD_HEADER_LEN: usize = 24;
+/// Size of one slot in the slot table.
+pub const SLOT_LEN: usize = 16;
+/// Target average number of slots per bucket.
+const SLOTS_PER_BUCKET: u64 = 2;
+
+const FILE_LEN_OFFSET: u64 = 16;
+
+/// The stable key hash of the index: XXH3-64, seed 0. Part of the format.
+#[inline]
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+/// The value checksum stored in each record: XXH3-64, seed 0. Part of the format.
+#[inline]
+pub fn value_checksum(value: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(value)
+}
+
+/// The bucket of `hash` among `bucket_count` buckets: `(hash * bucket_count) >> 64`.
+#[inline]
+pub fn bucket_of(hash: u64, bucket_count: u64) -> u64 {
+    ((u128::from(hash) * u128::from(bucket_count)) >> 64) as u64
+}
+
+/// The number of buckets for `entries` entries.
+pub fn bucket_count_for(entries: u64) -> u64 {
+    entries.div_ceil(SLOTS_PER_BUCKET).max(1)
+}
+
+/// An arena whose bytes were already streamed to the output; archives as an `ArchivedVec<u8>`
+/// pointing at them.
+struct Prewritten {
+    pos: usize,
+    len: usize,
+}
+
+impl Archive for Prewritten {
+    type Archived = ArchivedVec<u8>;
+    type Resolver = VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        ArchivedVec::resolve_from_len(self.len, resolver, out);
+    }
+}
+
+impl<S: rancor::Fallible + ?Sized> Serialize<S> for Prewritten {
+    fn serialize(&self, _: &mut S) -> Result<Self::Resolver, S::Error> {
+        Ok(VecResolver::from_pos(self.pos))
+    }
+}
+
+/// The archive root, written last. Field order matters: rkyv's validator requires the
+/// subtrees (arenas, then the producer string) in increasing address order.
+#[derive(Archive, Serialize)]
+#[rkyv(archived = ArchivedRoot)]
+struct Root {
+    records: Prewritten,
+    buckets: Prewritten,
+    slots: Prewritten,
+    producer: String,
+    build_time_ns: u64,
+    entry_count: u64,
+    value_bytes: u64,
+    bucket_count: u64,
+    oldest_generation: u64,
+}
+
+/// Header fields of a validated shard (everything except the arenas).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// Format version read from the preamble.
+    pub format_version: u32,
+    /// Byte range of the producer string inside the file.
+    pub producer: Range<usize>,
+    /// Build time in nanoseconds since the Unix epoch.
+    pub build_time_ns: u64,
+    /// Number of entries (slots).
+    pub entry_count: u64,
+    /// Sum of all value lengths.
+    pub value_bytes: u64,
+    /// The lowest generation of any entry (`u64::MAX` when empty).
+    pub oldest_generation: u64,
+    /// Total file length.
+    pub file_len: u64,
+}
+
+/// Byte ranges of a validated shard's arenas: all a lookup needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    records: Range<usize>,
+    buckets: Range<usize>,
+    slots: Range<usize>,
+    bucket_count: u64,
+    entry_count: u64,
+}
+
+/// One record read from the records arena, bounds-checked.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    /// Generation the entry was written under.
+    pub generation: u64,
+    /// Stored checksum of the value.
+    pub checksum: u64,
+    /// Key bytes.
+    pub key: &'a [u8],
+    /// Value bytes.
+    pub value: &'a [u8],
+    /// The whole record, header included, for verbatim copies.
+    pub raw: &'a [u8],
+}
+
+#[inline]
+fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes(b.try_into().ok()?))
+}
+
+#[inline]
+fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    let b = bytes.get(at..at.checked_add(8)?)?;
+    Some(u64::from_le_bytes(b.try_into().ok()?))
+}
+
+fn range_in(file: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - file.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Parses a record at `offset` of the records arena; `None` if it does not fit.
+#[inline]
+pub fn record_at(records: &[u8], offset: u64) -> Option<Record<'_>> {
+    let start = usize::try_from(offset).ok()?;
+    let head = records.get(start..start.checked_add(RECORD_HEADER_LEN)?)?;
+    let generation = read_u64(head, 0)?;
+    let checksum = read_u64(head, 8)?;
+    let key_len = read_u32(head, 16)? as usize;
+    let value_len = read_u32(head, 20)? as usize;
+    let key_start = start + RECORD_HEADER_LEN;
+    let value_start = key_start.checked_add(key_len)?;
+    let end = value_start.checked_add(value_len)?;
+    let raw = records.get(start..end)?;
+    Some(Record {
+        generation,
+        checksum,
+        key: &raw[RECORD_HEADER_LEN..RECORD_HEADER_LEN + key_len],
+        value: &raw[RECORD_HEADER_LEN + key_len..],
+        raw,
+    })
+}
+
+/// Reads and checks the preamble, then validates the rkyv root with `check_bytes`.
+///
+/// This is O(1): it never looks at individual records.
+pub fn parse(file: &[u8]) -> Result<(Header, Layout), Health> {
+    if file.is_empty() {
+        return Err(Health::EmptyFile);
+    }
+    if file.len() < PREAMBLE_LEN || file[..8] != MAGIC {
+        return Err(Health::NotAShard);
+    }
+    let version = read_u32(file, 8).unwrap_or(0);
+    if version != FORMAT_VERSION {
+        return Err(Health::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if file[12] != POINTER_WIDTH_BITS || file[13] != ENDIANNESS_LITTLE {
+        return Err(Health::IncompatibleLayout {
+            pointer_width_bits: file[12],
+            endianness: file[13],
+        });
+    }
+    let declared = read_u64(file, FILE_LEN_OFFSET as usize).unwrap_or(0);
+    if declared != file.len() as u64 {
+        return Err(Health::Truncated {
+            declared,
+            actual: file.len() as u64,
+        });
+    }
+    let root = rkyv::api::low::access::<ArchivedRoot, rancor::Error>(file).map_err(|e| {
+        Health::Corrupt {
+            reason: format!("archive validation failed: {e}"),
+        }
+    })?;
+    let corrupt = |reason: &str| Health::Corrupt {
+        reason: reason.to_string(),
+    };
+    let entry_count = root.entry_count.to_native();
+    let bucket_count = root.bucket_count.to_native();
+    let slots = root.slots.as_slice();
+    let buckets = root.buckets.as_slice();
+    let records = root.records.as_slice();
+    if (slots.len() as u64) != entry_count.saturating_mul(SLOT_LEN as u64) {
+        return Err(corrupt("slot table length does not match the entry count"));
+    }
+    if bucket_count == 0 || (buckets.len() as u64) != (bucket_count + 1).saturating_mul(4) {
+        return Err(corrupt("bucket table length does not match the bucket count"));
+    }
+    let header = Header {
+        format_version: version,
+        producer: range_in(file, root.producer.as_bytes()),
+        build_time_ns: root.build_time_ns.to_native(),
+        entry_count,
+        value_bytes: root.value_bytes.to_native(),
+        oldest_generation: root.oldest_generation.to_native(),
+        file_len: file.len() as u64,
+    };
+    let layout = Layout {
+        records: range_in(file, records),
+        buckets: range_in(file, buckets),
+        slots: range_in(file, slots),
+        bucket_count,
+        entry_count,
+    };
+    Ok((header, layout))
+}
+
+impl Layout {
+    /// Number of entries in the slot table.
+    pub fn entry_count(&self) -> u64 {
+        self.entry_count
+    }
+
+    /// Finds `key`; returns its record, or `None`. `file` is the same bytes given to [`parse`].
+    #[inline]
+    pub fn find<'a>(&self, file: &'a [u8], key: &[u8]) -> Option<Record<'a>> {
+        let hash = key_hash(key);
+        let buckets = file.get(self.buckets.clone())?;
+        let slots = file.get(self.slots.clone())?;
+        let records = file.get(self.records.clone())?;
+        let b = bucket_of(hash, self.bucket_count) as usize;
+        let start = read_u32(buckets, b * 4)? as usize;
+        let end = read_u32(buckets, b * 4 + 4)? as usize;
+        let candidates = slots.get(start.checked_mul(SLOT_LEN)?..end.checked_mul(SLOT_LEN)?)?;
+        for slot in candidates.chunks_exact(SLOT_LEN) {
+            if read_u64(slot, 0)? != hash {
+                continue;
+            }
+            if let Some(record) = record_at(records, read_u64(slot, 8)?) {
+                if record.key == key {
+                    return Some(record);
+                }
+            }
+        }
+        None
+    }
+
+    /// Every slot in table order: `(slot index, stored hash, record if it parses)`.
+    pub fn slots<'a>(
+        &self,
+        file: &'a [u8],
+    ) -> impl Iterator<Item = (usize, u64, Option<Record<'a>>)> + 'a {
+        let slots = file.get(self.slots.clone()).unwrap_or(&[]);
+        let records = file.get(self.records.clone()).unwrap_or(&[]);
+        slots
+            .chunks_exact(SLOT_LEN)
+            .enumerate()
+            .map(move |(i, slot)| {
+                let hash = read_u64(slot, 0).unwrap_or(0);
+                let record = read_u64(slot, 8).and_then(|off| record_at(records, off));
+                (i, hash, record)
+            })
+    }
+
+    /// Full structural check of every entry, in O(entries + bytes): each slot's record parses,
+    /// its key hashes to the slot's hash, the slot sits in its key's bucket, slots are sorted,
+    /// keys are unique and every value matches its checksum. Returns the first problem found.
+    pub fn verify(&self, file: &[u8]) -> Result<(), String> {
+        let buckets = file
+            .get(self.buckets.clone())
+            .ok_or("bucket table out of bounds")?;
+        let mut previous_end = 0u32;
+        for b in 0..self.bucket_count as usize {
+            let start = read_u32(buckets, b * 4).ok_or("bucket table short")?;
+            let end = read_u32(buckets, b * 4 + 4).ok_or("bucket table short")?;
+            if start != previous_end || end < start || u64::from(end) > self.entry_count {
+                return Err(format!("bucket {b} has an invalid slot range {start}..{end}"));
+            }
+            previous_end = end;
+        }
+        if u64::from(previous_end) != self.entry_count {
+            return Err("bucket table does not cover every slot".into());
+        }
+        let mut previous_hash = 0u64;
+        let mut bucket = 0usize;
+        for (i, hash, record) in self.slots(file) {
+            let record = record.ok_or_else(|| format!("slot {i}: record out of bounds"))?;
+            if key_hash(record.key) != hash {
+                return Err(format!("slot {i}: key hash does not match the slot"));
+            }
+            if i > 0 && hash < previous_hash {
+                return Err(format!("slot {i}: slots are not sorted by hash"));
+            }
+            while read_u32(buckets, bucket * 4 + 4).ok_or("bucket table short")? as usize <= i {
+                bucket += 1;
+            }
+            if bucket_of(hash, self.bucket_count) as usize != bucket {
+                return Err(format!("slot {i}: entry sits in the wrong bucket"));
+            }
+            if value_checksum(record.value) != record.checksum {
+                return Err(format!(
+                    "entry {:?}: value checksum mismatch (bit rot or tampering)",
+                    String::from_utf8_lossy(record.key)
+                ));
+            }
+            match self.find(file, record.key) {
+                Some(found) if std::ptr::eq(found.raw.as_ptr(), record.raw.as_ptr()) => {}
+                _ => {
+                    return Err(format!(
+                        "entry {:?}: duplicate key",
+                        String::from_utf8_lossy(record.key)
+                    ));
+                }
+            }
+            previous_hash = hash;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a shard to `out` in one forward pass: preamble, records as they arrive, then the
+/// tables and the root. The caller supplies slots (hash, record offset) for the live records.
+pub struct Encoder<W: Write> {
+    out: W,
+    pos: u64,
+}
+
+/// One index slot: a key hash and the offset of its record in the records arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// Key hash ([`key_hash`]).
+    pub hash: u64,
+    /// Offset of the record from the start of the records arena.
+    pub offset: u64,
+}
+
+/// Summary values for the root.
+pub struct Summary<'a> {
+    /// Producer string.
+    pub producer: &'a str,
+    /// Build time, ns since the Unix epoch.
+    pub build_time_ns: u64,
+    /// Sum of the live values' lengths.
+    pub value_bytes: u64,
+    /// The lowest generation among the entries (`u64::MAX` when there are none).
+    pub oldest_generation: u64,
+}
+
+impl<W: Write> Encoder<W> {
+    /// Starts a shard: writes the preamble (with a zero file length, patched by the caller
+    /// through [`patch_file_len`] once the length is known).
+    pub fn new(mut out: W) -> io::Result<Self> {
+        let mut preamble = [0u8; PREAMBLE_LEN];
+        preamble[..8].copy_from_slice(&MAGIC);
+        preamble[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        preamble[12] = POINTER_WIDTH_BITS;
+        preamble[13] = ENDIANNESS_LITTLE;
+        out.write_all(&preamble)?;
+        Ok(Encoder {
+            out,
+            pos: PREAMBLE_LEN as u64,
+        })
+    }
+
+    /// Bytes of records written so far; the offset the next record will get.
+    pub fn records_len(&self) -> u64 {
+        self.pos - PREAMBLE_LEN as u64
+    }
+
+    /// Appends a new record; returns its offset in the records arena.
+    pub fn write_record(
+        &mut self,
+        generation: u64,
+        key: &[u8],
+        value: &[u8],
+    ) -> io::Result<u64> {
+        let key_len = u32::try_from(key.len()).map_err(|_| too_long("key"))?;
+        let value_len = u32::try_from(value.len()).map_err(|_| too_long("value"))?;
+        let mut head = [0u8; RECORD_HEADER_LEN];
+        head[0..8].copy_from_slice(&generation.to_le_bytes());
+        head[8..16].copy_from_slice(&value_checksum(value).to_le_bytes());
+        head[16..20].copy_from_slice(&key_len.to_le_bytes());
+        head[20..24].copy_from_slice(&value_len.to_le_bytes());
+        let offset = self.records_len();
+        self.out.write_all(&head)?;
+        self.out.write_all(key)?;
+        self.out.write_all(value)?;
+        self.pos += (RECORD_HEADER_LEN + key.len() + value.len()) as u64;
+        Ok(offset)
+    }
+
+    /// Appends a record copied verbatim from another shard ([`Record::raw`]).
+    pub fn copy_record(&mut self, record: &Record<'_>) -> io::Result<u64> {
+        let offset = self.records_len();
+        self.out.write_all(record.raw)?;
+        self.pos += record.raw.len() as u64;
+        Ok(offset)
+    }
+
+    /// Writes the bucket and slot tables and the root; returns the writer and the file length.
+    /// `slots` must be sorted by hash.
+    pub fn finish(mut self, slots: &[Slot], summary: &Summary<'_>) -> io::Result<(W, u64)> {
+        debug_assert!(slots.windows(2).all(|w| w[0].hash <= w[1].hash));
+        let entry_count = slots.len() as u64;
+        if entry_count > u64::from(u32::MAX) {
+            return Err(io::Error::other("a shard holds at most 4,294,967,295 entries"));
+        }
+        let records = Prewritten {
+            pos: PREAMBLE_LEN,
+            len: usize::try_from(self.records_len()).map_err(io::Error::other)?,
+        };
+        let bucket_count = bucket_count_for(entry_count);
+        let buckets_pos = self.pos;
+        let mut next = 0usize;
+        for b in 0..=bucket_count {
+            while next < slots.len() && bucket_of(slots[next].hash, bucket_count) < b {
+                next += 1;
+            }
+            self.out.write_all(&(next as u32).to_le_bytes())?;
+        }
+        self.pos += (bucket_count + 1) * 4;
+        let slots_pos = self.pos;
+        for slot in slots {
+            self.out.write_all(&slot.hash.to_le_bytes())?;
+            self.out.write_all(&slot.offset.to_le_bytes())?;
+        }
+        self.pos += entry_count * SLOT_LEN as u64;
+        let root = Root {
+            records,
+            buckets: Prewritten {
+                pos: buckets_pos as usize,
+                len: ((bucket_count + 1) * 4) as usize,
+            },
+            slots: Prewritten {
+                pos: slots_pos as usize,
+                len: slots.len() * SLOT_LEN,
+            },
+            producer: summary.producer.to_string(),
+            build_time_ns: summary.build_time_ns,
+            entry_count,
+            value_bytes: summary.value_bytes,
+            bucket_count,
+            oldest_generation: summary.oldest_generation,
+        };
+        let writer = IoWriter::with_pos(&mut self.out, self.pos as usize);
+        let writer = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&root, writer)
+            .map_err(io::Error::other)?;
+        let len = writer.pos() as u64;
+        Ok((self.out, len))
+    }
+}
+
+/// Writes the final file length into the preamble of a finished shard.
+pub fn patch_file_len(file: &std::fs::File, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&len.to_le_bytes(), FILE_LEN_OFFSET)
+}
+
+fn too_long(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what} longer than 4 GiB cannot be stored"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut enc = Encoder::new(Vec::new()).unwrap();
+        let mut slots = Vec::new();
+        let mut value_bytes = 0;
+        for (k, v) in entries {
+            let offset = enc.write_record(7, k, v).unwrap();
+            slots.push(Slot {
+                hash: key_hash(k),
+                offset,
+            });
+            value_bytes += v.len() as u64;
+        }
+        slots.sort_by_key(|s| s.hash);
+        let summary = Summary {
+            producer: "test 1.0",
+            build_time_ns: 42,
+            value_bytes,
+            oldest_generation: 7,
+        };
+        let (mut bytes, len) = enc.finish(&slots, &summary).unwrap();
+        assert_eq!(bytes.len() as u64, len);
+        bytes[16..24].copy_from_slice(&len.to_le_bytes());
+        bytes
+    }
+
+    /// rkyv checks alignment against the buffer's address, so tests parse from an aligned copy
+    /// (a real shard is page-aligned in its mapping).
+    fn aligned(bytes: &[u8]) -> rkyv::util::AlignedVec {
+        let mut v = rkyv::util::AlignedVec::<16>::new();
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    #[test]
+    fn round_trip_and_verify() {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..1000)
+            .map(|i| (format!("key{i}").into_bytes(), vec![i as u8; i % 37]))
+            .collect();
+        let refs: Vec<(&[u8], &[u8])> = entries
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        let bytes = aligned(&build(&refs));
+        let (header, layout) = parse(&bytes).unwrap();
+        assert_eq!(header.entry_count, 1000);
+        assert_eq!(&bytes[header.producer.clone()], b"test 1.0");
+        assert_eq!(header.build_time_ns, 42);
+        for (k, v) in &entries {
+            let r = layout.find(&bytes, k).unwrap();
+            assert_eq!(r.value, v.as_slice());
+            assert_eq!(r.generation, 7);
+        }
+        assert!(layout.find(&bytes, b"absent").is_none());
+        layout.verify(&bytes).unwrap();
+    }
+
+    #[test]
+    fn empty_shard_parses() {
+        let bytes = aligned(&build(&[]));
+        let (header, layout) = parse(&bytes).unwrap();
+        assert_eq!(header.entry_count, 0);
+        assert!(layout.find(&bytes, b"x").is_none());
+        layout.verify(&bytes).unwrap();
+    }
+
+    #[test]
+    fn preamble_checks() {
+        let good = build(&[(b"a", b"1")]);
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert_eq!(parse(&aligned(&bad)).unwrap_err(), Health::NotAShard);
+        let mut bad = good.clone();
+        bad[8] = 9;
+        assert!(matches!(
+            parse(&aligned(&bad)).unwrap_err(),
+            Health::UnsupportedVersion { found: 9, .. }
+        ));
+        let mut bad = good.clone();
+        bad[12] = 32;
+        assert!(matches!(
+            parse(&aligned(&bad)).unwrap_err(),
+            Health::IncompatibleLayout { .. }
+        ));
+        let cut = &good[..good.len() - 1];
+        assert!(matches!(
+            parse(&aligned(cut)).unwrap_err(),
+            Health::Truncated { .. }
+        ));
+    }
+
+    #[test]
+    fn flipped_value_bit_fails_verify_only() {
+        let mut bytes = build(&[(b"key", b"value")]);
+        let at = PREAMBLE_LEN + RECORD_HEADER_LEN + 3;
+        bytes[at] ^= 1;
+        let bytes = aligned(&bytes);
+        let (_, layout) = parse(&bytes).unwrap();
+        assert!(layout.find(&bytes, b"key").is_some());
+        assert!(layout.verify(&bytes).unwrap_err().contains("checksum"));
+    }
+
+    #[test]
+    fn bucket_of_is_monotone_and_in_range() {
+        let n = 1000;
+        let mut last = 0;
+        for h in (0..u64::MAX - u64::MAX / 97).step_by((u64::MAX / 97) as usize) {
+            let b = bucket_of(h, n);
+            assert!(b < n && b >= last);
+            last = b;
+        }
+        assert_eq!(bucket_of(u64::MAX, n), n - 1);
+    }
+}

@@ -1,0 +1,121 @@
+//! Why a snapshot holds what it holds: [`Health`], the reason a shard reads as empty.
+
+use std::fmt;
+
+/// The state of the shard file behind a [`Snapshot`](crate::Snapshot).
+///
+/// Anything but [`Health::Valid`] means the snapshot reads as empty; the next write through a
+/// [`Shard`](crate::Shard) rebuilds the file from scratch (except [`Health::Disabled`], where
+/// writes do nothing). Obtain it with [`Snapshot::health`](crate::Snapshot::health).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// The shard was validated; lookups read it.
+    Valid,
+    /// No file exists at the shard path yet.
+    Missing,
+    /// The cache is disabled by [`Options::enabled`](crate::Options::enabled) or `WARMSHARD=0`.
+    Disabled,
+    /// The file is zero bytes long.
+    EmptyFile,
+    /// The file is larger than [`Options::max_size`](crate::Options::max_size).
+    TooLarge {
+        /// File size in bytes.
+        size: u64,
+        /// The configured maximum.
+        max: u64,
+    },
+    /// The file or its directory could have been written by someone else; it is not read.
+    Untrusted {
+        /// What was wrong (owner, mode, symlink).
+        reason: String,
+    },
+    /// The file exists but could not be opened or mapped.
+    Unreadable {
+        /// The operating system's error.
+        error: String,
+    },
+    /// The file does not start with the warmshard magic.
+    NotAShard,
+    /// The file was written in another format version.
+    UnsupportedVersion {
+        /// Version found in the file.
+        found: u32,
+        /// Version this build reads.
+        supported: u32,
+    },
+    /// The archive was written with another pointer width or endianness.
+    IncompatibleLayout {
+        /// Pointer width (bits) recorded in the file.
+        pointer_width_bits: u8,
+        /// Endianness code recorded in the file (1 = little).
+        endianness: u8,
+    },
+    /// The file is shorter or longer than its preamble declares.
+    Truncated {
+        /// Length recorded by the writer.
+        declared: u64,
+        /// Length found on disk.
+        actual: u64,
+    },
+    /// The archive failed validation.
+    Corrupt {
+        /// What failed.
+        reason: String,
+    },
+    /// The shard was written by another producer than the one this handle requires.
+    ProducerMismatch {
+        /// Producer recorded in the file.
+        found: String,
+        /// Producer required by [`Options::producer`](crate::Options::producer).
+        expected: String,
+    },
+}
+
+impl Health {
+    /// True when the snapshot reads a validated shard.
+    pub fn is_valid(&self) -> bool {
+        matches!(self, Health::Valid)
+    }
+
+    /// True when a file exists but was ignored (anything but valid, missing or disabled).
+    pub fn is_ignored_file(&self) -> bool {
+        !matches!(self, Health::Valid | Health::Missing | Health::Disabled)
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Health::Valid => write!(f, "valid"),
+            Health::Missing => write!(f, "no shard file yet"),
+            Health::Disabled => write!(f, "cache disabled (WARMSHARD=0 or Options::enabled(false))"),
+            Health::EmptyFile => write!(f, "shard file is empty (0 bytes); the next write rebuilds it"),
+            Health::TooLarge { size, max } => write!(
+                f,
+                "shard file is {size} bytes, over the {max}-byte limit; raise Options::max_size or let the next write rebuild it"
+            ),
+            Health::Untrusted { reason } => write!(f, "shard refused: {reason}"),
+            Health::Unreadable { error } => write!(f, "shard unreadable: {error}"),
+            Health::NotAShard => write!(f, "not a warmshard file (bad magic); the next write replaces it"),
+            Health::UnsupportedVersion { found, supported } => write!(
+                f,
+                "shard format version {found}, this build reads version {supported}; the next write rebuilds it"
+            ),
+            Health::IncompatibleLayout { pointer_width_bits, endianness } => write!(
+                f,
+                "shard written with pointer width {pointer_width_bits} and endianness code {endianness}, \
+                 this build uses 64 and 1 (little); the next write rebuilds it"
+            ),
+            Health::Truncated { declared, actual } => write!(
+                f,
+                "shard is {actual} bytes but was written as {declared} bytes (truncated or extended); the next write rebuilds it"
+            ),
+            Health::Corrupt { reason } => write!(f, "shard is corrupt ({reason}); the next write rebuilds it"),
+            Health::ProducerMismatch { found, expected } => write!(
+                f,
+                "shard written by producer {found:?}, this handle requires {expected:?}; the next write rebuilds it"
+            ),
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! # warmshard
+//!
+//! A zero-copy, memory-mapped, single-file cache ("shard") for programs that start often: a
+//! shell, an interpreter, a build tool. The results of expensive startup work live in one rkyv
+//! archive that the next start maps and reads **without deserializing**: opening costs a few
+//! system calls and an O(1) validation, and a lookup costs a hash and a few page reads, whatever
+//! the shard's size.
+//!
+//! ```
+//! # fn main() -> warmshard::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! use warmshard::{Options, Shard};
+//!
+//! let shard = Shard::open_with(dir.path().join("demo.shard"), Options::new().producer("demo 1.0"))?;
+//! shard.put_one("answer", "42")?;
+//!
+//! // Hot path: one snapshot, many zero-copy lookups.
+//! let snapshot = shard.snapshot();
+//! assert_eq!(snapshot.get(b"answer"), Some(&b"42"[..]));
+//! assert_eq!(snapshot.get(b"question"), None);
+//! # Ok(()) }
+//! ```
+//!
+//! - [`Shard`] opens a file and performs writes (`put_one`, `merge_in`, `replace_all`, `remove`,
+//!   `clear`, and a [`BulkWriter`] for prewarming), each under an exclusive `flock`, each
+//!   producing a complete new file renamed over the old one.
+//! - [`Snapshot`] is a validated read view that stays valid while held.
+//! - [`Health`] says why a shard reads as empty (missing, corrupt, foreign, untrusted...).
+//! - The on-disk layout is documented in the [`format`] module.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod format;
+
+mod error;
+mod health;
+mod location;
+mod map;
+mod options;
+mod shard;
+mod snapshot;
+mod trust;
+mod write;
+
+pub use error::{Error, Result};
+pub use health::Health;
+pub use location::{ENV_SWITCH, default_dir, default_path, enabled_by_env};
+pub use options::{DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_SIZE, Options};
+pub use shard::{BulkMode, BulkWriter, Shard};
+pub use snapshot::{Snapshot, Stats, Value, VerifyError};
+pub use write::{DEFAULT_PRODUCER, WriteOutcome};

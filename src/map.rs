@@ -1,0 +1,234 @@
+//! Opening, mapping and validating a shard file: the one place with `unsafe`.
+//!
+//! [`Loaded`] is an immutable, validated view of one shard file (or of its absence). It is
+//! built in O(1): one `open`, one `fstat`, one `stat` of the directory, one `mmap`, and rkyv's
+//! `check_bytes` on the archive root (see [`crate::format`]). Nothing here trusts a byte before
+//! the preamble checks and rkyv validation pass.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use memmap2::{Mmap, MmapOptions};
+use once_cell::sync::OnceCell;
+
+use crate::error::{Error, Result};
+use crate::format::{self, Header, Layout};
+use crate::health::Health;
+use crate::trust;
+
+/// What a reader requires of a shard; derived from [`Options`](crate::Options).
+#[derive(Clone, Debug)]
+pub(crate) struct ReadPolicy {
+    pub producer: Option<String>,
+    pub max_size: u64,
+    pub min_generation: u64,
+    pub verify_values: bool,
+}
+
+/// Identity of a shard file: (device, inode). Writers always rename a new file into place, so a
+/// new identity at the path means a new shard.
+pub(crate) type Identity = (u64, u64);
+
+/// A validated shard file (or an empty stand-in with the reason in `health`).
+pub(crate) struct Loaded {
+    map: Option<Mmap>,
+    pub identity: Option<Identity>,
+    pub header: Header,
+    pub layout: Layout,
+    pub health: Health,
+    pub validation_time: Duration,
+    pub policy: ReadPolicy,
+    live_count: OnceCell<u64>,
+}
+
+impl Loaded {
+    /// A view with no entries, for a missing, disabled or rejected shard.
+    pub fn empty(health: Health, identity: Option<Identity>, policy: ReadPolicy) -> Loaded {
+        Loaded {
+            map: None,
+            identity,
+            header: Header::default(),
+            layout: Layout::default(),
+            health,
+            validation_time: Duration::ZERO,
+            policy,
+            live_count: OnceCell::new(),
+        }
+    }
+
+    /// The mapped file bytes (empty when nothing is mapped).
+    #[inline]
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// Entries that read as hits (generation filter applied). O(1) unless the policy's
+    /// generation floor is above the shard's oldest entry, then O(n) once.
+    pub fn live_count(&self) -> u64 {
+        if self.header.oldest_generation >= self.policy.min_generation {
+            return self.layout.entry_count();
+        }
+        *self.live_count.get_or_init(|| {
+            let bytes = self.bytes();
+            self.layout
+                .slots(bytes)
+                .filter(|(_, _, r)| r.is_some_and(|r| r.generation >= self.policy.min_generation))
+                .count() as u64
+        })
+    }
+
+    /// Opens the shard at `path`. Fails only when something other than a regular file sits
+    /// there; every other problem yields an empty view whose `health` says why.
+    pub fn open(path: &Path, policy: ReadPolicy) -> Result<Loaded> {
+        let file = OpenOptions::new()
+            .read(true)
+            // O_NONBLOCK: opening a FIFO must not wait for a writer. O_NOFOLLOW: a symlink at
+            // the shard path could point anywhere, so it is refused rather than followed.
+            .custom_flags(libc_flags())
+            .open(path);
+        let file = match file {
+            Ok(file) => file,
+            Err(e) => return Self::open_failed(path, e, policy),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("reading metadata of", path, e))?;
+        if !meta.file_type().is_file() {
+            return Err(Error::NotAFile {
+                path: path.to_path_buf(),
+                kind: trust::kind_name(&meta),
+            });
+        }
+        let identity = (meta.dev(), meta.ino());
+        if let Err(reason) = trust::check_file(&meta) {
+            return Ok(Self::empty(Health::Untrusted { reason }, Some(identity), policy));
+        }
+        if let Err(reason) = check_parent(path) {
+            return Ok(Self::empty(Health::Untrusted { reason }, Some(identity), policy));
+        }
+        Ok(Self::from_trusted_file(&file, meta.len(), identity, policy))
+    }
+
+    fn open_failed(path: &Path, e: io::Error, policy: ReadPolicy) -> Result<Loaded> {
+        let health = match e.raw_os_error() {
+            _ if e.kind() == io::ErrorKind::NotFound => Health::Missing,
+            Some(code) if code == nix::libc::ELOOP => Health::Untrusted {
+                reason: "the shard path is a symlink; warmshard does not follow symlinks".into(),
+            },
+            Some(code) if code == nix::libc::ENXIO || code == nix::libc::EISDIR => {
+                let kind = std::fs::symlink_metadata(path)
+                    .map(|m| trust::kind_name(&m))
+                    .unwrap_or("special file");
+                return Err(Error::NotAFile {
+                    path: path.to_path_buf(),
+                    kind,
+                });
+            }
+            _ => Health::Unreadable {
+                error: e.to_string(),
+            },
+        };
+        Ok(Self::empty(health, None, policy))
+    }
+
+    /// Maps and validates a file already known to be a trusted regular file of `len` bytes.
+    pub fn from_trusted_file(
+        file: &File,
+        len: u64,
+        identity: Identity,
+        policy: ReadPolicy,
+    ) -> Loaded {
+        if len == 0 {
+            return Self::empty(Health::EmptyFile, Some(identity), policy);
+        }
+        if len > policy.max_size {
+            let health = Health::TooLarge {
+                size: len,
+                max: policy.max_size,
+            };
+            return Self::empty(health, Some(identity), policy);
+        }
+        let Ok(map_len) = usize::try_from(len) else {
+            let health = Health::TooLarge {
+                size: len,
+                max: usize::MAX as u64,
+            };
+            return Self::empty(health, Some(identity), policy);
+        };
+        // SAFETY: `Mmap` hands out `&[u8]` over the file's pages, which is sound only while
+        // nobody modifies or truncates the file during the mapping's life. warmshard never writes
+        // a published shard in place: every writer builds a new file under a unique temporary
+        // name, fsyncs it and renames it over the old one, so the inode mapped here keeps its
+        // bytes until the last mapping is dropped (the rename unlinks the name, not the inode).
+        // The file is owned by this user and not writable by others (checked by the caller), so
+        // only this user's non-warmshard programs could truncate it; that is documented as
+        // outside the contract in the README ("Limits"). We map exactly `len` bytes, the size
+        // `fstat` reported, and the length is re-checked against the preamble before any use.
+        let mapped = unsafe { MmapOptions::new().len(map_len).map(file) };
+        let map = match mapped {
+            Ok(map) => map,
+            Err(e) => {
+                let health = Health::Unreadable {
+                    error: format!("mmap failed: {e}"),
+                };
+                return Self::empty(health, Some(identity), policy);
+            }
+        };
+        let started = Instant::now();
+        let parsed = format::parse(&map);
+        let validation_time = started.elapsed();
+        let (header, layout) = match parsed {
+            Ok(parsed) => parsed,
+            Err(health) => return Self::empty(health, Some(identity), policy),
+        };
+        if let Some(expected) = &policy.producer {
+            let found = &map[header.producer.clone()];
+            if found != expected.as_bytes() {
+                let health = Health::ProducerMismatch {
+                    found: String::from_utf8_lossy(found).into_owned(),
+                    expected: expected.clone(),
+                };
+                return Self::empty(health, Some(identity), policy);
+            }
+        }
+        Loaded {
+            map: Some(map),
+            identity: Some(identity),
+            header,
+            layout,
+            health: Health::Valid,
+            validation_time,
+            policy,
+            live_count: OnceCell::new(),
+        }
+    }
+
+    /// The producer string of a valid shard ("" otherwise).
+    pub fn producer(&self) -> &str {
+        // The range was validated as an rkyv `ArchivedString`, which checks UTF-8.
+        std::str::from_utf8(self.bytes().get(self.header.producer.clone()).unwrap_or(&[]))
+            .unwrap_or("")
+    }
+}
+
+fn libc_flags() -> i32 {
+    nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Checks that the directory holding `path` cannot be written by other users.
+pub(crate) fn check_parent(path: &Path) -> Result<(), String> {
+    let dir = parent_dir(path);
+    let meta = std::fs::metadata(dir).map_err(|e| format!("cannot stat {}: {e}", dir.display()))?;
+    trust::check_dir(&meta).map_err(|reason| format!("{}: {reason}", dir.display()))
+}

@@ -1,0 +1,280 @@
+//! [`Shard`]: a handle on one shard file: opening, refreshing snapshots, and the writes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::error::Result;
+use crate::health::Health;
+use crate::map::Loaded;
+use crate::options::Options;
+use crate::snapshot::{Snapshot, Value};
+use crate::write::{Transaction, WriteOutcome};
+
+/// A handle on one shard file.
+///
+/// Reads go through [`Snapshot`]s and never lock; writes take an exclusive `flock` on
+/// `<path>.lock`, build a complete new file and rename it over the old one, so readers never see
+/// a partial file and concurrent writers (threads or processes) never lose an entry.
+///
+/// ```
+/// # fn main() -> warmshard::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// use warmshard::{Options, Shard};
+/// let shard = Shard::open_with(dir.path().join("autoload.shard"), Options::new().producer("myshell 1.4.2"))?;
+/// shard.merge_in([("_git_checkout", "compiled bytes"), ("_ls", "more bytes")])?;
+/// assert_eq!(shard.get(b"_ls").as_deref(), Some(&b"more bytes"[..]));
+/// shard.remove([b"_ls"])?;
+/// assert!(!shard.snapshot().contains(b"_ls"));
+/// # Ok(()) }
+/// ```
+pub struct Shard {
+    path: PathBuf,
+    lock_path: PathBuf,
+    options: Options,
+    current: RwLock<Arc<Loaded>>,
+}
+
+impl Shard {
+    /// Opens the shard at `path` with default [`Options`]. See [`open_with`](Shard::open_with).
+    pub fn open(path: impl AsRef<Path>) -> Result<Shard> {
+        Self::open_with(path, Options::default())
+    }
+
+    /// Opens the shard at `path`: maps and validates it if it exists.
+    ///
+    /// A missing, corrupt, foreign, oversized or untrusted file is not an error: the shard reads
+    /// as empty and [`health`](Shard::health) says why; the next write rebuilds it. The error
+    /// cases are a directory, FIFO, socket or device at `path` (never waited on).
+    pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Shard> {
+        let path = path.as_ref().to_path_buf();
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".lock");
+        let loaded = if options.enabled {
+            Loaded::open(&path, options.read_policy())?
+        } else {
+            Loaded::empty(Health::Disabled, None, options.read_policy())
+        };
+        Ok(Shard {
+            path,
+            lock_path: lock_path.into(),
+            options,
+            current: RwLock::new(Arc::new(loaded)),
+        })
+    }
+
+    /// Opens the shard called `name` in the per-user cache directory
+    /// ([`default_path`](crate::default_path)), honouring the `WARMSHARD` kill switch
+    /// ([`Options::from_env`]) unless `options` already disables the cache.
+    pub fn open_default(name: &str, options: Options) -> Result<Shard> {
+        let enabled = options.enabled && crate::location::enabled_by_env();
+        Self::open_with(crate::location::default_path(name)?, options.enabled(enabled))
+    }
+
+    /// The shard file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sidecar lock file's path (`<path>.lock`).
+    pub fn lock_path(&self) -> PathBuf {
+        self.lock_path.clone()
+    }
+
+    /// The options this handle was opened with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// A snapshot of the shard as it is now.
+    ///
+    /// Costs one `stat` of the path: if the file was replaced since the last snapshot (its device
+    /// or inode changed), the new file is mapped and validated; otherwise the current mapping is
+    /// shared. Hold the returned snapshot for repeated lookups.
+    pub fn snapshot(&self) -> Snapshot {
+        let current = Arc::clone(&self.current.read());
+        if !self.options.enabled || self.identity_on_disk() == current.identity {
+            return Snapshot::new(current);
+        }
+        let loaded = Loaded::open(&self.path, self.options.read_policy()).unwrap_or_else(|e| {
+            Loaded::empty(
+                Health::Unreadable {
+                    error: e.to_string(),
+                },
+                None,
+                self.options.read_policy(),
+            )
+        });
+        let loaded = Arc::new(loaded);
+        self.install(Arc::clone(&loaded));
+        Snapshot::new(loaded)
+    }
+
+    fn identity_on_disk(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(&self.path).ok()?;
+        Some((meta.dev(), meta.ino()))
+    }
+
+    pub(crate) fn install(&self, loaded: Arc<Loaded>) {
+        *self.current.write() = loaded;
+    }
+
+    /// The value stored under `key`, from a fresh [`snapshot`](Shard::snapshot). The returned
+    /// [`Value`] keeps its mapping alive and derefs to the bytes in place.
+    pub fn get(&self, key: &[u8]) -> Option<Value> {
+        Value::find(self.snapshot(), key)
+    }
+
+    /// The health of the shard as of a fresh snapshot.
+    pub fn health(&self) -> Health {
+        self.snapshot().health().clone()
+    }
+
+    /// Inserts or replaces one entry.
+    pub fn put_one(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<WriteOutcome> {
+        self.merge_in([(key, value)])
+    }
+
+    /// Inserts or replaces `entries`, keeping every other entry. When a key repeats, the last
+    /// occurrence wins.
+    pub fn merge_in<K, V>(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<WriteOutcome>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        let mut writer = self.bulk_writer(BulkMode::Merge)?;
+        for (key, value) in entries {
+            writer.add(key.as_ref(), value.as_ref())?;
+        }
+        writer.commit()
+    }
+
+    /// Replaces the whole content of the shard with `entries`. Values are streamed to disk as
+    /// the iterator yields them, so memory does not grow with their size.
+    pub fn replace_all<K, V>(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<WriteOutcome>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        let mut writer = self.bulk_writer(BulkMode::Replace)?;
+        for (key, value) in entries {
+            writer.add(key.as_ref(), value.as_ref())?;
+        }
+        writer.commit()
+    }
+
+    /// Removes `keys`; returns [`WriteOutcome::Unchanged`] without rewriting when none exists.
+    pub fn remove<K: AsRef<[u8]>>(&self, keys: impl IntoIterator<Item = K>) -> Result<WriteOutcome> {
+        if !self.options.enabled {
+            return Ok(WriteOutcome::Disabled);
+        }
+        let mut tx = Transaction::begin(self)?;
+        let doomed: hashbrown::HashSet<Vec<u8>> = {
+            let current = Snapshot::new(Arc::clone(&tx.current));
+            keys.into_iter()
+                .map(|k| k.as_ref().to_vec())
+                .filter(|k| current.contains(k))
+                .collect()
+        };
+        if doomed.is_empty() {
+            return Ok(WriteOutcome::Unchanged);
+        }
+        tx.keep_current(|key| doomed.contains(key))?;
+        tx.commit()
+    }
+
+    /// Removes the shard file (under the lock). Readers holding snapshots keep them.
+    pub fn clear(&self) -> Result<WriteOutcome> {
+        if !self.options.enabled {
+            return Ok(WriteOutcome::Disabled);
+        }
+        Transaction::begin(self)?.remove_file()
+    }
+
+    /// Starts a bulk write (e.g. a prewarm from an init command): takes the lock now, streams
+    /// each added value to the new file, and publishes everything at [`commit`](BulkWriter::commit).
+    /// Dropping the writer without committing leaves the shard as it was.
+    ///
+    /// ```
+    /// # fn main() -> warmshard::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use warmshard::{BulkMode, Shard};
+    /// let shard = Shard::open(dir.path().join("prewarm.shard"))?;
+    /// let mut writer = shard.bulk_writer(BulkMode::Replace)?;
+    /// for i in 0..1000 {
+    ///     writer.add(format!("fn_{i}").as_bytes(), &[0u8; 100])?;
+    /// }
+    /// writer.commit()?;
+    /// assert_eq!(shard.snapshot().len(), 1000);
+    /// # Ok(()) }
+    /// ```
+    pub fn bulk_writer(&self, mode: BulkMode) -> Result<BulkWriter<'_>> {
+        let tx = if self.options.enabled {
+            Some(Transaction::begin(self)?)
+        } else {
+            None
+        };
+        Ok(BulkWriter { tx, mode })
+    }
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("path", &self.path)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// Whether a [`BulkWriter`] keeps the shard's current entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BulkMode {
+    /// The new shard holds only what was added (like [`Shard::replace_all`]).
+    Replace,
+    /// Added entries replace or join the current ones (like [`Shard::merge_in`]).
+    Merge,
+}
+
+/// A write of many entries committed at once; see [`Shard::bulk_writer`]. Holds the shard's
+/// write lock until committed or dropped.
+pub struct BulkWriter<'s> {
+    tx: Option<Transaction<'s>>,
+    mode: BulkMode,
+}
+
+impl BulkWriter<'_> {
+    /// Adds an entry; a later `add` of the same key wins. The value goes to disk now.
+    pub fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        match &mut self.tx {
+            Some(tx) => tx.add(key, value),
+            None => Ok(()),
+        }
+    }
+
+    /// Number of distinct keys added so far.
+    pub fn len(&self) -> usize {
+        self.tx.as_ref().map_or(0, |tx| tx.len())
+    }
+
+    /// True when nothing was added yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Publishes the new shard atomically.
+    pub fn commit(self) -> Result<WriteOutcome> {
+        let Some(mut tx) = self.tx else {
+            return Ok(WriteOutcome::Disabled);
+        };
+        if self.mode == BulkMode::Merge {
+            tx.keep_current(|_| false)?;
+        }
+        tx.commit()
+    }
+}
