@@ -274,7 +274,9 @@ pub fn parse(file: &[u8]) -> Result<(Header, Layout), Health> {
         return Err(corrupt("slot table length does not match the entry count"));
     }
     if bucket_count == 0 || (buckets.len() as u64) != (bucket_count + 1).saturating_mul(4) {
-        return Err(corrupt("bucket table length does not match the bucket count"));
+        return Err(corrupt(
+            "bucket table length does not match the bucket count",
+        ));
     }
     let header = Header {
         format_version: version,
@@ -354,7 +356,9 @@ impl Layout {
             let start = read_u32(buckets, b * 4).ok_or("bucket table short")?;
             let end = read_u32(buckets, b * 4 + 4).ok_or("bucket table short")?;
             if start != previous_end || end < start || u64::from(end) > self.entry_count {
-                return Err(format!("bucket {b} has an invalid slot range {start}..{end}"));
+                return Err(format!(
+                    "bucket {b} has an invalid slot range {start}..{end}"
+                ));
             }
             previous_end = end;
         }
@@ -448,12 +452,7 @@ impl<W: Write> Encoder<W> {
     }
 
     /// Appends a new record; returns its offset in the records arena.
-    pub fn write_record(
-        &mut self,
-        generation: u64,
-        key: &[u8],
-        value: &[u8],
-    ) -> io::Result<u64> {
+    pub fn write_record(&mut self, generation: u64, key: &[u8], value: &[u8]) -> io::Result<u64> {
         let key_len = u32::try_from(key.len()).map_err(|_| too_long("key"))?;
         let value_len = u32::try_from(value.len()).map_err(|_| too_long("value"))?;
         let mut head = [0u8; RECORD_HEADER_LEN];
@@ -483,7 +482,9 @@ impl<W: Write> Encoder<W> {
         debug_assert!(slots.windows(2).all(|w| w[0].hash <= w[1].hash));
         let entry_count = slots.len() as u64;
         if entry_count > u64::from(u32::MAX) {
-            return Err(io::Error::other("a shard holds at most 4,294,967,295 entries"));
+            return Err(io::Error::other(
+                "a shard holds at most 4,294,967,295 entries",
+            ));
         }
         let records = Prewritten {
             pos: PREAMBLE_LEN,

@@ -89,20 +89,31 @@ impl fmt::Display for Health {
         match self {
             Health::Valid => write!(f, "valid"),
             Health::Missing => write!(f, "no shard file yet"),
-            Health::Disabled => write!(f, "cache disabled (WARMSHARD=0 or Options::enabled(false))"),
-            Health::EmptyFile => write!(f, "shard file is empty (0 bytes); the next write rebuilds it"),
+            Health::Disabled => {
+                write!(f, "cache disabled (WARMSHARD=0 or Options::enabled(false))")
+            }
+            Health::EmptyFile => write!(
+                f,
+                "shard file is empty (0 bytes); the next write rebuilds it"
+            ),
             Health::TooLarge { size, max } => write!(
                 f,
                 "shard file is {size} bytes, over the {max}-byte limit; raise Options::max_size or let the next write rebuild it"
             ),
             Health::Untrusted { reason } => write!(f, "shard refused: {reason}"),
             Health::Unreadable { error } => write!(f, "shard unreadable: {error}"),
-            Health::NotAShard => write!(f, "not a warmshard file (bad magic); the next write replaces it"),
+            Health::NotAShard => write!(
+                f,
+                "not a warmshard file (bad magic); the next write replaces it"
+            ),
             Health::UnsupportedVersion { found, supported } => write!(
                 f,
                 "shard format version {found}, this build reads version {supported}; the next write rebuilds it"
             ),
-            Health::IncompatibleLayout { pointer_width_bits, endianness } => write!(
+            Health::IncompatibleLayout {
+                pointer_width_bits,
+                endianness,
+            } => write!(
                 f,
                 "shard written with pointer width {pointer_width_bits} and endianness code {endianness}, \
                  this build uses 64 and 1 (little); the next write rebuilds it"
@@ -111,7 +122,9 @@ impl fmt::Display for Health {
                 f,
                 "shard is {actual} bytes but was written as {declared} bytes (truncated or extended); the next write rebuilds it"
             ),
-            Health::Corrupt { reason } => write!(f, "shard is corrupt ({reason}); the next write rebuilds it"),
+            Health::Corrupt { reason } => {
+                write!(f, "shard is corrupt ({reason}); the next write rebuilds it")
+            }
             Health::ProducerMismatch { found, expected } => write!(
                 f,
                 "shard written by producer {found:?}, this handle requires {expected:?}; the next write rebuilds it"

@@ -28,8 +28,7 @@ pub fn default_dir() -> Result<PathBuf> {
 /// # }
 /// ```
 pub fn default_path(name: &str) -> Result<PathBuf> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0')
-    {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(Error::InvalidInput(format!(
             "shard name {name:?} must be a plain file name (no '/', not '.' or '..')"
         )));

@@ -104,10 +104,18 @@ impl Loaded {
         }
         let identity = (meta.dev(), meta.ino());
         if let Err(reason) = trust::check_file(&meta) {
-            return Ok(Self::empty(Health::Untrusted { reason }, Some(identity), policy));
+            return Ok(Self::empty(
+                Health::Untrusted { reason },
+                Some(identity),
+                policy,
+            ));
         }
         if let Err(reason) = check_parent(path) {
-            return Ok(Self::empty(Health::Untrusted { reason }, Some(identity), policy));
+            return Ok(Self::empty(
+                Health::Untrusted { reason },
+                Some(identity),
+                policy,
+            ));
         }
         Ok(Self::from_trusted_file(&file, meta.len(), identity, policy))
     }
@@ -209,8 +217,12 @@ impl Loaded {
     /// The producer string of a valid shard ("" otherwise).
     pub fn producer(&self) -> &str {
         // The range was validated as an rkyv `ArchivedString`, which checks UTF-8.
-        std::str::from_utf8(self.bytes().get(self.header.producer.clone()).unwrap_or(&[]))
-            .unwrap_or("")
+        std::str::from_utf8(
+            self.bytes()
+                .get(self.header.producer.clone())
+                .unwrap_or(&[]),
+        )
+        .unwrap_or("")
     }
 }
 

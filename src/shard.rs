@@ -69,7 +69,10 @@ impl Shard {
     /// ([`Options::from_env`]) unless `options` already disables the cache.
     pub fn open_default(name: &str, options: Options) -> Result<Shard> {
         let enabled = options.enabled && crate::location::enabled_by_env();
-        Self::open_with(crate::location::default_path(name)?, options.enabled(enabled))
+        Self::open_with(
+            crate::location::default_path(name)?,
+            options.enabled(enabled),
+        )
     }
 
     /// The shard file's path.
@@ -169,7 +172,10 @@ impl Shard {
     }
 
     /// Removes `keys`; returns [`WriteOutcome::Unchanged`] without rewriting when none exists.
-    pub fn remove<K: AsRef<[u8]>>(&self, keys: impl IntoIterator<Item = K>) -> Result<WriteOutcome> {
+    pub fn remove<K: AsRef<[u8]>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<WriteOutcome> {
         if !self.options.enabled {
             return Ok(WriteOutcome::Disabled);
         }

@@ -118,7 +118,9 @@ impl Builder {
 
     fn position(&self, hash: u64, key: &[u8]) -> Option<u32> {
         self.table
-            .find(hash, |&i| self.slots[i as usize].hash == hash && self.key(i) == key)
+            .find(hash, |&i| {
+                self.slots[i as usize].hash == hash && self.key(i) == key
+            })
             .copied()
     }
 
@@ -228,7 +230,9 @@ impl<'s> Transaction<'s> {
         let bytes = current.bytes();
         for (_, _, record) in current.layout.slots(bytes) {
             let Some(record) = record else { continue };
-            if record.generation < floor || drop_key(record.key) || self.builder.contains(record.key)
+            if record.generation < floor
+                || drop_key(record.key)
+                || self.builder.contains(record.key)
             {
                 continue;
             }
