@@ -318,10 +318,10 @@ impl Layout {
             if read_u64(slot, 0)? != hash {
                 continue;
             }
-            if let Some(record) = record_at(records, read_u64(slot, 8)?) {
-                if record.key == key {
-                    return Some(record);
-                }
+            if let Some(record) = record_at(records, read_u64(slot, 8)?)
+                && record.key == key
+            {
+                return Some(record);
             }
         }
         None
