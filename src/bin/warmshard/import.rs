@@ -58,7 +58,7 @@ pub(crate) fn import(shard: &Shard, dir: &Path, replace: bool) -> Outcome {
         writer.add(relative.as_os_str().as_bytes(), &value)?;
         files += 1;
         bytes += value.len() as u64;
-        if files % 256 == 0 {
+        if files.is_multiple_of(256) {
             progress.set_position(files);
             progress.set_message(indicatif::HumanBytes(bytes).to_string());
         }
