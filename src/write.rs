@@ -34,7 +34,6 @@ pub const DEFAULT_PRODUCER: &str = "warmshard";
 
 /// What a write did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[must_use]
 pub enum WriteOutcome {
     /// A new shard file was committed.
     Committed {

@@ -1,0 +1,313 @@
+//! The public API's promises: round trips, write semantics, snapshots, generations, producers.
+
+use std::collections::BTreeMap;
+
+use warmshard::{BulkMode, Health, Options, Shard, WriteOutcome};
+
+fn temp_shard(options: Options) -> (tempfile::TempDir, Shard) {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = Shard::open_with(dir.path().join("t.shard"), options.durable(false)).unwrap();
+    (dir, shard)
+}
+
+fn contents(shard: &Shard) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    shard
+        .snapshot()
+        .iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
+}
+
+#[test]
+fn round_trip_of_many_entries_including_empty_and_binary() {
+    let (_dir, shard) = temp_shard(Options::new());
+    let mut model = BTreeMap::new();
+    for i in 0..5000u32 {
+        let key = format!("_fn_{i:05}").into_bytes();
+        let value: Vec<u8> = (0..(i % 300)).map(|j| (i ^ j) as u8).collect();
+        model.insert(key, value);
+    }
+    model.insert(Vec::new(), b"empty key".to_vec());
+    model.insert(vec![0, 255, 10, 92], Vec::new());
+    shard.replace_all(model.iter()).unwrap();
+    let snapshot = shard.snapshot();
+    assert_eq!(snapshot.health(), &Health::Valid);
+    assert_eq!(snapshot.len(), model.len());
+    for (k, v) in &model {
+        assert_eq!(snapshot.get(k), Some(v.as_slice()), "key {k:?}");
+    }
+    assert_eq!(snapshot.get(b"_fn_99999"), None);
+    assert_eq!(contents(&shard), model);
+    assert_eq!(snapshot.verify().unwrap(), model.len() as u64);
+
+    // A fresh handle (as at the next program start) reads the same.
+    let reopened = Shard::open(shard.path()).unwrap();
+    assert_eq!(contents(&reopened), model);
+}
+
+#[test]
+fn replace_all_overwrites_everything() {
+    let (_dir, shard) = temp_shard(Options::new());
+    shard.replace_all([("a", "1"), ("b", "2")]).unwrap();
+    shard.replace_all([("c", "3")]).unwrap();
+    let expected: BTreeMap<Vec<u8>, Vec<u8>> = [(b"c".to_vec(), b"3".to_vec())].into();
+    assert_eq!(contents(&shard), expected);
+}
+
+#[test]
+fn merge_in_keeps_untouched_entries_and_last_duplicate_wins() {
+    let (_dir, shard) = temp_shard(Options::new());
+    shard.replace_all([("a", "1"), ("b", "2")]).unwrap();
+    shard
+        .merge_in([("b", "20"), ("c", "3"), ("c", "30")])
+        .unwrap();
+    let snapshot = shard.snapshot();
+    assert_eq!(snapshot.get(b"a"), Some(&b"1"[..]));
+    assert_eq!(snapshot.get(b"b"), Some(&b"20"[..]));
+    assert_eq!(snapshot.get(b"c"), Some(&b"30"[..]));
+    assert_eq!(snapshot.len(), 3);
+    assert_eq!(snapshot.stats().value_bytes, 1 + 2 + 2);
+    snapshot.verify().unwrap();
+}
+
+#[test]
+fn put_one_adds_and_replaces() {
+    let (_dir, shard) = temp_shard(Options::new());
+    assert!(matches!(
+        shard.put_one("k", "v1").unwrap(),
+        WriteOutcome::Committed { entries: 1, .. }
+    ));
+    shard.put_one("k", "v2").unwrap();
+    shard.put_one("other", "x").unwrap();
+    assert_eq!(shard.get(b"k").as_deref(), Some(&b"v2"[..]));
+    assert_eq!(shard.snapshot().len(), 2);
+}
+
+#[test]
+fn remove_deletes_only_named_keys_and_skips_rewrite_when_absent() {
+    let (_dir, shard) = temp_shard(Options::new());
+    shard
+        .replace_all([("a", "1"), ("b", "2"), ("c", "3")])
+        .unwrap();
+    assert!(matches!(
+        shard.remove(["a", "zzz"]).unwrap(),
+        WriteOutcome::Committed { entries: 2, .. }
+    ));
+    assert_eq!(shard.snapshot().keys().count(), 2);
+    assert!(!shard.snapshot().contains(b"a"));
+    let before = std::fs::metadata(shard.path()).unwrap();
+    assert_eq!(shard.remove(["zzz"]).unwrap(), WriteOutcome::Unchanged);
+    let after = std::fs::metadata(shard.path()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        before.ino(),
+        after.ino(),
+        "an unchanged remove must not rewrite the file"
+    );
+}
+
+#[test]
+fn clear_removes_the_file() {
+    let (_dir, shard) = temp_shard(Options::new());
+    shard.put_one("a", "1").unwrap();
+    assert!(shard.path().exists());
+    assert!(matches!(
+        shard.clear().unwrap(),
+        WriteOutcome::Committed { .. }
+    ));
+    assert!(!shard.path().exists());
+    assert_eq!(shard.snapshot().health(), &Health::Missing);
+    assert!(shard.snapshot().is_empty());
+    assert_eq!(shard.clear().unwrap(), WriteOutcome::Unchanged);
+    shard.put_one("b", "2").unwrap();
+    assert_eq!(shard.get(b"b").as_deref(), Some(&b"2"[..]));
+}
+
+#[test]
+fn bulk_writer_commits_once_and_drop_aborts() {
+    let (dir, shard) = temp_shard(Options::new());
+    shard.put_one("old", "x").unwrap();
+    {
+        let mut writer = shard.bulk_writer(BulkMode::Replace).unwrap();
+        writer.add(b"never", b"published").unwrap();
+        // Dropped without commit.
+    }
+    assert_eq!(shard.snapshot().get(b"old"), Some(&b"x"[..]));
+    assert!(!shard.snapshot().contains(b"never"));
+    let mut writer = shard.bulk_writer(BulkMode::Merge).unwrap();
+    for i in 0..2000 {
+        writer
+            .add(format!("k{i}").as_bytes(), &[i as u8; 64])
+            .unwrap();
+    }
+    assert_eq!(writer.len(), 2000);
+    writer.commit().unwrap();
+    let snapshot = shard.snapshot();
+    assert_eq!(snapshot.len(), 2001);
+    assert_eq!(snapshot.get(b"k1999"), Some(&[1999u16 as u8; 64][..]));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
+
+#[test]
+fn generation_floor_turns_older_entries_into_misses_and_drops_them_on_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.shard");
+    let old = Shard::open_with(&path, Options::new().generation(5).durable(false)).unwrap();
+    old.replace_all([("a", "1"), ("b", "2")]).unwrap();
+    assert_eq!(old.snapshot().len(), 2);
+
+    let new = Shard::open_with(&path, Options::new().generation(6).durable(false)).unwrap();
+    assert_eq!(new.snapshot().get(b"a"), None);
+    assert_eq!(new.snapshot().len(), 0);
+    new.put_one("c", "3").unwrap();
+    assert_eq!(new.snapshot().len(), 1);
+    assert_eq!(new.snapshot().get(b"c"), Some(&b"3"[..]));
+    // The write under generation 6 dropped the stale entries for every reader.
+    assert_eq!(old.snapshot().len(), 1);
+    assert_eq!(old.snapshot().get(b"a"), None);
+}
+
+#[test]
+fn producer_mismatch_reads_as_empty_and_next_write_rebuilds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.shard");
+    let v1 = Shard::open_with(
+        &path,
+        Options::new().producer("myshell 1.4.2").durable(false),
+    )
+    .unwrap();
+    v1.put_one("f", "bytecode-1").unwrap();
+    assert_eq!(v1.snapshot().producer(), "myshell 1.4.2");
+
+    let v2 = Shard::open_with(
+        &path,
+        Options::new().producer("myshell 1.5.0").durable(false),
+    )
+    .unwrap();
+    assert!(
+        matches!(v2.health(), Health::ProducerMismatch { found, .. } if found == "myshell 1.4.2")
+    );
+    assert_eq!(v2.get(b"f"), None);
+    v2.put_one("g", "bytecode-2").unwrap();
+    let snapshot = v2.snapshot();
+    assert_eq!(snapshot.producer(), "myshell 1.5.0");
+    assert_eq!(
+        snapshot.len(),
+        1,
+        "entries of the old producer must not be carried over"
+    );
+
+    // A handle that names no producer reads any, and keeps the file's producer on write.
+    let any = Shard::open_with(&path, Options::new().durable(false)).unwrap();
+    assert_eq!(any.get(b"g").as_deref(), Some(&b"bytecode-2"[..]));
+    any.put_one("h", "x").unwrap();
+    assert_eq!(any.snapshot().producer(), "myshell 1.5.0");
+}
+
+#[test]
+fn held_snapshot_stays_valid_while_another_handle_replaces_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.shard");
+    let reader = Shard::open_with(&path, Options::new()).unwrap();
+    let writer = Shard::open_with(&path, Options::new().durable(false)).unwrap();
+    writer
+        .replace_all((0..1000).map(|i| (format!("k{i}"), format!("old-{i}"))))
+        .unwrap();
+    let held = reader.snapshot();
+    let held_value = held.get(b"k7").unwrap();
+    for round in 0..5 {
+        writer
+            .replace_all((0..1000).map(|i| (format!("k{i}"), format!("new{round}-{i}"))))
+            .unwrap();
+    }
+    writer.clear().unwrap();
+    writer.put_one("k7", "after clear").unwrap();
+    assert_eq!(held_value, b"old-7");
+    assert_eq!(held.len(), 1000);
+    assert!(
+        held.iter()
+            .all(|(k, v)| v.ends_with(&k[1..]) && v.starts_with(b"old-"))
+    );
+    // A new snapshot notices the replaced file.
+    assert_eq!(reader.snapshot().get(b"k7"), Some(&b"after clear"[..]));
+    assert_eq!(reader.get(b"k8"), None);
+}
+
+#[test]
+fn returned_values_lie_inside_the_mapping() {
+    let (_dir, shard) = temp_shard(Options::new());
+    shard
+        .replace_all((0..100).map(|i| (format!("k{i}"), vec![i as u8; 1000])))
+        .unwrap();
+    let snapshot = shard.snapshot();
+    let file = snapshot.file_bytes().as_ptr_range();
+    assert_eq!(
+        snapshot.file_bytes().len() as u64,
+        snapshot.stats().file_bytes
+    );
+    for i in 0..100 {
+        let value = snapshot.get(format!("k{i}").as_bytes()).unwrap();
+        let range = value.as_ptr_range();
+        assert!(
+            file.start <= range.start && range.end <= file.end,
+            "value {i} was copied"
+        );
+    }
+    // Shard::get shares the same mapping while the file is unchanged: same bytes, same address.
+    let guard = shard.get(b"k5").unwrap();
+    assert_eq!(guard.as_ptr(), snapshot.get(b"k5").unwrap().as_ptr());
+}
+
+#[test]
+fn disabled_cache_reads_miss_and_writes_do_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("off.shard");
+    Shard::open(&path).unwrap().put_one("a", "1").unwrap();
+    let off = Shard::open_with(&path, Options::new().enabled(false)).unwrap();
+    assert_eq!(off.health(), Health::Disabled);
+    assert_eq!(off.get(b"a"), None);
+    assert_eq!(off.put_one("b", "2").unwrap(), WriteOutcome::Disabled);
+    assert_eq!(off.clear().unwrap(), WriteOutcome::Disabled);
+    assert_eq!(off.remove(["a"]).unwrap(), WriteOutcome::Disabled);
+    let mut bulk = off.bulk_writer(BulkMode::Replace).unwrap();
+    bulk.add(b"c", b"3").unwrap();
+    assert_eq!(bulk.commit().unwrap(), WriteOutcome::Disabled);
+    // Nothing on disk changed.
+    let on = Shard::open(&path).unwrap();
+    assert_eq!(on.snapshot().len(), 1);
+    assert_eq!(on.get(b"a").as_deref(), Some(&b"1"[..]));
+}
+
+#[test]
+fn values_larger_than_the_size_limit_fail_and_keep_the_old_shard() {
+    let (dir, shard) = temp_shard(Options::new().max_size(64 * 1024));
+    shard.put_one("small", "ok").unwrap();
+    let err = shard.put_one("big", vec![0u8; 100 * 1024]).unwrap_err();
+    assert!(matches!(err, warmshard::Error::TooLarge { .. }), "{err}");
+    assert_eq!(shard.get(b"small").as_deref(), Some(&b"ok"[..]));
+    let temps = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")
+        })
+        .count();
+    assert_eq!(temps, 0);
+}
+
+#[test]
+fn default_path_is_under_the_user_cache_dir() {
+    let path = warmshard::default_path("myshell").unwrap();
+    let cache = dirs::cache_dir().unwrap();
+    assert_eq!(path, cache.join("warmshard").join("myshell.shard"));
+    assert!(warmshard::default_path("../escape").is_err());
+    assert!(warmshard::default_path("").is_err());
+}
