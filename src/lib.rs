@@ -49,3 +49,8 @@ pub use options::{DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_SIZE, Options};
 pub use shard::{BulkMode, BulkWriter, Shard};
 pub use snapshot::{Snapshot, Stats, Value, VerifyError};
 pub use write::{DEFAULT_PRODUCER, WriteOutcome};
+
+/// The README's Rust examples, compiled by `cargo test` so they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;
