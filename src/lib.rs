@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod format;
+pub mod paths;
 
 mod error;
 mod health;

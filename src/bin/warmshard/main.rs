@@ -4,6 +4,7 @@
 //! an unsound shard); 2 an error (bad arguments, I/O, lock timeout).
 
 mod entries;
+mod hash_tree;
 mod import;
 mod inspect;
 
@@ -11,7 +12,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use warmshard::{Options, Shard};
 
 /// A zero-copy, memory-mapped cache file for programs that start often.
@@ -29,6 +31,7 @@ Examples:
   warmshard ls --long | head                  sizes and keys, sorted
   warmshard stats --json                      figures as one JSON object
   warmshard verify                            check every entry's checksum and the index
+  warmshard hash-tree ~/src > MANIFEST        sha256sum-compatible, re-hashes only changes
 
 Environment:
   WARMSHARD_PATH       default for --shard
@@ -111,14 +114,39 @@ enum Command {
     },
     /// Fully verify every entry (index structure and value checksums); exit 1 if unsound.
     Verify,
+    /// Print a sha256sum-compatible manifest of DIR, re-hashing only files that changed.
+    ///
+    /// Each regular file's SHA-256 is cached with its stat stamp (device, inode, size, mtime,
+    /// ctime, mode); a later run re-reads only files whose stamp differs, so a warm run on an
+    /// unchanged tree reads no file content. Symlinks, FIFOs, sockets and devices are skipped and
+    /// never opened. Verify with: cd DIR && sha256sum -c MANIFEST.
+    ///
+    /// The cache lives in <cache dir>/warmshard/trees/<sha256 of the root>.shard unless --shard is
+    /// given on the command line (WARMSHARD_PATH is not used here).
+    #[command(name = "hash-tree")]
+    HashTree {
+        /// Directory to hash.
+        dir: PathBuf,
+        /// Print a JSON array of {"path", "sha256"} objects instead of sha256sum lines.
+        #[arg(long)]
+        json: bool,
+        /// Print `files=N hashed=H bytes_hashed=B seconds=S` to stderr.
+        #[arg(long)]
+        stats: bool,
+        /// Threads for walking and hashing [default: all cores].
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+    },
 }
 
 /// A command's result: the exit status to return.
 pub(crate) type Outcome = Result<ExitCode, warmshard::Error>;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    let shard_on_command_line = matches.value_source("shard") == Some(ValueSource::CommandLine);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, shard_on_command_line) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("warmshard: {e}");
@@ -127,11 +155,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Outcome {
-    let path = match &cli.shard {
-        Some(path) => path.clone(),
-        None => warmshard::default_path("default")?,
-    };
+fn run(cli: Cli, shard_on_command_line: bool) -> Outcome {
     let lock_timeout = Duration::try_from_secs_f64(cli.lock_timeout).map_err(|_| {
         warmshard::Error::InvalidInput("--lock-timeout must be a positive number of seconds".into())
     })?;
@@ -143,6 +167,27 @@ fn run(cli: Cli) -> Outcome {
     if let Some(producer) = &cli.producer {
         options = options.producer(producer.clone());
     }
+    if let Command::HashTree {
+        dir,
+        json,
+        stats,
+        threads,
+    } = cli.command
+    {
+        let shard = cli.shard.filter(|_| shard_on_command_line);
+        return hash_tree::run(hash_tree::HashTreeArgs {
+            dir,
+            shard,
+            json,
+            stats,
+            threads,
+            options,
+        });
+    }
+    let path = match &cli.shard {
+        Some(path) => path.clone(),
+        None => warmshard::default_path("default")?,
+    };
     let shard = Shard::open_with(&path, options)?;
     match cli.command {
         Command::Put { key, file } => entries::put(&shard, key.as_bytes(), file.as_deref()),
@@ -153,6 +198,7 @@ fn run(cli: Cli) -> Outcome {
         Command::Ls { long } => inspect::ls(&shard, long),
         Command::Stats { json } => inspect::stats(&shard, json),
         Command::Verify => inspect::verify(&shard),
+        Command::HashTree { .. } => unreachable!("handled above"),
     }
 }
 

@@ -1,0 +1,133 @@
+//! `hash-tree`: a sha256sum-compatible manifest of a directory, re-hashing only what changed.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use warmshard::Error;
+use warmshard::paths::{HashTreeOptions, hash_tree};
+
+use crate::Outcome;
+
+pub(crate) struct HashTreeArgs {
+    pub dir: PathBuf,
+    pub shard: Option<PathBuf>,
+    pub json: bool,
+    pub stats: bool,
+    pub threads: Option<usize>,
+    pub options: warmshard::Options,
+}
+
+pub(crate) fn run(args: HashTreeArgs) -> Outcome {
+    let mut options = HashTreeOptions {
+        shard: args.shard,
+        shard_options: args.options,
+        ..HashTreeOptions::default()
+    };
+    if let Some(threads) = args.threads {
+        options.threads = threads.max(1);
+    }
+    let progress = delayed_progress();
+    let bar = progress.clone();
+    let files = AtomicU64::new(0);
+    options.progress = Some(Box::new(move |seen, bytes| {
+        let seen = files.fetch_max(seen, Ordering::Relaxed).max(seen);
+        bar.tick_with(seen, bytes);
+    }));
+    let report = hash_tree(&args.dir, &options)?;
+    progress.finish();
+
+    let mut out = Vec::with_capacity(report.lines.len() * 100);
+    if args.json {
+        let lines: Vec<serde_json::Value> = report
+            .lines
+            .iter()
+            .map(|line| {
+                let mut object = serde_json::json!({
+                    "path": String::from_utf8_lossy(&line.path),
+                    "sha256": line.hex(),
+                });
+                if std::str::from_utf8(&line.path).is_err() {
+                    object["path_bytes"] = serde_json::json!(line.path);
+                }
+                object
+            })
+            .collect();
+        serde_json::to_writer(&mut out, &lines).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        out.push(b'\n');
+    } else {
+        for line in &report.lines {
+            line.write_sha256sum(&mut out);
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&out).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(Error::Io {
+                op: "writing",
+                path: "standard output".into(),
+                source: e,
+            });
+        }
+        _ => {}
+    }
+    for error in &report.errors {
+        eprintln!("warmshard: hash-tree: {error}");
+    }
+    if args.stats {
+        eprintln!(
+            "files={} hashed={} bytes_hashed={} seconds={:.3}",
+            report.files,
+            report.hashed,
+            report.bytes_hashed,
+            report.elapsed.as_secs_f64()
+        );
+    }
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// A progress bar on stderr that appears only on a terminal and only after a second.
+#[derive(Clone)]
+struct DelayedProgress {
+    bar: ProgressBar,
+    started: Instant,
+}
+
+fn delayed_progress() -> DelayedProgress {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    DelayedProgress {
+        bar,
+        started: Instant::now(),
+    }
+}
+
+impl DelayedProgress {
+    fn tick_with(&self, files: u64, bytes: u64) {
+        if self.bar.is_hidden() && self.started.elapsed() > Duration::from_secs(1) {
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+        if bytes > 0 {
+            self.bar.set_message(format!(
+                "{files} files, {} hashed",
+                indicatif::HumanBytes(bytes)
+            ));
+        } else {
+            self.bar.set_message(format!("{files} files"));
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

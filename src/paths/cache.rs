@@ -1,0 +1,241 @@
+//! [`PathCache`]: results per file, valid only while the file's [`Stamp`] is unchanged.
+//!
+//! Each shard entry is keyed by the path's bytes; its value is encoded as:
+//!
+//! | offset | size | field                                                        |
+//! |-------:|-----:|--------------------------------------------------------------|
+//! | 0      | 44   | stamp: dev, ino, size, mtime ns, ctime ns (u64/i64 LE), mode (u32 LE) |
+//! | 44     | 4    | flags, u32 LE: bit 0 = racy (never trusted as a hit)        |
+//! | 48     | ..   | dimensions, repeated: name length (u8), name, payload length (u32 LE), payload |
+
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::stamp::{DEFAULT_RACY_MARGIN, STAMP_LEN, Stamp};
+use crate::{Error, Options, Result, Shard, Snapshot, WriteOutcome};
+
+const FLAGS_LEN: usize = 4;
+const RACY: u32 = 1;
+
+/// Encodes an entry value: stamp, racy flag and `(name, payload)` dimensions.
+pub(crate) fn encode_entry(stamp: &Stamp, racy: bool, dimensions: &[(&str, &[u8])]) -> Vec<u8> {
+    let size: usize = dimensions.iter().map(|(n, p)| 5 + n.len() + p.len()).sum();
+    let mut out = Vec::with_capacity(STAMP_LEN + FLAGS_LEN + size);
+    stamp.encode(&mut out);
+    out.extend_from_slice(&(if racy { RACY } else { 0 }).to_le_bytes());
+    for (name, payload) in dimensions {
+        let name = &name.as_bytes()[..name.len().min(255)];
+        out.push(name.len() as u8);
+        out.extend_from_slice(name);
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// One decoded entry of a [`PathCache`], borrowed from the shard's mapping.
+#[derive(Clone, Copy, Debug)]
+pub struct PathEntry<'a> {
+    /// The file's stamp when the results were computed.
+    pub stamp: Stamp,
+    /// True if the stamp was racy when recorded: never trusted as a hit.
+    pub racy: bool,
+    dimensions: &'a [u8],
+}
+
+impl<'a> PathEntry<'a> {
+    /// Decodes an entry value; `None` if it is malformed.
+    pub fn decode(value: &'a [u8]) -> Option<PathEntry<'a>> {
+        let stamp = Stamp::decode(value)?;
+        let flags = u32::from_le_bytes(value.get(STAMP_LEN..STAMP_LEN + 4)?.try_into().ok()?);
+        Some(PathEntry {
+            stamp,
+            racy: flags & RACY != 0,
+            dimensions: &value[STAMP_LEN + FLAGS_LEN..],
+        })
+    }
+
+    /// Every `(name, payload)` dimension stored in the entry.
+    pub fn dimensions(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        let mut rest = self.dimensions;
+        std::iter::from_fn(move || {
+            let (&name_len, tail) = rest.split_first()?;
+            let name = tail.get(..name_len as usize)?;
+            let tail = &tail[name_len as usize..];
+            let len = u32::from_le_bytes(tail.get(..4)?.try_into().ok()?) as usize;
+            let payload = tail.get(4..4 + len)?;
+            rest = &tail[4 + len..];
+            Some((name, payload))
+        })
+    }
+
+    /// The payload of dimension `name`, if stored.
+    pub fn dimension(&self, name: &str) -> Option<&'a [u8]> {
+        self.dimensions()
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, p)| p)
+    }
+
+    /// The payload of `name` if the entry is trusted for `stamp`: not racy and stamps equal.
+    pub fn valid_for(&self, stamp: &Stamp, name: &str) -> Option<&'a [u8]> {
+        if self.racy || self.stamp != *stamp {
+            return None;
+        }
+        self.dimension(name)
+    }
+}
+
+/// A read view of a [`PathCache`]: a [`Snapshot`] that understands path entries.
+#[derive(Clone, Debug)]
+pub struct PathView {
+    snapshot: Snapshot,
+}
+
+impl PathView {
+    /// The decoded entry stored under `key` (the path's bytes), whatever its stamp.
+    pub fn entry(&self, key: &[u8]) -> Option<PathEntry<'_>> {
+        PathEntry::decode(self.snapshot.get(key)?)
+    }
+
+    /// The payload of `dimension` for `path`, only if the file's current `lstat` matches the
+    /// stored stamp exactly and the entry is not racy. Zero-copy.
+    pub fn lookup(&self, path: &Path, dimension: &str) -> Option<&[u8]> {
+        let stamp = Stamp::lstat(path).ok()?;
+        self.lookup_stamp(path.as_os_str().as_bytes(), &stamp, dimension)
+    }
+
+    /// Like [`lookup`](PathView::lookup) with a stamp the caller already took (e.g. during a
+    /// directory walk) and an explicit key.
+    pub fn lookup_stamp(&self, key: &[u8], stamp: &Stamp, dimension: &str) -> Option<&[u8]> {
+        self.entry(key)?.valid_for(stamp, dimension)
+    }
+
+    /// The underlying shard snapshot.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+}
+
+/// Per-file results kept in a shard, keyed by path, valid while the file is unchanged.
+///
+/// ```
+/// # fn main() -> warmshard::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// use warmshard::paths::PathCache;
+/// let source = dir.path().join("module.py");
+/// std::fs::write(&source, "print('hi')").unwrap();
+/// let cache = PathCache::open(dir.path().join("bytecode.shard"), Default::default())?;
+/// let compile = |src: &[u8]| src.iter().rev().copied().collect::<Vec<u8>>();
+/// let first = cache.get_or_compute(&source, "bytecode", compile)?;   // computes and stores
+/// let again = cache.get_or_compute(&source, "bytecode", |_| unreachable!());
+/// # // A file written this instant is racy (see `Stamp`), so the second call may recompute.
+/// # let _ = again;
+/// assert_eq!(first, b")'ih'(tnirp");
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct PathCache {
+    shard: Shard,
+    racy_margin: Duration,
+}
+
+impl PathCache {
+    /// Opens (or prepares to create) the path cache stored in the shard at `path`.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<PathCache> {
+        Ok(PathCache {
+            shard: Shard::open_with(path, options)?,
+            racy_margin: DEFAULT_RACY_MARGIN,
+        })
+    }
+
+    /// Sets the margin of the racy-timestamp rule (see [`Stamp::is_racy`]).
+    pub fn racy_margin(mut self, margin: Duration) -> Self {
+        self.racy_margin = margin;
+        self
+    }
+
+    /// The shard behind the cache.
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
+    /// A read view of the cache as it is now.
+    pub fn view(&self) -> PathView {
+        PathView {
+            snapshot: self.shard.snapshot(),
+        }
+    }
+
+    /// Stores `dimensions` for `key`, computed from the file as it was when `stamp` was taken at
+    /// `taken_at`. The entry is marked racy if the stamp is too recent to be trusted. Replaces
+    /// every dimension previously stored under `key`.
+    pub fn record(
+        &self,
+        key: &[u8],
+        stamp: &Stamp,
+        taken_at: SystemTime,
+        dimensions: &[(&str, &[u8])],
+    ) -> Result<WriteOutcome> {
+        let racy = stamp.is_racy(taken_at, self.racy_margin);
+        self.shard
+            .put_one(key, encode_entry(stamp, racy, dimensions))
+    }
+
+    /// Returns the cached `dimension` of the file at `path`, or computes it from the file's
+    /// content with `compute`, stores it (keeping the entry's other dimensions when the file is
+    /// unchanged) and returns it. The stamp is taken before the content is read, and a file that
+    /// changes while being read is not cached.
+    pub fn get_or_compute(
+        &self,
+        path: &Path,
+        dimension: &str,
+        compute: impl FnOnce(&[u8]) -> Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let key = path.as_os_str().as_bytes();
+        let taken_at = SystemTime::now();
+        let stamp = Stamp::lstat(path).map_err(|e| Error::io("reading metadata of", path, e))?;
+        let view = self.view();
+        if let Some(hit) = view.lookup_stamp(key, &stamp, dimension) {
+            return Ok(hit.to_vec());
+        }
+        if !stamp.is_file() {
+            return Err(Error::InvalidInput(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| Error::io("opening", path, e))?;
+        let mut content = Vec::with_capacity(stamp.size as usize);
+        file.read_to_end(&mut content)
+            .map_err(|e| Error::io("reading", path, e))?;
+        let after = file
+            .metadata()
+            .map(|m| Stamp::from_metadata(&m))
+            .map_err(|e| Error::io("reading metadata of", path, e))?;
+        let result = compute(&content);
+        if after != stamp {
+            return Ok(result); // changed while read: the result is not cached
+        }
+        let mut dimensions: Vec<(&str, &[u8])> = Vec::new();
+        let kept = view.entry(key).filter(|e| !e.racy && e.stamp == stamp);
+        if let Some(entry) = kept {
+            for (name, payload) in entry.dimensions() {
+                if name != dimension.as_bytes()
+                    && let Ok(name) = std::str::from_utf8(name)
+                {
+                    dimensions.push((name, payload));
+                }
+            }
+        }
+        dimensions.push((dimension, &result));
+        self.record(key, &stamp, taken_at, &dimensions)?;
+        Ok(result)
+    }
+}

@@ -1,0 +1,20 @@
+//! The path-key layer: per-file results that stay valid only while the file is unchanged.
+//!
+//! Build tools, version control and interpreters keep a result per file (a content hash, a parse,
+//! compiled bytecode) that is valid only while the file is unchanged. [`PathCache`] stores such
+//! results in a shard, keyed by path, next to the file's [`Stamp`] (device, inode, size, mtime,
+//! ctime, mode). A lookup `lstat`s the path and answers only if the stamp matches exactly, as
+//! git's index does. Several named results ("dimensions", e.g. `sha256`, `bytecode`) can live
+//! under one path; all of them are dropped together when the file changes.
+//!
+//! [`hash_tree`] builds a `sha256sum`-compatible manifest of a directory on top of it, re-hashing
+//! only what the stamps say changed.
+
+mod cache;
+mod manifest;
+mod stamp;
+mod walk;
+
+pub use cache::{PathCache, PathEntry, PathView};
+pub use manifest::{HashTreeOptions, HashTreeReport, ManifestLine, hash_tree, shard_path_for_root};
+pub use stamp::{DEFAULT_RACY_MARGIN, Stamp};

@@ -1,0 +1,361 @@
+//! `warmshard hash-tree`: a sha256sum-compatible manifest that re-hashes only what changed.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use warmshard::paths::PathCache;
+
+const BIN: &str = env!("CARGO_BIN_EXE_warmshard");
+
+struct Run {
+    manifest: Vec<u8>,
+    files: u64,
+    hashed: u64,
+    bytes_hashed: u64,
+}
+
+/// Runs hash-tree on `dir` with its cache at `shard`, parsing the --stats line.
+fn hash_tree(dir: &Path, shard: &Path) -> Run {
+    let out = Command::new(BIN)
+        .args(["--no-fsync", "--shard"])
+        .arg(shard)
+        .args(["hash-tree", "--stats"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stats = stderr.lines().find(|l| l.starts_with("files=")).unwrap();
+    let field = |name: &str| -> u64 {
+        let start = stats.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        stats[start..].split(' ').next().unwrap().parse().unwrap()
+    };
+    Run {
+        manifest: out.stdout,
+        files: field("files"),
+        hashed: field("hashed"),
+        bytes_hashed: field("bytes_hashed"),
+    }
+}
+
+/// What GNU sha256sum prints for every regular file under `dir`, sorted by path bytes.
+fn sha256sum_manifest(dir: &Path) -> Vec<u8> {
+    let mut files = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for entry in std::fs::read_dir(dir.join(&rel)).unwrap() {
+            let entry = entry.unwrap();
+            let t = entry.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(rel.join(entry.file_name()));
+            } else if t.is_file() {
+                files.push(rel.join(entry.file_name()));
+            }
+        }
+    }
+    files.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+    let mut manifest = Vec::new();
+    for chunk in files.chunks(500) {
+        let out = Command::new("sha256sum")
+            .current_dir(dir)
+            .arg("--")
+            .args(chunk)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        manifest.extend_from_slice(&out.stdout);
+    }
+    manifest
+}
+
+/// Files must be older than the racy margin before a run can trust their stamps.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(120));
+}
+
+fn tree(files: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    for i in 0..files {
+        let dir = root.join(format!("d{}", i % 7));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("f{i}.txt")),
+            format!("content {i}\n").repeat(i % 50),
+        )
+        .unwrap();
+    }
+    let shard = tmp.path().join("cache/tree.shard");
+    (tmp, root, shard)
+}
+
+#[test]
+fn cold_manifest_equals_sha256sum_and_verifies_with_check() {
+    let (tmp, root, shard) = tree(200);
+    std::fs::write(root.join("empty"), b"").unwrap();
+    for name in [
+        &b"back\\slash"[..],
+        b"new\nline",
+        b"carriage\rreturn",
+        b"latin1-\xe9",
+        b"sp ace",
+    ] {
+        std::fs::write(root.join(OsStr::from_bytes(name)), name).unwrap();
+    }
+    settle();
+    let run = hash_tree(&root, &shard);
+    assert_eq!(run.files, 206);
+    assert_eq!(run.hashed, 206);
+    let expected = sha256sum_manifest(&root);
+    assert_eq!(
+        String::from_utf8_lossy(&run.manifest),
+        String::from_utf8_lossy(&expected)
+    );
+    assert_eq!(run.manifest, expected);
+    let expected_bytes: u64 = walk_sizes(&root);
+    assert_eq!(run.bytes_hashed, expected_bytes);
+
+    let manifest_file = tmp.path().join("MANIFEST");
+    std::fs::write(&manifest_file, &run.manifest).unwrap();
+    let check = Command::new("sha256sum")
+        .current_dir(&root)
+        .args(["-c", "--quiet"])
+        .arg(&manifest_file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+fn walk_sizes(root: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(root).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            total += walk_sizes(&entry.path());
+        } else {
+            total += meta.len();
+        }
+    }
+    total
+}
+
+#[test]
+fn warm_run_hashes_nothing_and_does_not_rewrite_the_shard() {
+    let (_tmp, root, shard) = tree(300);
+    settle();
+    let cold = hash_tree(&root, &shard);
+    assert_eq!(cold.hashed, 300);
+    let before = std::fs::metadata(&shard).unwrap();
+    let warm = hash_tree(&root, &shard);
+    assert_eq!(warm.hashed, 0);
+    assert_eq!(warm.bytes_hashed, 0);
+    assert_eq!(warm.manifest, cold.manifest);
+    let after = std::fs::metadata(&shard).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        before.ino(),
+        after.ino(),
+        "a warm run must not rewrite the shard"
+    );
+}
+
+#[test]
+fn ten_changed_files_hash_exactly_ten_and_deleted_files_are_pruned() {
+    let (_tmp, root, shard) = tree(100);
+    settle();
+    hash_tree(&root, &shard);
+    for i in 0..10 {
+        let path = root.join(format!("d{}/f{i}.txt", i % 7));
+        std::fs::write(path, format!("changed {i}")).unwrap();
+    }
+    for i in 90..95 {
+        std::fs::remove_file(root.join(format!("d{}/f{i}.txt", i % 7))).unwrap();
+    }
+    settle();
+    let partial = hash_tree(&root, &shard);
+    assert_eq!(partial.hashed, 10);
+    assert_eq!(partial.files, 95);
+    assert_eq!(partial.manifest, sha256sum_manifest(&root));
+
+    let cache = PathCache::open(&shard, warmshard::Options::new()).unwrap();
+    let view = cache.view();
+    assert_eq!(
+        view.snapshot().len(),
+        95,
+        "entries of deleted files must be pruned"
+    );
+    assert!(view.entry(b"d6/f90.txt").is_none());
+    assert!(view.entry(b"d0/f0.txt").is_some());
+    assert_eq!(hash_tree(&root, &shard).hashed, 0);
+}
+
+#[test]
+fn symlinks_fifos_and_sockets_are_excluded_and_never_opened() {
+    let (tmp, root, shard) = tree(5);
+    std::os::unix::fs::symlink(root.join("d0/f0.txt"), root.join("link-to-file")).unwrap();
+    std::os::unix::fs::symlink(&root, root.join("link-to-root")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("outside")).unwrap();
+    nix::unistd::mkfifo(
+        &root.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap();
+    settle();
+    let run = hash_tree(&root, &shard);
+    assert_eq!(run.files, 5);
+    let text = String::from_utf8_lossy(&run.manifest);
+    for excluded in ["link", "outside", "fifo", "socket"] {
+        assert!(!text.contains(excluded), "{excluded} listed:\n{text}");
+    }
+    drop(tmp);
+}
+
+#[test]
+fn the_cache_files_inside_the_tree_are_excluded() {
+    let (_tmp, root, _) = tree(3);
+    let shard = root.join("d0/.hash-cache.shard");
+    settle();
+    let first = hash_tree(&root, &shard);
+    assert_eq!(first.files, 3);
+    assert!(shard.exists());
+    let second = hash_tree(&root, &shard);
+    assert_eq!(second.files, 3);
+    assert_eq!(second.hashed, 0);
+    assert!(!String::from_utf8_lossy(&second.manifest).contains("hash-cache"));
+}
+
+#[test]
+fn hundred_levels_of_nesting_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("deep");
+    let mut dir = root.clone();
+    for level in 0..120 {
+        dir = dir.join(format!("l{level}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a"), format!("a{level}")).unwrap();
+        std::fs::write(dir.join("b"), format!("b{level}")).unwrap();
+    }
+    settle();
+    let shard = tmp.path().join("deep.shard");
+    let run = hash_tree(&root, &shard);
+    assert_eq!(run.files, 240);
+    assert_eq!(run.manifest, sha256sum_manifest(&root));
+    assert_eq!(hash_tree(&root, &shard).hashed, 0);
+}
+
+#[test]
+fn detects_rewrite_with_mtime_put_back_rename_replace_and_touch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("t");
+    std::fs::create_dir(&root).unwrap();
+    let a = root.join("a");
+    let b = root.join("b");
+    let c = root.join("c");
+    std::fs::write(&a, "AAAA").unwrap();
+    std::fs::write(&b, "BBBB").unwrap();
+    std::fs::write(&c, "CCCC").unwrap();
+    settle();
+    let shard = tmp.path().join("s.shard");
+    hash_tree(&root, &shard);
+
+    // 1. Same-size in-place rewrite with the mtime put back: only the ctime changes.
+    let old_mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
+    std::fs::write(&a, "aaaa").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_modified(old_mtime)
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(&a).unwrap().modified().unwrap(),
+        old_mtime
+    );
+    // 2. Atomic replace by rename, same size and same mtime: only the inode changes.
+    let b_mtime = std::fs::metadata(&b).unwrap().modified().unwrap();
+    let staged = tmp.path().join("staged");
+    std::fs::write(&staged, "bbbb").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&staged)
+        .unwrap()
+        .set_modified(b_mtime)
+        .unwrap();
+    std::fs::rename(&staged, &b).unwrap();
+    // 3. touch without a content change.
+    let now = std::time::SystemTime::now();
+    std::fs::File::options()
+        .write(true)
+        .open(&c)
+        .unwrap()
+        .set_modified(now)
+        .unwrap();
+    settle();
+    let run = hash_tree(&root, &shard);
+    assert_eq!(run.hashed, 3, "all three changes must be noticed");
+    assert_eq!(run.manifest, sha256sum_manifest(&root));
+    let text = String::from_utf8(run.manifest).unwrap();
+    let c_line = text.lines().find(|l| l.ends_with("  c")).unwrap();
+    // The touched file keeps its hash (sha256 of "CCCC").
+    assert!(c_line.starts_with(&sha_of(b"CCCC")), "{c_line}");
+}
+
+fn sha_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn a_file_changed_just_before_a_run_is_racy_and_rehashed_until_it_settles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("r");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("fresh"), "just written").unwrap();
+    let shard = tmp.path().join("r.shard");
+    // Written this instant: its timestamps are within the racy margin.
+    assert_eq!(hash_tree(&root, &shard).hashed, 1);
+    let cache = PathCache::open(&shard, warmshard::Options::new()).unwrap();
+    assert!(cache.view().entry(b"fresh").unwrap().racy);
+    settle();
+    // Racy entries are never trusted: hashed again, now stored as stable.
+    assert_eq!(hash_tree(&root, &shard).hashed, 1);
+    assert!(!cache.view().entry(b"fresh").unwrap().racy);
+    assert_eq!(hash_tree(&root, &shard).hashed, 0);
+}
+
+#[test]
+fn json_output_lists_the_same_files() {
+    let (_tmp, root, shard) = tree(20);
+    std::fs::write(root.join(OsStr::from_bytes(b"odd\xff")), "x").unwrap();
+    settle();
+    let out = Command::new(BIN)
+        .arg("--shard")
+        .arg(&shard)
+        .args(["hash-tree", "--json"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lines = json.as_array().unwrap();
+    assert_eq!(lines.len(), 21);
+    assert_eq!(lines[0]["path"], "d0/f0.txt");
+    assert_eq!(lines[0]["sha256"], sha_of(b""));
+    let odd = lines
+        .iter()
+        .find(|l| l.get("path_bytes").is_some())
+        .unwrap();
+    assert_eq!(odd["path_bytes"].as_array().unwrap().last().unwrap(), 0xff);
+}
