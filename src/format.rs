@@ -327,6 +327,55 @@ impl Layout {
         None
     }
 
+    /// Finds many keys at once; `out[i]` is the record of `keys[i]`, as [`find`](Layout::find)
+    /// would return it.
+    ///
+    /// The work runs in three passes (hash to bucket, bucket to slot, slot to record) whose
+    /// iterations do not depend on each other, so the processor overlaps their cache misses
+    /// instead of paying one after another: several times faster than `find` in a loop when the
+    /// index is not in cache.
+    pub fn find_many<'a>(&self, file: &'a [u8], keys: &[&[u8]], out: &mut Vec<Option<Record<'a>>>) {
+        out.clear();
+        let (Some(buckets), Some(slots), Some(records)) = (
+            file.get(self.buckets.clone()),
+            file.get(self.slots.clone()),
+            file.get(self.records.clone()),
+        ) else {
+            out.resize(keys.len(), None);
+            return;
+        };
+        let probes: Vec<(u64, u32, u32)> = keys
+            .iter()
+            .map(|key| {
+                let hash = key_hash(key);
+                let b = bucket_of(hash, self.bucket_count) as usize;
+                let start = read_u32(buckets, b * 4).unwrap_or(0);
+                let end = read_u32(buckets, b * 4 + 4).unwrap_or(0);
+                (hash, start, end)
+            })
+            .collect();
+        let offsets: Vec<Option<u64>> = probes
+            .iter()
+            .map(|&(hash, start, end)| {
+                let range = (start as usize).checked_mul(SLOT_LEN)?
+                    ..(end as usize).checked_mul(SLOT_LEN)?;
+                slots
+                    .get(range)?
+                    .chunks_exact(SLOT_LEN)
+                    .find(|slot| read_u64(slot, 0) == Some(hash))
+                    .and_then(|slot| read_u64(slot, 8))
+            })
+            .collect();
+        out.extend(keys.iter().zip(offsets).map(|(key, offset)| {
+            match offset.and_then(|o| record_at(records, o)) {
+                Some(record) if record.key == *key => Some(record),
+                // No slot, or a hash collision with another key: the full probe decides.
+                Some(_) => self.find(file, key),
+                None => None,
+            }
+        }));
+    }
+
     /// Every slot in table order: `(slot index, stored hash, record if it parses)`.
     pub fn slots<'a>(
         &self,
@@ -602,6 +651,16 @@ mod tests {
         }
         assert!(layout.find(&bytes, b"absent").is_none());
         layout.verify(&bytes).unwrap();
+
+        let mut keys: Vec<&[u8]> = entries.iter().map(|(k, _)| k.as_slice()).collect();
+        keys.push(b"absent");
+        let mut found = Vec::new();
+        layout.find_many(&bytes, &keys, &mut found);
+        assert_eq!(found.len(), keys.len());
+        for (i, (_, v)) in entries.iter().enumerate() {
+            assert_eq!(found[i].unwrap().value, v.as_slice());
+        }
+        assert!(found[keys.len() - 1].is_none());
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub(crate) struct ReadPolicy {
     pub max_size: u64,
     pub min_generation: u64,
     pub verify_values: bool,
+    pub populate: bool,
 }
 
 /// Identity of a shard file: (device, inode). Writers always rename a new file into place, so a
@@ -175,7 +176,12 @@ impl Loaded {
         // only this user's non-warmshard programs could truncate it; that is documented as
         // outside the contract in the README ("Limits"). We map exactly `len` bytes, the size
         // `fstat` reported, and the length is re-checked against the preamble before any use.
-        let mapped = unsafe { MmapOptions::new().len(map_len).map(file) };
+        let mut map_options = MmapOptions::new();
+        map_options.len(map_len);
+        if policy.populate {
+            map_options.populate();
+        }
+        let mapped = unsafe { map_options.map(file) };
         let map = match mapped {
             Ok(map) => map,
             Err(e) => {

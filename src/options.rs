@@ -36,6 +36,10 @@ pub struct Options {
     /// Whether every `get` checks the value's stored checksum (a mismatch reads as a miss).
     /// Default false: [`Snapshot::verify`](crate::Snapshot::verify) checks them all on demand.
     pub verify_values: bool,
+    /// Whether opening pre-faults the whole mapping (`MAP_POPULATE`). Off by default: the
+    /// startup path touches only the pages a lookup needs. Turn it on for scans that read every
+    /// entry (as `hash-tree` does), to replace thousands of page faults with one pass.
+    pub populate: bool,
 }
 
 /// Default for [`Options::max_size`]: 4 GiB.
@@ -53,6 +57,7 @@ impl Default for Options {
             durable: true,
             enabled: true,
             verify_values: false,
+            populate: false,
         }
     }
 }
@@ -112,12 +117,19 @@ impl Options {
         self
     }
 
+    /// Pre-faults the whole mapping at open (for full scans).
+    pub fn populate(mut self, populate: bool) -> Self {
+        self.populate = populate;
+        self
+    }
+
     pub(crate) fn read_policy(&self) -> ReadPolicy {
         ReadPolicy {
             producer: self.producer.clone(),
             max_size: self.max_size,
             min_generation: self.generation,
             verify_values: self.verify_values,
+            populate: self.populate,
         }
     }
 }

@@ -16,5 +16,7 @@ mod stamp;
 mod walk;
 
 pub use cache::{PathCache, PathEntry, PathView};
-pub use manifest::{HashTreeOptions, HashTreeReport, ManifestLine, hash_tree, shard_path_for_root};
+pub use manifest::{
+    HashTreeOptions, HashTreeReport, Manifest, ManifestLine, hash_tree, shard_path_for_root,
+};
 pub use stamp::{DEFAULT_RACY_MARGIN, Stamp};

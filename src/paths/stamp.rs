@@ -62,6 +62,18 @@ impl Stamp {
         }
     }
 
+    /// The stamp of a raw `stat` result (from `fstatat` during a walk).
+    pub(crate) fn from_stat(st: &nix::sys::stat::FileStat) -> Stamp {
+        Stamp {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+            mode: st.st_mode,
+        }
+    }
+
     /// `lstat`s `path` (symlinks are not followed) and returns its stamp.
     pub fn lstat(path: &Path) -> std::io::Result<Stamp> {
         std::fs::symlink_metadata(path).map(|m| Stamp::from_metadata(&m))

@@ -1,14 +1,22 @@
 //! A parallel directory walker that never follows symlinks and has no depth limit.
 //!
-//! Directories go on a shared stack; each worker lists one directory at a time and `lstat`s its
-//! entries relative to the open directory (std's `DirEntry::metadata` uses `statx` on the
-//! directory's descriptor). Only regular files are visited: symlinks, FIFOs, sockets and devices
-//! are never opened.
+//! Directories go on a shared stack; each worker lists one directory at a time into a single
+//! name buffer and `fstatat`s its regular files relative to the open directory handle (no path
+//! resolution beyond one component, no allocation per entry). Only regular files are reported:
+//! symlinks, FIFOs, sockets and devices are never opened.
+//!
+//! Entries of a listing come sorted in **manifest order**: by name bytes, where a directory sorts
+//! as `name/`. Concatenating a depth-first traversal in that order yields every file path sorted
+//! by its bytes, so callers never sort the whole tree.
 
-use std::ffi::OsStr;
+use std::ffi::CStr;
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use nix::dir::{Dir, Type};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
 use parking_lot::{Condvar, Mutex};
 
 use super::stamp::Stamp;
@@ -20,30 +28,69 @@ pub(crate) struct WalkError {
     pub error: std::io::Error,
 }
 
+/// One entry of a [`Listing`]: a regular file with its stamp, or a subdirectory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Listed {
+    File(Stamp),
+    Dir,
+}
+
+/// The regular files and subdirectories of one directory, in manifest order.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    names: Vec<u8>,
+    pub entries: Vec<(Range<u32>, Listed)>,
+}
+
+impl Listing {
+    pub fn name(&self, range: &Range<u32>) -> &[u8] {
+        &self.names[range.start as usize..range.end as usize]
+    }
+}
+
+/// Names in one directory that must not be reported (the cache's own files).
+pub(crate) struct Excluded {
+    pub dir: PathBuf,
+    pub names: Vec<Vec<u8>>,
+    pub prefix: Vec<u8>,
+}
+
+impl Excluded {
+    fn matches(&self, name: &[u8]) -> bool {
+        self.names.iter().any(|n| n == name) || name.starts_with(&self.prefix)
+    }
+}
+
+/// A directory to list: its absolute path and its path relative to the root.
+type DirJob = (PathBuf, Vec<u8>);
+
 struct Queue {
-    state: Mutex<State>,
+    /// Directories waiting, and how many are being listed right now.
+    state: Mutex<(Vec<DirJob>, usize)>,
     wake: Condvar,
 }
 
-struct State {
-    dirs: Vec<(PathBuf, Vec<u8>)>,
-    busy: usize,
+/// Appends `name` to the relative path `rel` (`/`-separated; the root is empty).
+pub(crate) fn join_rel(out: &mut Vec<u8>, rel: &[u8], name: &[u8]) {
+    out.clear();
+    if !rel.is_empty() {
+        out.extend_from_slice(rel);
+        out.push(b'/');
+    }
+    out.extend_from_slice(name);
 }
 
-/// Walks `root` with `threads` workers; calls `visit(relative path bytes, stamp)` for every
-/// regular file not rejected by `exclude(directory, name)`, and returns what the visits returned
-/// (in no particular order) and the errors met.
+/// Walks `root` with `threads` workers; calls `visit(relative dir path, listing)` in the worker
+/// for every directory and returns `(relative dir path, result)` pairs in no particular order,
+/// with the errors met.
 pub(crate) fn walk<T: Send>(
     root: &Path,
     threads: usize,
-    exclude: &(dyn Fn(&Path, &OsStr) -> bool + Sync),
-    visit: &(dyn Fn(Vec<u8>, Stamp) -> T + Sync),
-) -> (Vec<T>, Vec<WalkError>) {
+    excluded: &Excluded,
+    visit: &(dyn Fn(&[u8], Listing) -> T + Sync),
+) -> (Vec<(Vec<u8>, T)>, Vec<WalkError>) {
     let queue = Queue {
-        state: Mutex::new(State {
-            dirs: vec![(root.to_path_buf(), Vec::new())],
-            busy: 0,
-        }),
+        state: Mutex::new((vec![(root.to_path_buf(), Vec::new())], 0)),
         wake: Condvar::new(),
     };
     let results = Mutex::new(Vec::new());
@@ -54,10 +101,28 @@ pub(crate) fn walk<T: Send>(
                 let mut found = Vec::new();
                 let mut failed = Vec::new();
                 while let Some((dir, rel)) = next_dir(&queue) {
-                    let subdirs = list(&dir, &rel, exclude, visit, &mut found, &mut failed);
+                    let excluded = (dir == excluded.dir).then_some(excluded);
+                    let subdirs = match list(&dir, excluded, &mut failed) {
+                        Some(listing) => {
+                            let mut subdirs = Vec::new();
+                            let mut child = Vec::new();
+                            for (range, kind) in &listing.entries {
+                                if let Listed::Dir = kind {
+                                    let name = listing.name(range);
+                                    join_rel(&mut child, &rel, name);
+                                    let abs = dir.join(std::ffi::OsStr::from_bytes(name));
+                                    subdirs.push((abs, child.clone()));
+                                }
+                            }
+                            let result = visit(&rel, listing);
+                            found.push((rel, result));
+                            subdirs
+                        }
+                        None => Vec::new(),
+                    };
                     let mut state = queue.state.lock();
-                    state.busy -= 1;
-                    state.dirs.extend(subdirs);
+                    state.1 -= 1;
+                    state.0.extend(subdirs);
                     queue.wake.notify_all();
                 }
                 results.lock().append(&mut found);
@@ -68,83 +133,136 @@ pub(crate) fn walk<T: Send>(
     (results.into_inner(), errors.into_inner())
 }
 
-fn next_dir(queue: &Queue) -> Option<(PathBuf, Vec<u8>)> {
+fn next_dir(queue: &Queue) -> Option<DirJob> {
     let mut state = queue.state.lock();
     loop {
-        if let Some(job) = state.dirs.pop() {
-            state.busy += 1;
+        if let Some(job) = state.0.pop() {
+            state.1 += 1;
             return Some(job);
         }
-        if state.busy == 0 {
+        if state.1 == 0 {
             return None;
         }
         queue.wake.wait(&mut state);
     }
 }
 
-fn join_rel(rel: &[u8], name: &OsStr) -> Vec<u8> {
-    let name = name.as_bytes();
-    let mut key = Vec::with_capacity(rel.len() + 1 + name.len());
-    if !rel.is_empty() {
-        key.extend_from_slice(rel);
-        key.push(b'/');
-    }
-    key.extend_from_slice(name);
-    key
-}
-
-fn list<T>(
-    dir: &Path,
-    rel: &[u8],
-    exclude: &(dyn Fn(&Path, &OsStr) -> bool + Sync),
-    visit: &(dyn Fn(Vec<u8>, Stamp) -> T + Sync),
-    found: &mut Vec<T>,
-    failed: &mut Vec<WalkError>,
-) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut subdirs = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(error) => {
+fn list(dir: &Path, excluded: Option<&Excluded>, failed: &mut Vec<WalkError>) -> Option<Listing> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut handle = match Dir::open(dir, flags, Mode::empty()) {
+        Ok(handle) => handle,
+        Err(errno) => {
             failed.push(WalkError {
                 path: dir.to_path_buf(),
-                error,
+                error: errno.into(),
             });
-            return subdirs;
+            return None;
         }
     };
-    for entry in entries {
+    let mut listing = Listing::default();
+    let mut to_stat: Vec<(Range<u32>, bool)> = Vec::new();
+    for entry in handle.iter() {
         let entry = match entry {
             Ok(entry) => entry,
-            Err(error) => {
+            Err(errno) => {
                 failed.push(WalkError {
                     path: dir.to_path_buf(),
-                    error,
+                    error: errno.into(),
                 });
-                continue;
+                break;
             }
         };
-        let name = entry.file_name();
-        let Ok(file_type) = entry.file_type() else {
-            continue; // vanished since listed
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." || excluded.is_some_and(|e| e.matches(name)) {
+            continue;
+        }
+        let (is_dir, needs_stat) = match entry.file_type() {
+            Some(Type::Directory) => (true, false),
+            Some(Type::File) => (false, true),
+            None => (false, true), // DT_UNKNOWN: the stat decides
+            Some(_) => continue,   // symlink, FIFO, socket, device: never opened
         };
-        if file_type.is_dir() {
-            subdirs.push((entry.path(), join_rel(rel, &name)));
-        } else if file_type.is_file() && !exclude(dir, &name) {
-            match entry.metadata() {
-                Ok(meta) => {
-                    let stamp = Stamp::from_metadata(&meta);
-                    // Re-checked: the name may have been replaced by something else.
-                    if stamp.is_file() {
-                        found.push(visit(join_rel(rel, &name), stamp));
-                    }
+        let start = listing.names.len() as u32;
+        listing.names.extend_from_slice(name);
+        listing.names.push(0);
+        let range = start..listing.names.len() as u32 - 1;
+        if is_dir {
+            listing.entries.push((range, Listed::Dir));
+        } else {
+            to_stat.push((range, needs_stat));
+        }
+    }
+    for (range, _) in to_stat {
+        let with_nul = &listing.names[range.start as usize..=range.end as usize];
+        let Ok(name) = CStr::from_bytes_with_nul(with_nul) else {
+            continue;
+        };
+        match nix::sys::stat::fstatat(&handle, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(stat) => {
+                let stamp = Stamp::from_stat(&stat);
+                if stamp.is_file() {
+                    listing.entries.push((range, Listed::File(stamp)));
+                } else if stamp.mode & nix::libc::S_IFMT == nix::libc::S_IFDIR {
+                    listing.entries.push((range, Listed::Dir));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => failed.push(WalkError {
-                    path: entry.path(),
-                    error,
-                }),
+            }
+            Err(nix::errno::Errno::ENOENT) => {} // removed since listed
+            Err(errno) => failed.push(WalkError {
+                path: dir.join(std::ffi::OsStr::from_bytes(name.to_bytes())),
+                error: errno.into(),
+            }),
+        }
+    }
+    let names = &listing.names;
+    listing.entries.sort_unstable_by(|(a, ka), (b, kb)| {
+        manifest_order(
+            &names[a.start as usize..a.end as usize],
+            matches!(ka, Listed::Dir),
+            &names[b.start as usize..b.end as usize],
+            matches!(kb, Listed::Dir),
+        )
+    });
+    Some(listing)
+}
+
+/// Compares two entry names as `name` for files and `name/` for directories: the order in
+/// which their full paths sort.
+fn manifest_order(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> std::cmp::Ordering {
+    let common = a.len().min(b.len());
+    match a[..common].cmp(&b[..common]) {
+        std::cmp::Ordering::Equal => {}
+        unequal => return unequal,
+    }
+    // One name is a prefix of the other: compare what follows, a directory's '/' included.
+    let a_rest = a[common..].iter().chain(a_dir.then_some(&b'/'));
+    let b_rest = b[common..].iter().chain(b_dir.then_some(&b'/'));
+    a_rest.cmp(b_rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::manifest_order;
+
+    #[test]
+    fn manifest_order_matches_sorting_full_paths() {
+        let names: [(&[u8], bool); 7] = [
+            (b"b", true),
+            (b"b.txt", false),
+            (b"b0", false),
+            (b"a", false),
+            (b"ba", true),
+            (b"b-", false),
+            (b"", false),
+        ];
+        for (a, a_dir) in names {
+            for (b, b_dir) in names {
+                let full = |n: &[u8], d: bool| [n, if d { b"/x" } else { b"" }].concat();
+                assert_eq!(
+                    manifest_order(a, a_dir, b, b_dir),
+                    full(a, a_dir).cmp(&full(b, b_dir)),
+                    "{a:?}/{a_dir} vs {b:?}/{b_dir}"
+                );
             }
         }
     }
-    subdirs
 }

@@ -40,17 +40,17 @@ pub(crate) fn run(args: HashTreeArgs) -> Outcome {
     let report = hash_tree(&args.dir, &options)?;
     progress.finish();
 
-    let mut out = Vec::with_capacity(report.lines.len() * 100);
+    let mut out = Vec::new();
     if args.json {
         let lines: Vec<serde_json::Value> = report
-            .lines
+            .manifest
             .iter()
             .map(|line| {
                 let mut object = serde_json::json!({
-                    "path": String::from_utf8_lossy(&line.path),
+                    "path": String::from_utf8_lossy(line.path),
                     "sha256": line.hex(),
                 });
-                if std::str::from_utf8(&line.path).is_err() {
+                if std::str::from_utf8(line.path).is_err() {
                     object["path_bytes"] = serde_json::json!(line.path);
                 }
                 object
@@ -59,9 +59,7 @@ pub(crate) fn run(args: HashTreeArgs) -> Outcome {
         serde_json::to_writer(&mut out, &lines).map_err(|e| Error::InvalidInput(e.to_string()))?;
         out.push(b'\n');
     } else {
-        for line in &report.lines {
-            line.write_sha256sum(&mut out);
-        }
+        report.manifest.write_sha256sum(&mut out);
     }
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(&out).and_then(|()| stdout.flush()) {
