@@ -43,10 +43,8 @@ fn main() {
                     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
                         match entry.file_type() {
                             Ok(t) if t.is_dir() => subdirs.push(entry.path()),
-                            Ok(t) if t.is_file() => {
-                                if entry.metadata().is_ok() {
-                                    files.fetch_add(1, Ordering::Relaxed);
-                                }
+                            Ok(t) if t.is_file() && entry.metadata().is_ok() => {
+                                files.fetch_add(1, Ordering::Relaxed);
                             }
                             _ => {}
                         }
