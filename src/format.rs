@@ -28,7 +28,8 @@
 //!
 //! **Root** (the last bytes of the file, validated by rkyv's `check_bytes`): the producer string,
 //! the build time (ns since the Unix epoch), the entry count, the total value bytes, the bucket
-//! count, the oldest entry generation, and three `ArchivedVec<u8>` arenas: records, buckets, slots. Validating the root checks
+//! count, the oldest entry generation, the file's random `shard_id` and, for a delta file, the
+//! `base_id` of the base it extends, and three `ArchivedVec<u8>` arenas: records, buckets, slots. Validating the root checks
 //! that each arena lies inside the file without overlap; all bit patterns of a `u8` are valid, so
 //! validation costs the same for 10 entries as for 10 million. Every lookup then slices the arenas
 //! with bounds checks, so a lying offset produces a miss, never an out-of-bounds read.
@@ -49,6 +50,12 @@
 //! owns slots `buckets[b]..buckets[b+1]`. A key's bucket is `(hash * B) >> 64` (see
 //! [`bucket_of`]), which is monotone in the hash, so sorting slots by hash groups them by bucket.
 //! B is about half the entry count, so a lookup scans about two 16-byte slots in one cache line.
+//!
+//! **Base and delta.** A shard is one base file plus, optionally, a small delta file
+//! (`<shard>.delta`, same format) holding entries written since the base was built. A delta
+//! counts only if its `base_id` equals the base's `shard_id`; lookups read the delta first. Small
+//! writes rewrite only the delta; once it passes [`delta_limit`] the next write folds it into a
+//! new base.
 //!
 //! The key hash is [`key_hash`]: XXH3-64 with seed 0, a published, platform-independent function;
 //! it is part of the format and never changes without a format version bump.
@@ -101,6 +108,13 @@ pub fn bucket_of(hash: u64, bucket_count: u64) -> u64 {
     ((u128::from(hash) * u128::from(bucket_count)) >> 64) as u64
 }
 
+/// The largest delta file a small write keeps before folding it into a new base:
+/// `max(32 KiB, 16 * sqrt(base length))`, so the median write costs O(sqrt n) and the occasional
+/// full rewrite is amortized over O(sqrt n) writes.
+pub fn delta_limit(base_len: u64) -> u64 {
+    (32 * 1024).max(16 * (base_len as f64).sqrt() as u64)
+}
+
 /// The number of buckets for `entries` entries.
 pub fn bucket_count_for(entries: u64) -> u64 {
     entries.div_ceil(SLOTS_PER_BUCKET).max(1)
@@ -142,6 +156,8 @@ struct Root {
     value_bytes: u64,
     bucket_count: u64,
     oldest_generation: u64,
+    shard_id: u64,
+    base_id: u64,
 }
 
 /// Header fields of a validated shard (everything except the arenas).
@@ -159,6 +175,10 @@ pub struct Header {
     pub value_bytes: u64,
     /// The lowest generation of any entry (`u64::MAX` when empty).
     pub oldest_generation: u64,
+    /// Random identity of this file, chosen by its writer.
+    pub shard_id: u64,
+    /// For a delta file, the `shard_id` of the base it belongs to; 0 for a base.
+    pub base_id: u64,
     /// Total file length.
     pub file_len: u64,
 }
@@ -285,6 +305,8 @@ pub fn parse(file: &[u8]) -> Result<(Header, Layout), Health> {
         entry_count,
         value_bytes: root.value_bytes.to_native(),
         oldest_generation: root.oldest_generation.to_native(),
+        shard_id: root.shard_id.to_native(),
+        base_id: root.base_id.to_native(),
         file_len: file.len() as u64,
     };
     let layout = Layout {
@@ -477,6 +499,10 @@ pub struct Summary<'a> {
     pub value_bytes: u64,
     /// The lowest generation among the entries (`u64::MAX` when there are none).
     pub oldest_generation: u64,
+    /// Random identity of the new file.
+    pub shard_id: u64,
+    /// The base's `shard_id` when writing a delta file; 0 when writing a base.
+    pub base_id: u64,
 }
 
 impl<W: Write> Encoder<W> {
@@ -571,6 +597,8 @@ impl<W: Write> Encoder<W> {
             value_bytes: summary.value_bytes,
             bucket_count,
             oldest_generation: summary.oldest_generation,
+            shard_id: summary.shard_id,
+            base_id: summary.base_id,
         };
         let writer = IoWriter::with_pos(&mut self.out, self.pos as usize);
         let writer = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&root, writer)
@@ -615,6 +643,8 @@ mod tests {
             build_time_ns: 42,
             value_bytes,
             oldest_generation: 7,
+            shard_id: 99,
+            base_id: 0,
         };
         let (mut bytes, len) = enc.finish(&slots, &summary).unwrap();
         assert_eq!(bytes.len() as u64, len);

@@ -3,21 +3,160 @@
 //! [`Loaded`] is an immutable, validated view of one shard file (or of its absence). It is
 //! built in O(1): one `open`, one `fstat`, one `stat` of the directory, one `mmap`, and rkyv's
 //! `check_bytes` on the archive root (see [`crate::format`]). Nothing here trusts a byte before
-//! the preamble checks and rkyv validation pass.
+//! the preamble checks and rkyv validation pass. [`ShardFiles`] pairs a base with the delta file
+//! that extends it, if any.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use memmap2::{Mmap, MmapOptions};
 use once_cell::sync::OnceCell;
 
 use crate::error::{Error, Result};
-use crate::format::{self, Header, Layout};
+use crate::format::{self, Header, Layout, Record};
 use crate::health::Health;
 use crate::trust;
+
+/// A base file and the delta file that extends it (only if the delta's `base_id` names this
+/// base). Immutable once built; shared by snapshots through an `Arc`.
+pub(crate) struct ShardFiles {
+    pub base: Arc<Loaded>,
+    pub delta: Option<Arc<Loaded>>,
+    /// Why a delta file on disk was not used, when that is worth reporting (corrupt, untrusted).
+    pub delta_problem: Option<Health>,
+    /// Identity of the delta file on disk, used or not (so a replaced delta is noticed).
+    pub delta_identity: Option<Identity>,
+    live_count: OnceCell<u64>,
+}
+
+impl ShardFiles {
+    /// Opens the base at `path` and the delta at `delta_path`.
+    pub fn open(path: &Path, delta_path: &Path, policy: &ReadPolicy) -> Result<ShardFiles> {
+        let base = Arc::new(Loaded::open(path, policy.clone())?);
+        if !base.health.is_valid() {
+            return Ok(Self::base_only(base, None, None));
+        }
+        let delta = match Loaded::open(delta_path, policy.clone()) {
+            Ok(delta) => delta,
+            Err(e) => {
+                let problem = Health::Unreadable {
+                    error: format!("delta file: {e}"),
+                };
+                return Ok(Self::base_only(base, Some(problem), None));
+            }
+        };
+        Ok(Self::pair(base, delta))
+    }
+
+    /// Combines `base` with `delta`, keeping the delta only if it extends this base.
+    pub fn pair(base: Arc<Loaded>, delta: Loaded) -> ShardFiles {
+        let identity = delta.identity;
+        match &delta.health {
+            Health::Missing => Self::base_only(base, None, identity),
+            Health::Valid if delta.header.base_id == base.header.shard_id => ShardFiles {
+                base,
+                delta: Some(Arc::new(delta)),
+                delta_problem: None,
+                delta_identity: identity,
+                live_count: OnceCell::new(),
+            },
+            // A delta of an older base: left by a writer that folded it into a new base and died
+            // before removing it. Its entries are in the base already; the next write removes it.
+            Health::Valid => Self::base_only(base, None, identity),
+            problem => {
+                let problem = Health::Corrupt {
+                    reason: format!("delta file ignored: {problem}"),
+                };
+                Self::base_only(base, Some(problem), identity)
+            }
+        }
+    }
+
+    pub fn base_only(
+        base: Arc<Loaded>,
+        delta_problem: Option<Health>,
+        delta_identity: Option<Identity>,
+    ) -> ShardFiles {
+        ShardFiles {
+            base,
+            delta: None,
+            delta_problem,
+            delta_identity,
+            live_count: OnceCell::new(),
+        }
+    }
+
+    /// The health a reader sees: the base's, unless an unusable delta file lost entries.
+    pub fn health(&self) -> &Health {
+        match &self.delta_problem {
+            Some(problem) if self.base.health.is_valid() => problem,
+            _ => &self.base.health,
+        }
+    }
+
+    /// Identities of both files, to notice when either was replaced.
+    pub fn identity(&self) -> (Option<Identity>, Option<Identity>) {
+        (self.base.identity, self.delta_identity)
+    }
+
+    /// Finds the newest record of `key`: the delta's if it has one, else the base's.
+    #[inline]
+    pub fn find(&self, key: &[u8]) -> Option<Record<'_>> {
+        if let Some(delta) = &self.delta
+            && let Some(record) = delta.layout.find(delta.bytes(), key)
+        {
+            return Some(record);
+        }
+        self.base.layout.find(self.base.bytes(), key)
+    }
+
+    /// Every newest record: the delta's, then the base's not shadowed by the delta.
+    pub fn records(&self) -> impl Iterator<Item = Record<'_>> + '_ {
+        let delta = self
+            .delta
+            .iter()
+            .flat_map(|d| d.layout.slots(d.bytes()).filter_map(|(_, _, r)| r));
+        let base = self
+            .base
+            .layout
+            .slots(self.base.bytes())
+            .filter_map(|(_, _, r)| r)
+            .filter(move |r| match &self.delta {
+                Some(d) => d.layout.find(d.bytes(), r.key).is_none(),
+                None => true,
+            });
+        delta.chain(base)
+    }
+
+    /// Entries that read as hits. O(1) for a lone base whose entries all pass the generation
+    /// floor; otherwise counted once, lazily.
+    pub fn live_count(&self) -> u64 {
+        let Some(delta) = &self.delta else {
+            return self.base.live_count();
+        };
+        let floor = self.base.policy.min_generation;
+        *self.live_count.get_or_init(|| {
+            if self.base.header.oldest_generation >= floor
+                && delta.header.oldest_generation >= floor
+            {
+                // Every entry is live: the base's, plus the delta's keys the base lacks.
+                let base = &self.base;
+                let added = delta
+                    .layout
+                    .slots(delta.bytes())
+                    .filter_map(|(_, _, r)| r)
+                    .filter(|r| base.layout.find(base.bytes(), r.key).is_none())
+                    .count() as u64;
+                return base.layout.entry_count() + added;
+            }
+            self.records().filter(|r| r.generation >= floor).count() as u64
+        })
+    }
+}
 
 /// What a reader requires of a shard; derived from [`Options`](crate::Options).
 #[derive(Clone, Debug)]

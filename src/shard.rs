@@ -7,7 +7,7 @@ use parking_lot::RwLock;
 
 use crate::error::Result;
 use crate::health::Health;
-use crate::map::Loaded;
+use crate::map::{Loaded, ShardFiles};
 use crate::options::Options;
 use crate::snapshot::{Snapshot, Value};
 use crate::write::{Transaction, WriteOutcome};
@@ -32,8 +32,9 @@ use crate::write::{Transaction, WriteOutcome};
 pub struct Shard {
     path: PathBuf,
     lock_path: PathBuf,
+    delta_path: PathBuf,
     options: Options,
-    current: RwLock<Arc<Loaded>>,
+    current: RwLock<Arc<ShardFiles>>,
 }
 
 impl Shard {
@@ -49,18 +50,25 @@ impl Shard {
     /// cases are a directory, FIFO, socket or device at `path` (never waited on).
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Shard> {
         let path = path.as_ref().to_path_buf();
-        let mut lock_path = path.clone().into_os_string();
-        lock_path.push(".lock");
-        let loaded = if options.enabled {
-            Loaded::open(&path, options.read_policy())?
+        let sidecar = |suffix: &str| {
+            let mut name = path.clone().into_os_string();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        let lock_path = sidecar(".lock");
+        let delta_path = sidecar(".delta");
+        let files = if options.enabled {
+            ShardFiles::open(&path, &delta_path, &options.read_policy())?
         } else {
-            Loaded::empty(Health::Disabled, None, options.read_policy())
+            let disabled = Loaded::empty(Health::Disabled, None, options.read_policy());
+            ShardFiles::base_only(Arc::new(disabled), None, None)
         };
         Ok(Shard {
             path,
-            lock_path: lock_path.into(),
+            lock_path,
+            delta_path,
             options,
-            current: RwLock::new(Arc::new(loaded)),
+            current: RwLock::new(Arc::new(files)),
         })
     }
 
@@ -85,6 +93,12 @@ impl Shard {
         self.lock_path.clone()
     }
 
+    /// The delta file's path (`<path>.delta`): recent small writes, folded into the shard file
+    /// by a later write.
+    pub fn delta_path(&self) -> PathBuf {
+        self.delta_path.clone()
+    }
+
     /// The options this handle was opened with.
     pub fn options(&self) -> &Options {
         &self.options
@@ -92,36 +106,42 @@ impl Shard {
 
     /// A snapshot of the shard as it is now.
     ///
-    /// Costs one `stat` of the path: if the file was replaced since the last snapshot (its device
-    /// or inode changed), the new file is mapped and validated; otherwise the current mapping is
-    /// shared. Hold the returned snapshot for repeated lookups.
+    /// Costs a `stat` of the shard file and of its delta file: if either was replaced since the
+    /// last snapshot (its device or inode changed), the files are mapped and validated anew;
+    /// otherwise the current mappings are shared. Hold the returned snapshot for repeated
+    /// lookups.
     pub fn snapshot(&self) -> Snapshot {
         let current = Arc::clone(&self.current.read());
-        if !self.options.enabled || self.identity_on_disk() == current.identity {
+        if !self.options.enabled || self.identity_on_disk() == current.identity() {
             return Snapshot::new(current);
         }
-        let loaded = Loaded::open(&self.path, self.options.read_policy()).unwrap_or_else(|e| {
-            Loaded::empty(
-                Health::Unreadable {
-                    error: e.to_string(),
-                },
+        let policy = self.options.read_policy();
+        let files = ShardFiles::open(&self.path, &self.delta_path, &policy).unwrap_or_else(|e| {
+            let unreadable = Health::Unreadable {
+                error: e.to_string(),
+            };
+            ShardFiles::base_only(
+                Arc::new(Loaded::empty(unreadable, None, policy)),
                 None,
-                self.options.read_policy(),
+                None,
             )
         });
-        let loaded = Arc::new(loaded);
-        self.install(Arc::clone(&loaded));
-        Snapshot::new(loaded)
+        let files = Arc::new(files);
+        self.install(Arc::clone(&files));
+        Snapshot::new(files)
     }
 
-    fn identity_on_disk(&self) -> Option<(u64, u64)> {
+    fn identity_on_disk(&self) -> (Option<(u64, u64)>, Option<(u64, u64)>) {
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::symlink_metadata(&self.path).ok()?;
-        Some((meta.dev(), meta.ino()))
+        let identity = |path: &Path| {
+            let meta = std::fs::symlink_metadata(path).ok()?;
+            Some((meta.dev(), meta.ino()))
+        };
+        (identity(&self.path), identity(&self.delta_path))
     }
 
-    pub(crate) fn install(&self, loaded: Arc<Loaded>) {
-        *self.current.write() = loaded;
+    pub(crate) fn install(&self, files: Arc<ShardFiles>) {
+        *self.current.write() = files;
     }
 
     /// The value stored under `key`, from a fresh [`snapshot`](Shard::snapshot). The returned
@@ -194,12 +214,13 @@ impl Shard {
         tx.commit()
     }
 
-    /// Removes the shard file (under the lock). Readers holding snapshots keep them.
+    /// Removes the shard file and its delta file (under the lock). Readers holding snapshots
+    /// keep them.
     pub fn clear(&self) -> Result<WriteOutcome> {
         if !self.options.enabled {
             return Ok(WriteOutcome::Disabled);
         }
-        Transaction::begin(self)?.remove_file()
+        Transaction::begin(self)?.remove_files()
     }
 
     /// Starts a bulk write (e.g. a prewarm from an init command): takes the lock now, streams
@@ -275,12 +296,12 @@ impl BulkWriter<'_> {
 
     /// Publishes the new shard atomically.
     pub fn commit(self) -> Result<WriteOutcome> {
-        let Some(mut tx) = self.tx else {
+        let Some(tx) = self.tx else {
             return Ok(WriteOutcome::Disabled);
         };
-        if self.mode == BulkMode::Merge {
-            tx.keep_current(|_| false)?;
+        match self.mode {
+            BulkMode::Merge => tx.commit_merge(),
+            BulkMode::Replace => tx.commit(),
         }
-        tx.commit()
     }
 }

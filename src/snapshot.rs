@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::format::{self, Record};
 use crate::health::Health;
-use crate::map::Loaded;
+use crate::map::ShardFiles;
 
 /// A validated read view of a shard, as it was when the snapshot was taken.
 ///
@@ -28,17 +28,17 @@ use crate::map::Loaded;
 /// ```
 #[derive(Clone)]
 pub struct Snapshot {
-    pub(crate) loaded: Arc<Loaded>,
+    pub(crate) files: Arc<ShardFiles>,
 }
 
 impl Snapshot {
-    pub(crate) fn new(loaded: Arc<Loaded>) -> Snapshot {
-        Snapshot { loaded }
+    pub(crate) fn new(files: Arc<ShardFiles>) -> Snapshot {
+        Snapshot { files }
     }
 
     #[inline]
     fn live<'a>(&self, record: Record<'a>) -> Option<Record<'a>> {
-        let policy = &self.loaded.policy;
+        let policy = &self.files.base.policy;
         if record.generation < policy.min_generation {
             return None;
         }
@@ -53,9 +53,7 @@ impl Snapshot {
     /// failing its checksum.
     #[inline]
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        let bytes = self.loaded.bytes();
-        let record = self.loaded.layout.find(bytes, key)?;
-        self.live(record).map(|r| r.value)
+        self.live(self.files.find(key)?).map(|r| r.value)
     }
 
     /// Looks up many keys at once: `out[i]` becomes what `get(keys[i])` returns. Faster than
@@ -74,10 +72,17 @@ impl Snapshot {
     /// # Ok(()) }
     /// ```
     pub fn get_many<'s>(&'s self, keys: &[&[u8]], out: &mut Vec<Option<&'s [u8]>>) {
+        let base = &self.files.base;
         let mut records = Vec::with_capacity(keys.len());
-        self.loaded
-            .layout
-            .find_many(self.loaded.bytes(), keys, &mut records);
+        base.layout.find_many(base.bytes(), keys, &mut records);
+        if let Some(delta) = &self.files.delta {
+            // The delta is small and recent: check it key by key, it wins where it has the key.
+            for (key, record) in keys.iter().zip(records.iter_mut()) {
+                if let Some(newer) = delta.layout.find(delta.bytes(), key) {
+                    *record = Some(newer);
+                }
+            }
+        }
         out.clear();
         out.extend(
             records
@@ -94,7 +99,7 @@ impl Snapshot {
 
     /// Number of entries that read as hits.
     pub fn len(&self) -> usize {
-        self.loaded.live_count() as usize
+        self.files.live_count() as usize
     }
 
     /// True when the snapshot has no entries.
@@ -102,13 +107,11 @@ impl Snapshot {
         self.len() == 0
     }
 
-    /// Every live entry as `(key, value)`, in index order (by key hash, not sorted by key).
+    /// Every live entry as `(key, value)`, in index order (not sorted by key).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        let bytes = self.loaded.bytes();
-        self.loaded
-            .layout
-            .slots(bytes)
-            .filter_map(|(_, _, record)| self.live(record?))
+        self.files
+            .records()
+            .filter_map(|r| self.live(r))
             .map(|r| (r.key, r.value))
     }
 
@@ -117,62 +120,95 @@ impl Snapshot {
         self.iter().map(|(k, _)| k)
     }
 
-    /// Why this snapshot holds what it holds; anything but [`Health::Valid`] reads as empty.
+    /// Why this snapshot holds what it holds; anything but [`Health::Valid`] reads as empty
+    /// (or, for a problem with the delta file alone, as the entries of the base).
     pub fn health(&self) -> &Health {
-        &self.loaded.health
+        self.files.health()
     }
 
     /// The producer string recorded in the shard ("" when not valid).
     pub fn producer(&self) -> &str {
-        self.loaded.producer()
+        self.files.base.producer()
     }
 
-    /// The whole mapped file; every slice returned by [`get`](Snapshot::get) lies inside it.
+    /// The whole mapped base file. Every value [`get`](Snapshot::get) returns lies inside it or
+    /// inside [`delta_file_bytes`](Snapshot::delta_file_bytes).
     pub fn file_bytes(&self) -> &[u8] {
-        self.loaded.bytes()
+        self.files.base.bytes()
+    }
+
+    /// The mapped delta file holding recent writes (empty when there is none).
+    pub fn delta_file_bytes(&self) -> &[u8] {
+        self.files.delta.as_ref().map_or(&[], |d| d.bytes())
     }
 
     /// Figures about the shard behind this snapshot.
     pub fn stats(&self) -> Stats {
-        let h = &self.loaded.header;
+        let h = &self.files.base.header;
+        let floor = self.files.base.policy.min_generation;
+        let (value_bytes, delta_bytes) = match &self.files.delta {
+            None => (h.value_bytes, 0),
+            Some(delta) => {
+                let live = self.files.records().filter(|r| r.generation >= floor);
+                (
+                    live.map(|r| r.value.len() as u64).sum(),
+                    delta.header.file_len,
+                )
+            }
+        };
         Stats {
             entries: self.len() as u64,
-            value_bytes: h.value_bytes,
-            file_bytes: h.file_len,
+            value_bytes,
+            file_bytes: h.file_len + delta_bytes,
+            delta_file_bytes: delta_bytes,
             format_version: h.format_version,
             producer: self.producer().to_string(),
             build_time: UNIX_EPOCH + Duration::from_nanos(h.build_time_ns),
-            validation_time: self.loaded.validation_time,
-            health: self.loaded.health.clone(),
+            validation_time: self.files.base.validation_time
+                + self
+                    .files
+                    .delta
+                    .as_ref()
+                    .map_or(Duration::ZERO, |d| d.validation_time),
+            health: self.health().clone(),
         }
     }
 
     /// Full verification of every entry (O(size of the shard)): index structure, key hashes,
-    /// bucket placement, unique keys and every value's checksum. Opening a shard checks only
-    /// what is needed to read it safely; this is the expensive check, run when you want it.
+    /// bucket placement, unique keys and every value's checksum, in the base and the delta.
+    /// Opening a shard checks only what is needed to read it safely; this is the expensive
+    /// check, run when you want it.
     ///
     /// Returns the number of entries checked, or what is wrong. A snapshot that is not
     /// [`Health::Valid`] fails, unless it is simply missing or disabled (zero entries).
     pub fn verify(&self) -> Result<u64, VerifyError> {
-        match &self.loaded.health {
+        match self.health() {
             Health::Valid => {}
             Health::Missing | Health::Disabled => return Ok(0),
             other => return Err(VerifyError(other.to_string())),
         }
-        self.loaded
-            .layout
-            .verify(self.loaded.bytes())
-            .map_err(VerifyError)?;
-        Ok(self.loaded.layout.entry_count())
+        let mut checked = 0;
+        for (file, loaded) in [
+            ("base", Some(&self.files.base)),
+            ("delta", self.files.delta.as_ref()),
+        ] {
+            let Some(loaded) = loaded else { continue };
+            loaded
+                .layout
+                .verify(loaded.bytes())
+                .map_err(|e| VerifyError(format!("{file} file: {e}")))?;
+            checked += loaded.layout.entry_count();
+        }
+        Ok(checked)
     }
 }
 
 impl fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Snapshot")
-            .field("health", &self.loaded.health)
-            .field("entries", &self.loaded.layout.entry_count())
-            .field("file_bytes", &self.loaded.header.file_len)
+            .field("health", self.health())
+            .field("base_entries", &self.files.base.layout.entry_count())
+            .field("delta", &self.files.delta.is_some())
             .finish()
     }
 }
@@ -189,8 +225,10 @@ pub struct Stats {
     pub entries: u64,
     /// Sum of all value lengths.
     pub value_bytes: u64,
-    /// Size of the shard file.
+    /// Size of the shard's files (base and delta).
     pub file_bytes: u64,
+    /// Size of the delta file of recent writes (0 when there is none).
+    pub delta_file_bytes: u64,
     /// Format version of the file (0 when not valid).
     pub format_version: u32,
     /// Producer string recorded by the writer.
@@ -208,23 +246,41 @@ pub struct Stats {
 #[derive(Clone)]
 pub struct Value {
     snapshot: Snapshot,
+    in_delta: bool,
     range: std::ops::Range<usize>,
 }
 
 impl Value {
     pub(crate) fn find(snapshot: Snapshot, key: &[u8]) -> Option<Value> {
         let value = snapshot.get(key)?;
-        let base = snapshot.file_bytes().as_ptr() as usize;
-        let start = value.as_ptr() as usize - base;
+        let in_delta = snapshot
+            .delta_file_bytes()
+            .as_ptr_range()
+            .contains(&value.as_ptr());
+        let file = if in_delta {
+            snapshot.delta_file_bytes()
+        } else {
+            snapshot.file_bytes()
+        };
+        let start = value.as_ptr() as usize - file.as_ptr() as usize;
         let range = start..start + value.len();
-        Some(Value { snapshot, range })
+        Some(Value {
+            snapshot,
+            in_delta,
+            range,
+        })
     }
 }
 
 impl Deref for Value {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.snapshot.file_bytes()[self.range.clone()]
+        let file = if self.in_delta {
+            self.snapshot.delta_file_bytes()
+        } else {
+            self.snapshot.file_bytes()
+        };
+        &file[self.range.clone()]
     }
 }
 

@@ -11,6 +11,12 @@
 //!
 //! `put_one`, `merge_in`, `replace_all` and the bulk writer differ only in which entries they
 //! add and whether they keep the current ones; `remove` keeps all but some.
+//!
+//! A merge whose new entries plus the current delta stay under [`format::delta_limit`] is
+//! published as a new **delta file** (`<shard>.delta`, renamed over the old delta) and leaves the
+//! base alone, so a small write costs O(delta), not O(shard). Any other write publishes a new
+//! **base** (renamed over the shard) and then removes the delta; a crash between the two leaves a
+//! delta whose `base_id` no longer matches, which readers ignore.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::BufWriter;
@@ -25,7 +31,7 @@ use tempfile::NamedTempFile;
 
 use crate::error::{Error, Result};
 use crate::format::{self, Encoder, Record, Slot, Summary};
-use crate::map::{self, Loaded};
+use crate::map::{self, Loaded, ShardFiles};
 use crate::shard::Shard;
 use crate::trust;
 
@@ -85,6 +91,17 @@ impl WriteLock {
             pause = (pause * 2).min(Duration::from_millis(4));
         }
     }
+}
+
+/// A random identity for a new shard file.
+fn new_shard_id() -> u64 {
+    use std::hash::BuildHasher;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    // RandomState is seeded from the OS once per process and differs per instance.
+    std::hash::RandomState::new().hash_one((nanos, std::process::id())) | 1
 }
 
 /// 0–50 µs, different per process and per call.
@@ -159,9 +176,16 @@ impl Builder {
 pub(crate) struct Transaction<'s> {
     shard: &'s Shard,
     _lock: WriteLock,
-    pub current: Arc<Loaded>,
+    pub current: Arc<ShardFiles>,
     temp: NamedTempFile,
     builder: Builder,
+}
+
+/// Which file a commit publishes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Base,
+    Delta,
 }
 
 impl<'s> Transaction<'s> {
@@ -172,7 +196,8 @@ impl<'s> Transaction<'s> {
         ensure_private_dir(dir)?;
         let lock = WriteLock::acquire(&shard.lock_path(), shard.options().lock_timeout)?;
         remove_stale_temps(dir, path)?;
-        let current = Arc::new(Loaded::open(path, shard.options().read_policy())?);
+        let policy = shard.options().read_policy();
+        let current = Arc::new(ShardFiles::open(path, &shard.delta_path(), &policy)?);
         let temp = tempfile::Builder::new()
             .prefix(&temp_prefix(path))
             .suffix(TEMP_SUFFIX)
@@ -221,23 +246,23 @@ impl<'s> Transaction<'s> {
         self.builder.index(key, value.len(), generation, offset)
     }
 
-    /// Copies every current entry not already added, not of an older generation and not
-    /// rejected by `drop_key`, verbatim (checksum included).
+    /// Copies every current entry (the delta's, then the base's it does not shadow) that was
+    /// not already added, is not of an older generation and is not rejected by `drop_key`,
+    /// verbatim (checksum included).
     pub fn keep_current(&mut self, drop_key: impl Fn(&[u8]) -> bool) -> Result<()> {
         let current = Arc::clone(&self.current);
-        let floor = self.shard.options().generation;
-        let bytes = current.bytes();
-        for (_, _, record) in current.layout.slots(bytes) {
-            let Some(record) = record else { continue };
-            if record.generation < floor
-                || drop_key(record.key)
-                || self.builder.contains(record.key)
-            {
-                continue;
-            }
-            self.copy(&record)?;
+        for record in current.records() {
+            self.keep(&record, &drop_key)?;
         }
         Ok(())
+    }
+
+    fn keep(&mut self, record: &Record<'_>, drop_key: &impl Fn(&[u8]) -> bool) -> Result<()> {
+        let floor = self.shard.options().generation;
+        if record.generation < floor || drop_key(record.key) || self.builder.contains(record.key) {
+            return Ok(());
+        }
+        self.copy(record)
     }
 
     fn copy(&mut self, record: &Record<'_>) -> Result<()> {
@@ -265,8 +290,39 @@ impl<'s> Transaction<'s> {
         self.builder.slots.len()
     }
 
-    /// Step 6: finishes the file, makes it durable and renames it over the shard.
+    /// Commits what was added as a merge into the current entries: as a new delta file when
+    /// the result stays small, else as a new base.
+    pub fn commit_merge(mut self) -> Result<WriteOutcome> {
+        let current = Arc::clone(&self.current);
+        let floor = self.shard.options().generation;
+        if !current.base.health.is_valid() || current.base.header.oldest_generation < floor {
+            // No base to extend, or one holding entries of an older generation that this write
+            // must drop: the merge result becomes the whole shard.
+            self.keep_current(|_| false)?;
+            return self.commit_as(Target::Base);
+        }
+        let no_drop = |_: &[u8]| false;
+        if let Some(delta) = &current.delta {
+            for (_, _, record) in delta.layout.slots(delta.bytes()) {
+                if let Some(record) = record {
+                    self.keep(&record, &no_drop)?;
+                }
+            }
+        }
+        if self.builder.encoder.records_len() <= format::delta_limit(current.base.header.file_len) {
+            return self.commit_as(Target::Delta);
+        }
+        self.keep_current(no_drop)?;
+        self.commit_as(Target::Base)
+    }
+
+    /// Commits what was added (and kept) as the whole new shard.
     pub fn commit(self) -> Result<WriteOutcome> {
+        self.commit_as(Target::Base)
+    }
+
+    /// Step 6: finishes the file, makes it durable and renames it into place.
+    fn commit_as(self, target: Target) -> Result<WriteOutcome> {
         let Transaction {
             shard,
             _lock,
@@ -282,11 +338,10 @@ impl<'s> Transaction<'s> {
             ..
         } = builder;
         slots.sort_unstable_by_key(|s| s.hash);
+        let base_valid = current.base.health.is_valid();
         let producer = match &shard.options().producer {
             Some(p) => p.as_str(),
-            None if current.health.is_valid() && !current.producer().is_empty() => {
-                current.producer()
-            }
+            None if base_valid && !current.base.producer().is_empty() => current.base.producer(),
             None => DEFAULT_PRODUCER,
         };
         let summary = Summary {
@@ -297,6 +352,11 @@ impl<'s> Transaction<'s> {
                 .unwrap_or(0),
             value_bytes,
             oldest_generation,
+            shard_id: new_shard_id(),
+            base_id: match target {
+                Target::Delta => current.base.header.shard_id,
+                Target::Base => 0,
+            },
         };
         let io = |e| Error::io("writing", temp.path(), e);
         let (out, len) = encoder.finish(&slots, &summary).map_err(io)?;
@@ -311,50 +371,70 @@ impl<'s> Transaction<'s> {
         if durable {
             temp.as_file().sync_data().map_err(io)?;
         }
-        let path = shard.path();
+        let delta_path = shard.delta_path();
+        let destination = match target {
+            Target::Base => shard.path().to_path_buf(),
+            Target::Delta => delta_path.clone(),
+        };
         let file = temp
-            .persist(path)
-            .map_err(|e| Error::io("renaming new shard over", path, e.error))?;
-        let dir = map::parent_dir(path);
+            .persist(&destination)
+            .map_err(|e| Error::io("renaming new shard over", &destination, e.error))?;
+        if target == Target::Base {
+            // The new base holds the delta's entries; the old delta no longer matches it.
+            match fs::remove_file(&delta_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("removing", &delta_path, e)),
+            }
+        }
         if durable {
-            sync_dir(dir)?;
+            sync_dir(map::parent_dir(&destination))?;
         }
         let meta = file
             .metadata()
-            .map_err(|e| Error::io("reading metadata of", path, e))?;
+            .map_err(|e| Error::io("reading metadata of", &destination, e))?;
         let policy = shard.options().read_policy();
         let loaded = Loaded::from_trusted_file(&file, len, (meta.dev(), meta.ino()), policy);
-        let entries = slots.len() as u64;
-        shard.install(Arc::new(loaded));
+        let files = match target {
+            Target::Base => ShardFiles::base_only(Arc::new(loaded), None, None),
+            Target::Delta => ShardFiles::pair(Arc::clone(&current.base), loaded),
+        };
+        let entries = files.live_count();
+        shard.install(Arc::new(files));
         Ok(WriteOutcome::Committed {
             entries,
             file_bytes: len,
         })
     }
 
-    /// Removes the shard file (under the lock); the temp file is dropped unused.
-    pub fn remove_file(self) -> Result<WriteOutcome> {
-        let path = self.shard.path();
-        let outcome = match fs::remove_file(path) {
-            Ok(()) => {
-                if self.shard.options().durable {
-                    sync_dir(map::parent_dir(path))?;
-                }
-                WriteOutcome::Committed {
-                    entries: 0,
-                    file_bytes: 0,
-                }
+    /// Removes the shard's files (under the lock); the temp file is dropped unused.
+    pub fn remove_files(self) -> Result<WriteOutcome> {
+        let mut removed = false;
+        for path in [self.shard.delta_path(), self.shard.path().to_path_buf()] {
+            match fs::remove_file(&path) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("removing", &path, e)),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => WriteOutcome::Unchanged,
-            Err(e) => return Err(Error::io("removing", path, e)),
-        };
+        }
+        if removed && self.shard.options().durable {
+            sync_dir(map::parent_dir(self.shard.path()))?;
+        }
         let policy = self.shard.options().read_policy();
-        self.shard.install(Arc::new(Loaded::empty(
-            crate::Health::Missing,
+        let missing = Loaded::empty(crate::Health::Missing, None, policy);
+        self.shard.install(Arc::new(ShardFiles::base_only(
+            Arc::new(missing),
             None,
-            policy,
+            None,
         )));
-        Ok(outcome)
+        Ok(if removed {
+            WriteOutcome::Committed {
+                entries: 0,
+                file_bytes: 0,
+            }
+        } else {
+            WriteOutcome::Unchanged
+        })
     }
 }
 

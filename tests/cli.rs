@@ -145,7 +145,15 @@ fn stats_json_and_verify() {
     assert_eq!(json["value_bytes"], 70);
     assert_eq!(json["format_version"], 1);
     assert_eq!(json["producer"], "tool 2.0");
-    assert_eq!(json["file_bytes"], std::fs::metadata(&shard).unwrap().len());
+    // Small puts land in the delta file of recent writes; stats count both files.
+    let delta = dir.path().join("stats.shard.delta");
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    assert!(
+        size(&delta) > 0,
+        "small puts should have gone to the delta file"
+    );
+    assert_eq!(json["file_bytes"], size(&shard) + size(&delta));
+    assert_eq!(json["delta_file_bytes"], size(&delta));
     assert!(json["build_time"].as_str().unwrap().ends_with('Z'));
     assert!(json["validation_us"].as_f64().unwrap() >= 0.0);
 
@@ -157,10 +165,10 @@ fn stats_json_and_verify() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("7 entries verified"));
 
     // Flip one byte of a value: verify must notice, get still answers (checksums are opt-in).
-    let mut bytes = std::fs::read(&shard).unwrap();
+    let mut bytes = std::fs::read(&delta).unwrap();
     let at = bytes.windows(10).position(|w| w == b"0123456789").unwrap();
     bytes[at] ^= 0x20;
-    std::fs::write(&shard, &bytes).unwrap();
+    std::fs::write(&delta, &bytes).unwrap();
     let out = run(&shard, &["verify"], b"");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));

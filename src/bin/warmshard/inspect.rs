@@ -55,6 +55,7 @@ pub(crate) fn stats(shard: &Shard, json: bool) -> Outcome {
             "entries": s.entries,
             "value_bytes": s.value_bytes,
             "file_bytes": s.file_bytes,
+            "delta_file_bytes": s.delta_file_bytes,
             "format_version": s.format_version,
             "producer": s.producer,
             "build_time": built,
@@ -69,7 +70,10 @@ pub(crate) fn stats(shard: &Shard, json: bool) -> Outcome {
         println!("health          {}", s.health);
         println!("entries         {}", s.entries);
         println!("value bytes     {}", s.value_bytes);
-        println!("file bytes      {}", s.file_bytes);
+        println!(
+            "file bytes      {} ({} in the delta file)",
+            s.file_bytes, s.delta_file_bytes
+        );
         println!("format version  {}", s.format_version);
         println!("producer        {}", s.producer);
         println!("build time      {built}");

@@ -1,0 +1,164 @@
+//! Small writes go to a delta file; it folds into the base past its limit; a stale or corrupt
+//! delta never serves wrong entries.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use warmshard::{Health, Options, Shard};
+
+fn ino(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+fn shard_with_base(dir: &Path, entries: usize) -> Shard {
+    let shard = Shard::open_with(dir.join("d.shard"), Options::new().durable(false)).unwrap();
+    shard
+        .replace_all((0..entries).map(|i| (format!("base-{i}"), vec![b'b'; 200])))
+        .unwrap();
+    shard
+}
+
+#[test]
+fn small_puts_rewrite_only_the_delta_and_readers_see_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = shard_with_base(dir.path(), 2000);
+    let base_ino = ino(shard.path());
+    for i in 0..20 {
+        shard.put_one(format!("new-{i}"), format!("v{i}")).unwrap();
+        shard.put_one("base-7", format!("overwritten {i}")).unwrap();
+    }
+    assert_eq!(
+        ino(shard.path()),
+        base_ino,
+        "the base must not be rewritten by small puts"
+    );
+    assert!(shard.delta_path().exists());
+
+    let reader = Shard::open(shard.path()).unwrap();
+    let snapshot = reader.snapshot();
+    assert_eq!(snapshot.health(), &Health::Valid);
+    assert_eq!(snapshot.len(), 2020);
+    assert_eq!(snapshot.get(b"base-7"), Some(&b"overwritten 19"[..]));
+    assert_eq!(snapshot.get(b"new-19"), Some(&b"v19"[..]));
+    assert_eq!(snapshot.get(b"base-8"), Some(&[b'b'; 200][..]));
+    assert_eq!(snapshot.iter().count(), 2020);
+    assert_eq!(snapshot.iter().filter(|(k, _)| *k == b"base-7").count(), 1);
+    let mut batch = Vec::new();
+    snapshot.get_many(&[b"base-7", b"new-3", b"absent"], &mut batch);
+    assert_eq!(
+        batch,
+        [Some(&b"overwritten 19"[..]), Some(&b"v3"[..]), None]
+    );
+    assert_eq!(snapshot.verify().unwrap(), 2000 + 21);
+    let value = snapshot.get(b"new-3").unwrap().as_ptr();
+    assert!(snapshot.delta_file_bytes().as_ptr_range().contains(&value));
+    assert_eq!(reader.get(b"new-3").as_deref(), Some(&b"v3"[..]));
+}
+
+#[test]
+fn the_delta_folds_into_a_new_base_past_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = shard_with_base(dir.path(), 100);
+    let base_ino = ino(shard.path());
+    let mut folded_at = None;
+    for i in 0..200 {
+        shard.put_one(format!("k{i}"), vec![b'x'; 1000]).unwrap();
+        if ino(shard.path()) != base_ino {
+            folded_at = Some(i);
+            break;
+        }
+    }
+    let folded_at = folded_at.expect("the delta never folded into the base");
+    assert!(folded_at > 5, "folded too early, after {folded_at} puts");
+    assert!(
+        !shard.delta_path().exists(),
+        "a new base must remove the delta"
+    );
+    let snapshot = Shard::open(shard.path()).unwrap().snapshot();
+    assert_eq!(snapshot.len(), 100 + folded_at + 1);
+    assert_eq!(snapshot.stats().delta_file_bytes, 0);
+    snapshot.verify().unwrap();
+}
+
+#[test]
+fn a_stale_delta_of_an_older_base_is_ignored_and_removed_by_the_next_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = shard_with_base(dir.path(), 50);
+    shard.put_one("only-in-old-delta", "old").unwrap();
+    let old_delta = std::fs::read(shard.delta_path()).unwrap();
+    // A full write makes a new base; then a crash "resurrects" the old delta next to it.
+    shard.replace_all([("fresh", "base")]).unwrap();
+    std::fs::write(shard.delta_path(), &old_delta).unwrap();
+
+    let reader = Shard::open(shard.path()).unwrap();
+    assert_eq!(reader.health(), Health::Valid);
+    assert_eq!(reader.get(b"only-in-old-delta"), None);
+    assert_eq!(reader.snapshot().len(), 1);
+
+    shard.put_one("after", "crash").unwrap();
+    let snapshot = Shard::open(shard.path()).unwrap().snapshot();
+    assert_eq!(snapshot.len(), 2);
+    assert_eq!(snapshot.get(b"only-in-old-delta"), None);
+}
+
+#[test]
+fn a_corrupt_delta_is_reported_reads_fall_back_to_the_base_and_a_write_repairs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = shard_with_base(dir.path(), 10);
+    shard.put_one("recent", "value").unwrap();
+    std::fs::write(shard.delta_path(), b"garbage where the delta was").unwrap();
+    let reader = Shard::open(shard.path()).unwrap();
+    assert!(
+        matches!(reader.health(), Health::Corrupt { ref reason } if reason.contains("delta")),
+        "{:?}",
+        reader.health()
+    );
+    assert_eq!(reader.get(b"base-3").as_deref(), Some(&[b'b'; 200][..]));
+    assert_eq!(reader.get(b"recent"), None);
+    shard.put_one("next", "write").unwrap();
+    let repaired = Shard::open(shard.path()).unwrap();
+    assert_eq!(repaired.health(), Health::Valid);
+    assert_eq!(repaired.snapshot().len(), 11);
+}
+
+#[test]
+fn remove_replace_and_clear_account_for_the_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = shard_with_base(dir.path(), 10);
+    shard.put_one("in-delta", "1").unwrap();
+    shard.put_one("base-1", "shadowed").unwrap();
+    shard.remove(["in-delta", "base-1"]).unwrap();
+    assert!(!shard.delta_path().exists());
+    let snapshot = shard.snapshot();
+    assert_eq!(snapshot.get(b"in-delta"), None);
+    assert_eq!(
+        snapshot.get(b"base-1"),
+        None,
+        "the base's copy must not resurface"
+    );
+    assert_eq!(snapshot.len(), 9);
+
+    shard.put_one("again", "2").unwrap();
+    assert!(shard.delta_path().exists());
+    shard.replace_all([("only", "this")]).unwrap();
+    assert!(!shard.delta_path().exists());
+    assert_eq!(shard.snapshot().len(), 1);
+
+    shard.put_one("x", "y").unwrap();
+    shard.clear().unwrap();
+    assert!(!shard.path().exists() && !shard.delta_path().exists());
+    assert!(shard.snapshot().is_empty());
+}
+
+#[test]
+fn a_held_snapshot_is_unchanged_by_delta_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = shard_with_base(dir.path(), 10);
+    shard.put_one("k", "first").unwrap();
+    let held = shard.snapshot();
+    for i in 0..10 {
+        shard.put_one("k", format!("later {i}")).unwrap();
+    }
+    assert_eq!(held.get(b"k"), Some(&b"first"[..]));
+    assert_eq!(shard.snapshot().get(b"k"), Some(&b"later 9"[..]));
+}
