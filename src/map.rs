@@ -99,7 +99,7 @@ impl ShardFiles {
     }
 
     /// Identities of both files, to notice when either was replaced.
-    pub fn identity(&self) -> (Option<Identity>, Option<Identity>) {
+    pub fn identity(&self) -> FilesIdentity {
         (self.base.identity, self.delta_identity)
     }
 
@@ -171,6 +171,9 @@ pub(crate) struct ReadPolicy {
 /// Identity of a shard file: (device, inode). Writers always rename a new file into place, so a
 /// new identity at the path means a new shard.
 pub(crate) type Identity = (u64, u64);
+
+/// Identities of a shard's base and delta files (`None` where a file is absent).
+pub(crate) type FilesIdentity = (Option<Identity>, Option<Identity>);
 
 /// A validated shard file (or an empty stand-in with the reason in `health`).
 pub(crate) struct Loaded {

@@ -7,7 +7,7 @@ use parking_lot::RwLock;
 
 use crate::error::Result;
 use crate::health::Health;
-use crate::map::{Loaded, ShardFiles};
+use crate::map::{FilesIdentity, Loaded, ShardFiles};
 use crate::options::Options;
 use crate::snapshot::{Snapshot, Value};
 use crate::write::{Transaction, WriteOutcome};
@@ -131,7 +131,7 @@ impl Shard {
         Snapshot::new(files)
     }
 
-    fn identity_on_disk(&self) -> (Option<(u64, u64)>, Option<(u64, u64)>) {
+    fn identity_on_disk(&self) -> FilesIdentity {
         use std::os::unix::fs::MetadataExt;
         let identity = |path: &Path| {
             let meta = std::fs::symlink_metadata(path).ok()?;
