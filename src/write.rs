@@ -222,8 +222,10 @@ impl<'s> Transaction<'s> {
         self.builder.index(key, value.len(), generation, offset)
     }
 
-    /// Copies every current entry not already added, not of an older generation and not
-    /// rejected by `drop_key`, verbatim (checksum included).
+    /// Copies every current entry not already added, not of an older generation, not
+    /// rejected by `drop_key` and whose value still matches its checksum, verbatim (checksum
+    /// included). A value that fails its checksum is dropped rather than carried into every
+    /// later shard: a cache entry that went bad reads as a miss from then on.
     pub fn keep_current(&mut self, drop_key: impl Fn(&[u8]) -> bool) -> Result<()> {
         let current = Arc::clone(&self.current);
         let floor = self.shard.options().generation;
@@ -233,6 +235,7 @@ impl<'s> Transaction<'s> {
             if record.generation < floor
                 || drop_key(record.key)
                 || self.builder.contains(record.key)
+                || format::value_checksum(record.value) != record.checksum
             {
                 continue;
             }
