@@ -225,17 +225,27 @@ impl<'s> Transaction<'s> {
     /// Copies every current entry not already added, not of an older generation, not
     /// rejected by `drop_key` and whose value still matches its checksum, verbatim (checksum
     /// included). A value that fails its checksum is dropped rather than carried into every
-    /// later shard: a cache entry that went bad reads as a miss from then on.
+    /// later shard: a cache entry that went bad reads as a miss from then on. Only records a
+    /// lookup of their key would find are kept: the checksum does not cover the key, so a
+    /// record whose key bytes changed (and no longer match its slot) must not become the entry
+    /// of the key it now spells.
     pub fn keep_current(&mut self, drop_key: impl Fn(&[u8]) -> bool) -> Result<()> {
         let current = Arc::clone(&self.current);
         let floor = self.shard.options().generation;
         let bytes = current.bytes();
+        let served = |record: &Record<'_>| {
+            current
+                .layout
+                .find(bytes, record.key)
+                .is_some_and(|found| std::ptr::eq(found.raw.as_ptr(), record.raw.as_ptr()))
+        };
         for (_, _, record) in current.layout.slots(bytes) {
             let Some(record) = record else { continue };
             if record.generation < floor
                 || drop_key(record.key)
                 || self.builder.contains(record.key)
                 || format::value_checksum(record.value) != record.checksum
+                || !served(&record)
             {
                 continue;
             }

@@ -163,3 +163,46 @@ fn the_next_write_drops_an_entry_whose_value_fails_its_checksum() {
         assert_eq!(snapshot.get(key.as_bytes()), Some(value.as_bytes()));
     }
 }
+
+/// The checksum covers the value, not the key: a bit flip that turns the stored key `key06`
+/// into `key07` leaves a record whose value still matches its checksum. Reads never serve it
+/// (its slot holds the hash of `key06`), and the next write must not adopt it as `key07`'s entry.
+#[test]
+fn a_flipped_key_bit_never_gives_a_value_to_another_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.shard");
+    let shard = Shard::open_with(&path, options()).unwrap();
+    let entries: Vec<(String, String)> = (0..10)
+        .map(|i| (format!("key{i:02}"), format!("value of key{i:02}")))
+        .collect();
+    let _ = shard.replace_all(entries.clone()).unwrap();
+    drop(shard);
+    let mut bytes = std::fs::read(&path).unwrap();
+    for (from, to) in [("key06", "key07"), ("key03", "key02")] {
+        // The key's bytes sit just before its value in the record.
+        let value = value_range(&path, from);
+        let last_key_byte = value.start - 1;
+        assert_eq!(bytes[last_key_byte], from.as_bytes()[4]);
+        bytes[last_key_byte] ^= from.as_bytes()[4] ^ to.as_bytes()[4];
+        place(&path, &bytes);
+    }
+
+    let checked = Shard::open_with(&path, options().verify_values(true)).unwrap();
+    for (key, value) in &entries {
+        let got = checked.snapshot().get(key.as_bytes()).map(<[u8]>::to_vec);
+        assert!(
+            got.is_none() || got.as_deref() == Some(value.as_bytes()),
+            "{key} before"
+        );
+    }
+    let _ = checked.put_one("fresh", "entry").unwrap();
+    let snapshot = checked.snapshot();
+    assert_eq!(snapshot.verify(), Ok(9), "8 intact entries and the new one");
+    for (key, value) in &entries {
+        let got = snapshot.get(key.as_bytes());
+        match key.as_str() {
+            "key06" | "key03" => assert_eq!(got, None, "{key}"),
+            _ => assert_eq!(got, Some(value.as_bytes()), "{key} after the write"),
+        }
+    }
+}
