@@ -35,6 +35,12 @@ pub(crate) type Identity = (u64, u64);
 /// A validated shard file (or an empty stand-in with the reason in `health`).
 pub(crate) struct Loaded {
     map: Option<Mmap>,
+    /// The open file of a view that maps nothing (an empty, oversized, corrupt or untrusted
+    /// file): it keeps the inode, and so `identity`, from being reused by a new file while this
+    /// view is current, as a mapping does for a valid view. Without it a file system that hands
+    /// a freed inode number to the next new file (ext4 does) makes a replaced file look
+    /// unchanged, and the handle reads as empty until the file changes again.
+    _pin: Option<File>,
     pub identity: Option<Identity>,
     pub header: Header,
     pub layout: Layout,
@@ -49,6 +55,7 @@ impl Loaded {
     pub fn empty(health: Health, identity: Option<Identity>, policy: ReadPolicy) -> Loaded {
         Loaded {
             map: None,
+            _pin: None,
             identity,
             header: Header::default(),
             layout: Layout::default(),
@@ -103,21 +110,17 @@ impl Loaded {
             });
         }
         let identity = (meta.dev(), meta.ino());
-        if let Err(reason) = trust::check_file(&meta) {
-            return Ok(Self::empty(
-                Health::Untrusted { reason },
-                Some(identity),
-                policy,
-            ));
+        let mut loaded = if let Err(reason) = trust::check_file(&meta) {
+            Self::empty(Health::Untrusted { reason }, Some(identity), policy)
+        } else if let Err(reason) = check_parent(path) {
+            Self::empty(Health::Untrusted { reason }, Some(identity), policy)
+        } else {
+            Self::from_trusted_file(&file, meta.len(), identity, policy)
+        };
+        if loaded.map.is_none() {
+            loaded._pin = Some(file);
         }
-        if let Err(reason) = check_parent(path) {
-            return Ok(Self::empty(
-                Health::Untrusted { reason },
-                Some(identity),
-                policy,
-            ));
-        }
-        Ok(Self::from_trusted_file(&file, meta.len(), identity, policy))
+        Ok(loaded)
     }
 
     fn open_failed(path: &Path, e: io::Error, policy: ReadPolicy) -> Result<Loaded> {
@@ -204,6 +207,7 @@ impl Loaded {
         }
         Loaded {
             map: Some(map),
+            _pin: None,
             identity: Some(identity),
             header,
             layout,
