@@ -132,6 +132,21 @@ impl ShardFiles {
         delta.chain(base)
     }
 
+    /// Distinct keys stored across both files, whatever their generation: the base's entries
+    /// plus the delta's keys the base lacks.
+    pub fn stored_count(&self) -> u64 {
+        let base = &self.base;
+        let added = self.delta.as_ref().map_or(0, |delta| {
+            delta
+                .layout
+                .slots(delta.bytes())
+                .filter_map(|(_, _, r)| r)
+                .filter(|r| base.layout.find(base.bytes(), r.key).is_none())
+                .count() as u64
+        });
+        base.layout.entry_count() + added
+    }
+
     /// Entries that read as hits. O(1) for a lone base whose entries all pass the generation
     /// floor; otherwise counted once, lazily.
     pub fn live_count(&self) -> u64 {
@@ -143,15 +158,7 @@ impl ShardFiles {
             if self.base.header.oldest_generation >= floor
                 && delta.header.oldest_generation >= floor
             {
-                // Every entry is live: the base's, plus the delta's keys the base lacks.
-                let base = &self.base;
-                let added = delta
-                    .layout
-                    .slots(delta.bytes())
-                    .filter_map(|(_, _, r)| r)
-                    .filter(|r| base.layout.find(base.bytes(), r.key).is_none())
-                    .count() as u64;
-                return base.layout.entry_count() + added;
+                return self.stored_count(); // every entry is live
             }
             self.records().filter(|r| r.generation >= floor).count() as u64
         })
@@ -178,6 +185,12 @@ pub(crate) type FilesIdentity = (Option<Identity>, Option<Identity>);
 /// A validated shard file (or an empty stand-in with the reason in `health`).
 pub(crate) struct Loaded {
     map: Option<Mmap>,
+    /// The open file of a view that maps nothing (an empty, oversized, corrupt or untrusted
+    /// file): it keeps the inode, and so `identity`, from being reused by a new file while this
+    /// view is current, as a mapping does for a valid view. Without it a file system that hands
+    /// a freed inode number to the next new file (ext4 does) makes a replaced file look
+    /// unchanged, and the handle reads as empty until the file changes again.
+    _pin: Option<File>,
     pub identity: Option<Identity>,
     pub header: Header,
     pub layout: Layout,
@@ -192,6 +205,7 @@ impl Loaded {
     pub fn empty(health: Health, identity: Option<Identity>, policy: ReadPolicy) -> Loaded {
         Loaded {
             map: None,
+            _pin: None,
             identity,
             header: Header::default(),
             layout: Layout::default(),
@@ -246,21 +260,17 @@ impl Loaded {
             });
         }
         let identity = (meta.dev(), meta.ino());
-        if let Err(reason) = trust::check_file(&meta) {
-            return Ok(Self::empty(
-                Health::Untrusted { reason },
-                Some(identity),
-                policy,
-            ));
+        let mut loaded = if let Err(reason) = trust::check_file(&meta) {
+            Self::empty(Health::Untrusted { reason }, Some(identity), policy)
+        } else if let Err(reason) = check_parent(path) {
+            Self::empty(Health::Untrusted { reason }, Some(identity), policy)
+        } else {
+            Self::from_trusted_file(&file, meta.len(), identity, policy)
+        };
+        if loaded.map.is_none() {
+            loaded._pin = Some(file);
         }
-        if let Err(reason) = check_parent(path) {
-            return Ok(Self::empty(
-                Health::Untrusted { reason },
-                Some(identity),
-                policy,
-            ));
-        }
-        Ok(Self::from_trusted_file(&file, meta.len(), identity, policy))
+        Ok(loaded)
     }
 
     fn open_failed(path: &Path, e: io::Error, policy: ReadPolicy) -> Result<Loaded> {
@@ -352,6 +362,7 @@ impl Loaded {
         }
         Loaded {
             map: Some(map),
+            _pin: None,
             identity: Some(identity),
             header,
             layout,

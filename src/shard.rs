@@ -214,6 +214,18 @@ impl Shard {
         tx.commit()
     }
 
+    /// Rewrites the shard as one file: folds the delta file into it and drops every entry that
+    /// fails its checksum or lies in its index (bit rot). Small writes never rewrite the shard
+    /// file, so this is how a shard that [`Snapshot::verify`] rejects is repaired.
+    pub fn compact(&self) -> Result<WriteOutcome> {
+        if !self.options.enabled {
+            return Ok(WriteOutcome::Disabled);
+        }
+        let mut tx = Transaction::begin(self)?;
+        tx.keep_current(|_| false)?;
+        tx.commit()
+    }
+
     /// Removes the shard file and its delta file (under the lock). Readers holding snapshots
     /// keep them.
     pub fn clear(&self) -> Result<WriteOutcome> {

@@ -179,7 +179,8 @@ impl Snapshot {
     /// Opening a shard checks only what is needed to read it safely; this is the expensive
     /// check, run when you want it.
     ///
-    /// Returns the number of entries checked, or what is wrong. A snapshot that is not
+    /// Returns the number of distinct entries stored (whatever their generation), or what is
+    /// wrong. A snapshot that is not
     /// [`Health::Valid`] fails, unless it is simply missing or disabled (zero entries).
     pub fn verify(&self) -> Result<u64, VerifyError> {
         match self.health() {
@@ -187,7 +188,6 @@ impl Snapshot {
             Health::Missing | Health::Disabled => return Ok(0),
             other => return Err(VerifyError(other.to_string())),
         }
-        let mut checked = 0;
         for (file, loaded) in [
             ("base", Some(&self.files.base)),
             ("delta", self.files.delta.as_ref()),
@@ -197,9 +197,8 @@ impl Snapshot {
                 .layout
                 .verify(loaded.bytes())
                 .map_err(|e| VerifyError(format!("{file} file: {e}")))?;
-            checked += loaded.layout.entry_count();
         }
-        Ok(checked)
+        Ok(self.files.stored_count())
     }
 }
 

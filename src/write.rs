@@ -247,8 +247,8 @@ impl<'s> Transaction<'s> {
     }
 
     /// Copies every current entry (the delta's, then the base's it does not shadow) that was
-    /// not already added, is not of an older generation and is not rejected by `drop_key`,
-    /// verbatim (checksum included).
+    /// not already added, verbatim (checksum included); see [`keep`](Transaction::keep) for what
+    /// is left behind.
     pub fn keep_current(&mut self, drop_key: impl Fn(&[u8]) -> bool) -> Result<()> {
         let current = Arc::clone(&self.current);
         for record in current.records() {
@@ -257,9 +257,27 @@ impl<'s> Transaction<'s> {
         Ok(())
     }
 
+    /// Copies one current record unless it was already added, is of an older generation, is
+    /// rejected by `drop_key`, or is not sound:
+    ///
+    /// - a value that fails its checksum is dropped rather than carried into every later shard:
+    ///   a cache entry that went bad reads as a miss from then on;
+    /// - only a record that a lookup of its key finds is kept: the checksum does not cover the
+    ///   key, so a record whose key bytes changed (and no longer match its slot) must not become
+    ///   the entry of the key it now spells.
     fn keep(&mut self, record: &Record<'_>, drop_key: &impl Fn(&[u8]) -> bool) -> Result<()> {
         let floor = self.shard.options().generation;
-        if record.generation < floor || drop_key(record.key) || self.builder.contains(record.key) {
+        let served = |record: &Record<'_>| {
+            self.current
+                .find(record.key)
+                .is_some_and(|found| std::ptr::eq(found.raw.as_ptr(), record.raw.as_ptr()))
+        };
+        if record.generation < floor
+            || drop_key(record.key)
+            || self.builder.contains(record.key)
+            || format::value_checksum(record.value) != record.checksum
+            || !served(record)
+        {
             return Ok(());
         }
         self.copy(record)

@@ -172,6 +172,17 @@ fn stats_json_and_verify() {
     let out = run(&shard, &["verify"], b"");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
+    // compact drops the damaged entry and the shard verifies again.
+    assert!(run(&shard, &["compact"], b"").status.success());
+    let out = run(&shard, &["verify"], b"");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("6 entries verified"));
+    assert!(!delta.exists(), "compact folds the delta file in");
 
     // A producer mismatch reads as empty and says why on stderr.
     let out = run(&shard, &["--producer", "other 1.0", "get", "k0"], b"");

@@ -72,3 +72,19 @@ pub(crate) fn clear(shard: &Shard) -> Outcome {
     report_write(shard.clear()?);
     Ok(ExitCode::SUCCESS)
 }
+
+pub(crate) fn compact(shard: &Shard) -> Outcome {
+    let outcome = shard.compact()?;
+    report_write(outcome);
+    if let warmshard::WriteOutcome::Committed {
+        entries,
+        file_bytes,
+    } = outcome
+    {
+        eprintln!(
+            "compacted {}: {entries} entries in {file_bytes} bytes",
+            shard.path().display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -31,6 +31,7 @@ Examples:
   warmshard ls --long | head                  sizes and keys, sorted
   warmshard stats --json                      figures as one JSON object
   warmshard verify                            check every entry's checksum and the index
+  warmshard compact                           fold recent writes in, drop entries that fail
   warmshard hash-tree ~/src > MANIFEST        sha256sum-compatible, re-hashes only changes
 
 Environment:
@@ -114,6 +115,9 @@ enum Command {
     },
     /// Fully verify every entry (index structure and value checksums); exit 1 if unsound.
     Verify,
+    /// Rewrite the shard as one file: fold in recent writes and drop entries that fail their
+    /// checksum. Repairs a shard that `verify` rejects.
+    Compact,
     /// Print a sha256sum-compatible manifest of DIR, re-hashing only files that changed.
     ///
     /// Each regular file's SHA-256 is cached with its stat stamp (device, inode, size, mtime,
@@ -198,6 +202,7 @@ fn run(cli: Cli, shard_on_command_line: bool) -> Outcome {
         Command::Ls { long } => inspect::ls(&shard, long),
         Command::Stats { json } => inspect::stats(&shard, json),
         Command::Verify => inspect::verify(&shard),
+        Command::Compact => entries::compact(&shard),
         Command::HashTree { .. } => unreachable!("handled above"),
     }
 }

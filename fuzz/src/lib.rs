@@ -1,0 +1,7 @@
+//! The logic of warmshard's fuzz targets, as plain functions.
+//!
+//! Each module is also compiled into `tests/fuzz_corpus.rs` (through `#[path]`), so stable
+//! `cargo test` replays the committed seed corpus with exactly the checks the fuzzer runs.
+
+pub mod open_get;
+pub mod ops_model;

@@ -1,0 +1,539 @@
+//! Promise: whatever sits at the shard path (an empty, truncated, bit-flipped, oversized,
+//! foreign-owned or writable-by-others file, a symlink, a directory, a FIFO, a socket), reading
+//! gives a clean miss or a clear error, never a panic, a hang or another user's bytes, and the
+//! next write rebuilds a valid shard without carrying anything untrusted into it. Directories
+//! and files are created private (0700, 0600), and a directory others can write is refused.
+//!
+//! Runs as root (as CI does): "another user" is uid 65534 through `chown`.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use warmshard::{Error, Health, Options, Shard, Snapshot};
+
+const NOBODY: u32 = 65534;
+
+/// Creates a special file at a path.
+type MakeSpecial = fn(&Path);
+
+fn options() -> Options {
+    Options::new().durable(false)
+}
+
+/// Runs `f` on another thread and fails if it takes longer than `limit` (a hang); a panic in
+/// `f` is passed on as it is.
+fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(value) => value,
+        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the worker sends before it ends"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no answer within {limit:?}"),
+    }
+}
+
+/// A valid shard at `path` holding `entries(n)`; returns its bytes.
+fn entries(n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("key{i:02}"),
+                format!("value {i} ").repeat(1 + i % 5).into_bytes(),
+            )
+        })
+        .collect()
+}
+
+fn make(path: &Path, n: usize) -> Vec<u8> {
+    let shard = Shard::open_with(path, options()).unwrap();
+    let _ = shard.replace_all(entries(n)).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+/// Replaces the file at `path` with `bytes` (a new inode, mode 0600).
+fn place(path: &Path, bytes: &[u8]) {
+    let aside = path.with_extension("aside");
+    std::fs::write(&aside, bytes).unwrap();
+    std::fs::set_permissions(&aside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+/// A snapshot that must read as empty: no entry, every lookup a miss, verify fails.
+fn assert_empty(snapshot: &Snapshot, what: &str) {
+    assert!(!snapshot.health().is_valid(), "{what}");
+    assert_eq!(snapshot.len(), 0, "{what}");
+    assert_eq!(snapshot.iter().count(), 0, "{what}");
+    for (key, _) in entries(20) {
+        assert_eq!(snapshot.get(key.as_bytes()), None, "{what}");
+    }
+}
+
+/// The next write through `shard` rebuilds a valid shard holding only what it wrote.
+fn assert_rebuilds(shard: &Shard, what: &str) {
+    let _ = shard
+        .put_one("fresh", "entry")
+        .unwrap_or_else(|e| panic!("{what}: the next write failed: {e}"));
+    let snapshot = shard.snapshot();
+    assert_eq!(snapshot.health(), &Health::Valid, "{what}");
+    assert_eq!(
+        snapshot.verify(),
+        Ok(1),
+        "{what}: old entries were carried over"
+    );
+    assert_eq!(snapshot.get(b"fresh"), Some(&b"entry"[..]), "{what}");
+    let meta = std::fs::symlink_metadata(shard.path()).unwrap();
+    assert!(meta.file_type().is_file(), "{what}");
+    assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw(), "{what}");
+    assert_eq!(meta.mode() & 0o777, 0o600, "{what}");
+}
+
+fn cli(path: &Path, args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warmshard"))
+        .arg("--shard")
+        .arg(path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("warmshard {args:?} hung on {}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `warmshard get` on `path` is a clean miss: exit 1, nothing on stdout.
+fn assert_cli_misses(path: &Path, what: &str) {
+    let out = cli(path, &["get", "key01"]);
+    assert_eq!(out.status.code(), Some(1), "{what}: {out:?}");
+    assert!(out.stdout.is_empty(), "{what}");
+}
+
+#[test]
+fn a_zero_byte_file_reads_empty_and_the_next_write_rebuilds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zero.shard");
+    place(&path, b"");
+    let shard = Shard::open_with(&path, options()).unwrap();
+    assert_eq!(shard.health(), Health::EmptyFile);
+    assert_empty(&shard.snapshot(), "0 bytes");
+    assert!(shard.snapshot().verify().is_err());
+    assert_cli_misses(&path, "0 bytes");
+    assert_rebuilds(&shard, "0 bytes");
+}
+
+#[test]
+fn a_directory_fifo_or_socket_at_the_path_is_an_error_and_never_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("special.shard");
+    let make_dir = |p: &Path| std::fs::create_dir(p).unwrap();
+    let make_fifo =
+        |p: &Path| nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let make_socket = |p: &Path| {
+        std::mem::forget(std::os::unix::net::UnixListener::bind(p).unwrap());
+    };
+    let cases: [(&str, MakeSpecial); 3] = [
+        ("directory", make_dir),
+        ("FIFO", make_fifo),
+        ("socket", make_socket),
+    ];
+    for (kind, create) in cases {
+        // A handle opened before the special file appeared.
+        let earlier = Shard::open_with(&path, options()).unwrap();
+        create(&path);
+        let p = path.clone();
+        let opened = within(Duration::from_secs(5), kind, move || {
+            Shard::open_with(&p, options()).map(|_| ())
+        });
+        match opened {
+            Err(Error::NotAFile { kind: found, .. }) => assert_eq!(found, kind),
+            other => panic!("{kind}: {other:?}"),
+        }
+        let snapshot = within(Duration::from_secs(5), kind, move || {
+            let s = earlier.snapshot();
+            (earlier, s)
+        });
+        let (earlier, snapshot) = snapshot;
+        assert_empty(&snapshot, kind);
+        // A write does not replace what it did not create.
+        let p = path.clone();
+        let written = within(Duration::from_secs(5), kind, move || {
+            earlier.put_one("k", "v").map(|_| ())
+        });
+        assert!(
+            matches!(written, Err(Error::NotAFile { .. })),
+            "{kind}: {written:?}"
+        );
+        let out = cli(&p, &["get", "k"]);
+        assert_eq!(out.status.code(), Some(2), "{kind}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(kind),
+            "{out:?}"
+        );
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(!meta.file_type().is_file(), "{kind} was replaced");
+        if meta.is_dir() {
+            std::fs::remove_dir(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+        // Once it is gone, writes work again.
+        let shard = Shard::open_with(&path, options()).unwrap();
+        let _ = shard.put_one("k", "v").unwrap();
+        assert_eq!(shard.snapshot().verify(), Ok(1));
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn a_symlink_at_the_path_is_not_followed_and_its_target_is_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    let target = theirs.join("their.shard");
+    let their_bytes = make(&target, 5);
+    nix::unistd::chown(&target, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    let path = mine.join("link.shard");
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    // A symlink to one's own valid shard is refused too: the link itself is the problem.
+    let own = mine.join("own.shard");
+    make(&own, 5);
+    let own_link = mine.join("own-link.shard");
+    std::os::unix::fs::symlink(&own, &own_link).unwrap();
+
+    for link in [&path, &own_link] {
+        let shard = Shard::open_with(link, options()).unwrap();
+        let health = shard.health();
+        assert!(
+            matches!(&health, Health::Untrusted { reason } if reason.contains("symlink")),
+            "{health:?}"
+        );
+        assert_empty(&shard.snapshot(), "symlink");
+        assert_cli_misses(link, "symlink");
+        assert_rebuilds(&shard, "symlink");
+    }
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        their_bytes,
+        "the target was written"
+    );
+    assert_eq!(std::fs::metadata(&target).unwrap().uid(), NOBODY);
+}
+
+#[test]
+fn a_file_owned_by_another_user_is_not_read_and_not_carried_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("foreign.shard");
+    make(&path, 5);
+    nix::unistd::chown(&path, Some(NOBODY.into()), None).unwrap();
+    let shard = Shard::open_with(&path, options()).unwrap();
+    assert!(
+        matches!(shard.health(), Health::Untrusted { reason } if reason.contains("owned by uid 65534")),
+        "{:?}",
+        shard.health()
+    );
+    assert_empty(&shard.snapshot(), "foreign owner");
+    assert_cli_misses(&path, "foreign owner");
+    assert_rebuilds(&shard, "foreign owner");
+}
+
+#[test]
+fn a_group_or_world_writable_file_is_not_read_and_not_carried_over() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [0o620, 0o602, 0o666] {
+        let path = dir.path().join(format!("writable-{mode:o}.shard"));
+        make(&path, 5);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let shard = Shard::open_with(&path, options()).unwrap();
+        assert!(
+            matches!(shard.health(), Health::Untrusted { reason } if reason.contains("lets other users write")),
+            "{mode:o}: {:?}",
+            shard.health()
+        );
+        assert_empty(&shard.snapshot(), "writable file");
+        assert_cli_misses(&path, "writable file");
+        assert_rebuilds(&shard, "writable file");
+    }
+}
+
+#[test]
+fn a_shard_over_the_size_limit_reads_empty_and_is_rebuilt_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.shard");
+    let bytes = make(&path, 20);
+    let limit = bytes.len() as u64 - 1;
+    let shard = Shard::open_with(&path, options().max_size(limit)).unwrap();
+    assert_eq!(
+        shard.health(),
+        Health::TooLarge {
+            size: bytes.len() as u64,
+            max: limit
+        }
+    );
+    assert_empty(&shard.snapshot(), "too large");
+    let out = cli(&path, &["--max-size", &limit.to_string(), "get", "key01"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_rebuilds(&shard, "too large");
+    assert!(std::fs::metadata(&path).unwrap().len() <= limit);
+}
+
+#[test]
+fn a_shard_truncated_at_every_offset_reads_empty_and_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.shard");
+    let bytes = make(&path, 6);
+    within(Duration::from_secs(60), "truncations", move || {
+        for cut in 0..bytes.len() {
+            place(&path, &bytes[..cut]);
+            let shard = Shard::open_with(&path, options()).unwrap();
+            let health = shard.health();
+            let expected = match cut {
+                0 => matches!(health, Health::EmptyFile),
+                1..32 => matches!(health, Health::NotAShard),
+                _ => matches!(health, Health::Truncated { declared, actual }
+                        if declared == bytes.len() as u64 && actual == cut as u64),
+            };
+            assert!(expected, "cut at {cut}: {health:?}");
+            assert_empty(&shard.snapshot(), &format!("cut at {cut}"));
+            assert_rebuilds(&shard, &format!("cut at {cut}"));
+        }
+        eprintln!("{} truncations checked", bytes.len());
+    });
+}
+
+/// xorshift64*: seeded, so a failing flip can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+#[test]
+fn ten_thousand_random_bit_flips_never_serve_a_wrong_value() {
+    const FLIPS: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flip.shard");
+    let original = make(&path, 20);
+    let seed = 0xF11B_5EED;
+    let summary = within(Duration::from_secs(150), "bit flips", move || {
+        let mut rng = Rng(seed);
+        let mut valid_after_flip = 0;
+        let mut caught_by_verify = 0;
+        for n in 0..FLIPS {
+            let bit = (rng.next() % (original.len() as u64 * 8)) as usize;
+            let mut bytes = original.clone();
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            place(&path, &bytes);
+            let what = format!("flip {n} (bit {bit}, seed {seed:#x})");
+
+            let plain = Shard::open_with(&path, options()).unwrap().snapshot();
+            let checked = Shard::open_with(&path, options().verify_values(true))
+                .unwrap()
+                .snapshot();
+            valid_after_flip += usize::from(plain.health().is_valid());
+            let verified = plain.verify().is_ok();
+            caught_by_verify += usize::from(!verified);
+            let _ = plain.stats();
+            assert!(plain.iter().count() <= plain.len(), "{what}");
+            for (key, value) in entries(20) {
+                let got = checked.get(key.as_bytes());
+                assert!(
+                    got.is_none() || got == Some(&value[..]),
+                    "{what}: a checked get served a wrong value for {key}"
+                );
+                // Unchecked gets may serve a changed value; verify must then say so.
+                let got = plain.get(key.as_bytes());
+                if got.is_some() && got != Some(&value[..]) {
+                    assert!(!verified, "{what}: {key} changed and verify passed");
+                }
+            }
+            if n % 4 == 0 {
+                // A small write lands in the delta file and leaves the base as it is; compact
+                // rebuilds a valid shard from what is still intact.
+                let shard = Shard::open_with(&path, options()).unwrap();
+                let _ = shard.put_one("fresh", "entry").unwrap();
+                let after_put = shard.snapshot();
+                for (key, value) in entries(20) {
+                    let got = after_put.get(key.as_bytes());
+                    if got.is_some() && got != Some(&value[..]) {
+                        assert!(
+                            after_put.verify().is_err(),
+                            "{what}: {key} changed, verify passed"
+                        );
+                    }
+                }
+                let _ = shard.compact().unwrap();
+                let rebuilt = shard.snapshot();
+                assert!(
+                    rebuilt.verify().is_ok(),
+                    "{what}: rebuilt shard fails verify"
+                );
+                assert_eq!(rebuilt.get(b"fresh"), Some(&b"entry"[..]));
+                for (key, value) in entries(20) {
+                    let got = rebuilt.get(key.as_bytes());
+                    assert!(got.is_none() || got == Some(&value[..]), "{what}: {key}");
+                }
+            }
+        }
+        (valid_after_flip, caught_by_verify)
+    });
+    eprintln!(
+        "{FLIPS} bit flips: {} still opened valid (O(1) checks), {} caught by verify",
+        summary.0, summary.1
+    );
+    assert!(summary.1 > FLIPS / 2, "verify caught only {}", summary.1);
+}
+
+#[test]
+fn directories_are_created_0700_and_files_0600_whatever_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/c/new.shard");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warmshard"));
+    command
+        .arg("--shard")
+        .arg(&path)
+        .args(["put", "k"])
+        .stdin(Stdio::null());
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            nix::libc::umask(0);
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mode = |p: PathBuf| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    for sub in ["a", "a/b", "a/b/c"] {
+        assert_eq!(mode(dir.path().join(sub)), 0o700, "{sub}");
+    }
+    assert_eq!(mode(path.clone()), 0o600, "shard");
+    assert_eq!(mode(dir.path().join("a/b/c/new.shard.lock")), 0o600, "lock");
+}
+
+#[test]
+fn a_directory_others_can_write_is_refused_unless_sticky() {
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, trusted) in [
+        (0o770, false),
+        (0o707, false),
+        (0o777, false),
+        (0o1777, true),
+    ] {
+        let shards = dir.path().join(format!("d{mode:o}"));
+        let path = shards.join("s.shard");
+        make(&path, 3);
+        std::fs::remove_file(shards.join("s.shard.lock")).unwrap();
+        std::fs::set_permissions(&shards, std::fs::Permissions::from_mode(mode)).unwrap();
+        let shard = Shard::open_with(&path, options()).unwrap();
+        let written = shard.put_one("new", "value");
+        if trusted {
+            assert!(shard.snapshot().health().is_valid(), "{mode:o}");
+            assert!(written.is_ok(), "{mode:o}: {written:?}");
+            assert_eq!(shard.snapshot().verify(), Ok(4));
+            continue;
+        }
+        assert!(
+            matches!(shard.health(), Health::Untrusted { reason } if reason.contains("replace files")),
+            "{mode:o}: {:?}",
+            shard.health()
+        );
+        assert_empty(&shard.snapshot(), "writable directory");
+        assert!(
+            matches!(written, Err(Error::Untrusted { .. })),
+            "{mode:o}: {written:?}"
+        );
+        assert!(
+            !shards.join("s.shard.lock").exists(),
+            "{mode:o}: lock file created"
+        );
+        let out = cli(&path, &["put", "k"]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("refusing"),
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn a_directory_owned_by_another_user_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dir.path().join("theirs");
+    let path = shards.join("s.shard");
+    make(&path, 3);
+    nix::unistd::chown(&shards, Some(NOBODY.into()), None).unwrap();
+    let shard = Shard::open_with(&path, options()).unwrap();
+    assert!(matches!(shard.health(), Health::Untrusted { .. }));
+    assert!(matches!(
+        shard.put_one("k", "v"),
+        Err(Error::Untrusted { .. })
+    ));
+}
+
+#[test]
+fn a_symlink_at_the_lock_path_is_refused_and_its_target_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.shard");
+    make(&path, 3);
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::write(&elsewhere, b"not a lock").unwrap();
+    let lock = dir.path().join("s.shard.lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &lock).unwrap();
+    let shard = Shard::open_with(&path, options()).unwrap();
+    assert!(matches!(shard.put_one("k", "v"), Err(Error::Io { .. })));
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), b"not a lock");
+    assert_eq!(shard.snapshot().verify(), Ok(3));
+}
+
+/// A handle whose last view was a file it could not map (here an empty file) must notice when
+/// that file is replaced, even if the new file reuses the old inode number: ext4 hands a freed
+/// inode number straight to the next new file, so identity by (device, inode) alone goes stale.
+#[test]
+fn a_handle_that_saw_a_broken_file_sees_the_rebuilt_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stale = 0;
+    for round in 0..40 {
+        let path = dir.path().join(format!("reuse-{round}.shard"));
+        place(&path, b"");
+        let writer = Shard::open_with(&path, options()).unwrap();
+        let reader = Shard::open_with(&path, options()).unwrap();
+        assert_eq!(reader.health(), Health::EmptyFile);
+        let _ = writer.clear().unwrap();
+        let _ = writer.put_one("k", "v").unwrap();
+        if reader.get(b"k").is_none() {
+            stale += 1;
+        }
+    }
+    assert_eq!(
+        stale, 0,
+        "the reader kept a stale view in {stale} of 40 rounds"
+    );
+}

@@ -1,0 +1,393 @@
+//! Promise: concurrent writer processes never lose each other's entries, every racing mix of
+//! `put_one`, `merge_in` and `replace_all` leaves a state that some serial order of the same
+//! writes would produce, and readers running throughout never see an error, a torn state or a
+//! wrong value.
+//!
+//! Writers and one reader are this test binary run again with `WARMSHARD_MANY_ROLE` set (see
+//! [`child_process_entry_point`]); two more readers are threads of the test. Values check
+//! themselves: each carries its key and an XXH3 of its body. Writes use `durable(false)`: fsync
+//! decides what survives a power cut, not what concurrent processes see (tests/crash.rs covers
+//! durable writes).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use warmshard::{Health, Options, Shard, Snapshot};
+
+const ROLE: &str = "WARMSHARD_MANY_ROLE";
+
+/// Key to value, as read from a snapshot.
+type Entries = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn options() -> Options {
+    Options::new()
+        .durable(false)
+        .lock_timeout(Duration::from_secs(120))
+}
+
+/// A value that proves it belongs to `key`: `key|body|xxh3(key|body)`.
+fn value_for(key: &[u8], n: u64) -> Vec<u8> {
+    let mut v = key.to_vec();
+    v.push(b'|');
+    let body_len = 8 + (n * 37 % 200) as usize;
+    v.extend((0..body_len).map(|i| b'a' + ((i as u64 + n) % 26) as u8));
+    let sum = warmshard::format::value_checksum(&v);
+    v.extend_from_slice(format!("|{sum:016x}").as_bytes());
+    v
+}
+
+/// Checks a value read back under `key`.
+fn check_value(key: &[u8], value: &[u8]) {
+    let ok = value.len() > 17 && value.starts_with(key) && value.get(key.len()) == Some(&b'|') && {
+        let (head, tail) = value.split_at(value.len() - 17);
+        tail[0] == b'|'
+            && std::str::from_utf8(&tail[1..])
+                .ok()
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                == Some(warmshard::format::value_checksum(head))
+    };
+    assert!(
+        ok,
+        "wrong value under {:?}: {:?}",
+        String::from_utf8_lossy(key),
+        String::from_utf8_lossy(value)
+    );
+}
+
+/// Every entry of a snapshot, after checking its health and each value.
+fn read_checked(snapshot: &Snapshot) -> Entries {
+    let health = snapshot.health();
+    assert!(
+        matches!(health, Health::Valid | Health::Missing),
+        "a reader saw {health}"
+    );
+    let mut entries = BTreeMap::new();
+    for (k, v) in snapshot.iter() {
+        check_value(k, v);
+        assert!(
+            entries.insert(k.to_vec(), v.to_vec()).is_none(),
+            "duplicate key"
+        );
+    }
+    assert_eq!(entries.len(), snapshot.len());
+    entries
+}
+
+fn spawn_role(role: &str, shard: &Path, envs: &[(&str, String)], stderr: PathBuf) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_process_entry_point", "--nocapture"])
+        .env(ROLE, role)
+        .env("MANY_SHARD", shard)
+        .envs(envs.iter().map(|(k, v)| (*k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(stderr).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ok(mut child: Child, stderr: &Path, what: &str) {
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{what} failed ({status}): {}",
+        std::fs::read_to_string(stderr).unwrap_or_default()
+    );
+}
+
+/// Reader threads that check every snapshot with `check` until `stop`; returns the number of
+/// snapshots read.
+fn readers(
+    path: &Path,
+    stop: &Arc<AtomicBool>,
+    check: fn(&Entries, &mut Entries),
+) -> Vec<std::thread::JoinHandle<u64>> {
+    (0..2)
+        .map(|_| {
+            let (path, stop) = (path.to_path_buf(), Arc::clone(stop));
+            std::thread::spawn(move || {
+                let shard = Shard::open_with(&path, options()).unwrap();
+                let mut seen = BTreeMap::new();
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let snapshot = shard.snapshot();
+                    let entries = read_checked(&snapshot);
+                    check(&entries, &mut seen);
+                    reads += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                reads
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8 × 500 put_one.
+
+const PUT_WRITERS: u64 = 8;
+const PUTS_EACH: u64 = 500;
+
+fn put_key(writer: u64, n: u64) -> Vec<u8> {
+    format!("w{writer}-{n:04}").into_bytes()
+}
+
+/// While only `put_one` runs, what a reader sees only grows, and each writer's keys form a
+/// prefix of its sequence (its puts are serialized, so none can be missing before the last).
+fn check_growing(entries: &Entries, seen: &mut Entries) {
+    for (k, v) in seen.iter() {
+        assert_eq!(entries.get(k), Some(v), "an entry disappeared or changed");
+    }
+    for w in 0..PUT_WRITERS {
+        let count = (0..PUTS_EACH)
+            .take_while(|&n| entries.contains_key(&put_key(w, n)))
+            .count();
+        let total = entries
+            .keys()
+            .filter(|k| k.starts_with(format!("w{w}-").as_bytes()))
+            .count();
+        assert_eq!(
+            count, total,
+            "writer {w}: a put was lost before a later one"
+        );
+    }
+    *seen = entries.clone();
+}
+
+#[test]
+fn eight_processes_of_500_puts_leave_exactly_4000_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.shard");
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = readers(&path, &stop, check_growing);
+    let reader_stderr = dir.path().join("reader.err");
+    let reader = spawn_role("read", &path, &[], reader_stderr.clone());
+    let writers: Vec<(Child, PathBuf)> = (0..PUT_WRITERS)
+        .map(|w| {
+            let stderr = dir.path().join(format!("w{w}.err"));
+            let envs = [("MANY_WRITER", w.to_string())];
+            (spawn_role("put", &path, &envs, stderr.clone()), stderr)
+        })
+        .collect();
+    for (child, stderr) in writers {
+        wait_ok(child, &stderr, "a writer");
+    }
+    File::create(path.with_extension("stop")).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let reads: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    wait_ok(reader, &reader_stderr, "the reader process");
+
+    let snapshot = Shard::open(&path).unwrap().snapshot();
+    assert_eq!(snapshot.verify(), Ok(PUT_WRITERS * PUTS_EACH));
+    let entries = read_checked(&snapshot);
+    assert_eq!(entries.len() as u64, PUT_WRITERS * PUTS_EACH);
+    for w in 0..PUT_WRITERS {
+        for n in 0..PUTS_EACH {
+            let key = put_key(w, n);
+            assert_eq!(entries.get(&key), Some(&value_for(&key, n)));
+        }
+    }
+    eprintln!("4000 entries checked; reader threads took {reads} snapshots");
+    assert!(reads > 10, "the readers did not run alongside the writers");
+}
+
+// ---------------------------------------------------------------------------------------------
+// put_one, merge_in and replace_all racing.
+
+const RACE_PUTTERS: u64 = 4;
+const RACE_PUTS: u64 = 150;
+const MERGES: u64 = 40;
+const MERGE_SIZE: u64 = 5;
+const REPLACES: u64 = 5;
+const REPLACE_SIZE: u64 = 10;
+
+fn race_put_key(writer: u64, n: u64) -> Vec<u8> {
+    format!("p{writer}-{n:04}").into_bytes()
+}
+fn merge_key(batch: u64, i: u64) -> Vec<u8> {
+    format!("m{batch:03}-{i}").into_bytes()
+}
+fn replace_key(epoch: u64, i: u64) -> Vec<u8> {
+    format!("r{epoch}-{i:02}").into_bytes()
+}
+
+/// Indices `0..n` whose `key(i)` is present must form one contiguous run: the writes of one
+/// process after the last `replace_all` (all earlier ones were wiped by it). With `to_end`,
+/// the run must reach the last index (every write has finished).
+fn contiguous(present: &[bool], to_end: bool, what: &str) {
+    let first = present.iter().position(|&p| p);
+    let last = present.iter().rposition(|&p| p);
+    if let (Some(a), Some(b)) = (first, last) {
+        assert!(
+            present[a..=b].iter().all(|&p| p),
+            "{what}: a gap {present:?}"
+        );
+        assert!(!to_end || b == present.len() - 1, "{what}: last write lost");
+    }
+}
+
+/// The conditions for `entries` to be the result of a serial order of the racing writes.
+fn check_serial(entries: &Entries, finished: bool) {
+    let epochs: Vec<u64> = (0..REPLACES)
+        .filter(|&e| (0..REPLACE_SIZE).any(|i| entries.contains_key(&replace_key(e, i))))
+        .collect();
+    assert!(
+        epochs.len() <= 1,
+        "keys of several replace_all calls: {epochs:?}"
+    );
+    let epoch = epochs.first().copied();
+    let mut explained: BTreeSet<Vec<u8>> = BTreeSet::new();
+    if let Some(e) = epoch {
+        // The last replace_all put exactly its own keys; nothing of an earlier one survives.
+        for i in 0..REPLACE_SIZE {
+            assert!(
+                entries.contains_key(&replace_key(e, i)),
+                "replace {e} is partial"
+            );
+            explained.insert(replace_key(e, i));
+        }
+    }
+    if finished {
+        assert_eq!(epoch, Some(REPLACES - 1), "the last replace_all was lost");
+    }
+    for w in 0..RACE_PUTTERS {
+        let present: Vec<bool> = (0..RACE_PUTS)
+            .map(|n| entries.contains_key(&race_put_key(w, n)))
+            .collect();
+        if epoch.is_none() {
+            // No replace yet: puts so far form a prefix.
+            assert!(
+                present.iter().skip_while(|&&p| p).all(|&p| !p),
+                "putter {w}"
+            );
+        }
+        contiguous(&present, finished, &format!("putter {w}"));
+        explained.extend((0..RACE_PUTS).map(|n| race_put_key(w, n)));
+    }
+    let mut batches = Vec::new();
+    for b in 0..MERGES {
+        let got: Vec<bool> = (0..MERGE_SIZE)
+            .map(|i| entries.contains_key(&merge_key(b, i)))
+            .collect();
+        assert!(
+            got.iter().all(|&p| p == got[0]),
+            "merge {b} is partial: {got:?}"
+        );
+        batches.push(got[0]);
+        explained.extend((0..MERGE_SIZE).map(|i| merge_key(b, i)));
+    }
+    if epoch.is_none() {
+        assert!(batches.iter().skip_while(|&&p| p).all(|&p| !p), "merges");
+    }
+    contiguous(&batches, finished, "merges");
+    let unexplained: Vec<_> = entries.keys().filter(|k| !explained.contains(*k)).collect();
+    assert!(
+        unexplained.is_empty(),
+        "entries nobody wrote: {unexplained:?}"
+    );
+}
+
+fn check_serial_snapshot(entries: &Entries, _: &mut Entries) {
+    check_serial(entries, false);
+}
+
+#[test]
+fn racing_merges_and_replaces_leave_a_serial_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("race.shard");
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = readers(&path, &stop, check_serial_snapshot);
+    let mut children = Vec::new();
+    for w in 0..RACE_PUTTERS {
+        let stderr = dir.path().join(format!("p{w}.err"));
+        let envs = [("MANY_WRITER", w.to_string())];
+        children.push((spawn_role("race-put", &path, &envs, stderr.clone()), stderr));
+    }
+    for role in ["merge", "replace"] {
+        let stderr = dir.path().join(format!("{role}.err"));
+        children.push((spawn_role(role, &path, &[], stderr.clone()), stderr));
+    }
+    for (child, stderr) in children {
+        wait_ok(child, &stderr, "a writer");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+
+    let snapshot = Shard::open(&path).unwrap().snapshot();
+    let entries = read_checked(&snapshot);
+    assert_eq!(snapshot.verify(), Ok(entries.len() as u64));
+    check_serial(&entries, true);
+    eprintln!(
+        "final state of {} entries explained by a serial order; readers checked {reads} snapshots",
+        entries.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child roles.
+
+/// The entry point of the child processes; does nothing unless `WARMSHARD_MANY_ROLE` is set.
+#[test]
+fn child_process_entry_point() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let path = PathBuf::from(std::env::var("MANY_SHARD").unwrap());
+    let writer: u64 = std::env::var("MANY_WRITER")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(0);
+    let shard = Shard::open_with(&path, options()).unwrap();
+    match role.as_str() {
+        "put" => {
+            for n in 0..PUTS_EACH {
+                let key = put_key(writer, n);
+                let _ = shard.put_one(&key, value_for(&key, n)).unwrap();
+            }
+        }
+        "race-put" => {
+            for n in 0..RACE_PUTS {
+                let key = race_put_key(writer, n);
+                let _ = shard.put_one(&key, value_for(&key, n)).unwrap();
+            }
+        }
+        "merge" => {
+            for b in 0..MERGES {
+                let batch = (0..MERGE_SIZE).map(|i| {
+                    let key = merge_key(b, i);
+                    let value = value_for(&key, b);
+                    (key, value)
+                });
+                let _ = shard.merge_in(batch).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        "replace" => {
+            for e in 0..REPLACES {
+                std::thread::sleep(Duration::from_millis(40));
+                let batch: Vec<(Vec<u8>, Vec<u8>)> = (0..REPLACE_SIZE)
+                    .map(|i| {
+                        let key = replace_key(e, i);
+                        let value = value_for(&key, e);
+                        (key, value)
+                    })
+                    .collect();
+                let _ = shard.replace_all(batch).unwrap();
+            }
+        }
+        "read" => {
+            let stop = path.with_extension("stop");
+            let mut seen = BTreeMap::new();
+            while !stop.exists() {
+                check_growing(&read_checked(&shard.snapshot()), &mut seen);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
