@@ -326,10 +326,18 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
 
     let manifest = assemble(&dirs);
     // Rewrite only if an entry changed or an old entry has no file any more.
-    changed |= view.len() != manifest.len();
+    let updates: Vec<(Vec<u8>, &[u8])> = ordered_values(&dirs)
+        .filter_map(|(path, fresh)| Some((path, fresh?.as_slice())))
+        .collect();
+    let new_keys = updates
+        .iter()
+        .filter(|(k, _)| view.get(k).is_none())
+        .count();
+    let vanished = view.len() + new_keys != manifest.len();
     let mut shard_written = false;
-    if changed {
-        // Files hashed this run get their new value; the others keep their old one.
+    if vanished {
+        // Files disappeared: the whole cache is rewritten without them. Files hashed this run
+        // get their new value; the others keep their old one.
         let entries = ordered_values(&dirs).filter_map(|(path, fresh)| {
             let value: &[u8] = match fresh {
                 Some(value) => value,
@@ -338,6 +346,10 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
             Some((path, value))
         });
         let outcome = shard.replace_all(entries)?;
+        shard_written = matches!(outcome, crate::WriteOutcome::Committed { .. });
+    } else if changed {
+        // Only changes and additions: a merge, which a small change turns into a small write.
+        let outcome = shard.merge_in(updates)?;
         shard_written = matches!(outcome, crate::WriteOutcome::Committed { .. });
     }
     Ok(HashTreeReport {
