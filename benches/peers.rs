@@ -1,0 +1,748 @@
+//! Workload W1 (WORKLOADS.md) on warmshard and every peer, in one run, printed as one markdown
+//! table of figures, one of warmshard's ratios to each peer, and one of the targets.
+//!
+//! ```text
+//! cargo bench --bench peers                          full run (a few minutes on 2 cores)
+//! WARMSHARD_BENCH_QUICK=1 cargo bench --bench peers  smoke run: small N, few iterations
+//! WARMSHARD_BENCH_BIG=1 cargo bench --bench peers    adds the 1 GiB-of-values writer RSS figure
+//! WARMSHARD_BENCH_DIR=/some/dir                      where stores go (default: a temp dir)
+//! ```
+//! Run without `--bench` (as `cargo test --all-targets` does), it only checks that every peer
+//! stores and returns the W1 data correctly, on a tiny data set, and times nothing.
+//!
+//! Every figure is a median. Stores live in one directory per peer; the startup figure spawns
+//! `examples/startup_probe.rs`, built here with `cargo build --release --example startup_probe`.
+
+mod common;
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::data::{self, DataSet};
+use common::{
+    ENGINES, Lmdb, Peer, PhysicalLimit, Probe, Reader, Redb, Result, RkyvFull, RkyvInPlace, Sqlite,
+    Warmshard, fresh_dir,
+};
+
+/// Keys for put_one: far above any store's entry count, so always new.
+const PUT_KEY_BASE: u64 = 100_000_000;
+
+struct Config {
+    quick: bool,
+    big: bool,
+    /// The headline N: get, prewarm, put_one, size and RSS figures.
+    n: u64,
+    /// The Ns of the open + first get figure (includes `n`).
+    open_ns: Vec<u64>,
+    gets: usize,
+    get_rounds: usize,
+    open_reps: usize,
+    spawns: usize,
+    prewarm_reps: usize,
+    put_reps: usize,
+}
+
+fn flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+impl Config {
+    fn from_env() -> Config {
+        let big = flag("WARMSHARD_BENCH_BIG");
+        if flag("WARMSHARD_BENCH_QUICK") {
+            Config {
+                quick: true,
+                big,
+                n: 4_096,
+                open_ns: vec![1_024, 4_096],
+                gets: 100_000,
+                get_rounds: 1,
+                open_reps: 20,
+                spawns: 20,
+                prewarm_reps: 1,
+                put_reps: 5,
+            }
+        } else {
+            Config {
+                quick: false,
+                big,
+                n: 16_384,
+                open_ns: vec![1_024, 16_384, 262_144],
+                gets: 1_000_000,
+                get_rounds: 3,
+                open_reps: 200,
+                spawns: 200,
+                prewarm_reps: 5,
+                put_reps: 50,
+            }
+        }
+    }
+}
+
+/// One peer's figures; `None` where the peer has no such figure.
+#[derive(Clone, Debug, Default)]
+struct Row {
+    name: &'static str,
+    label: &'static str,
+    get_hit_ns: Option<f64>,
+    get_miss_ns: Option<f64>,
+    open_us: Vec<Option<f64>>,
+    startup_us: Option<f64>,
+    prewarm_ms: Option<f64>,
+    put_ms: Option<f64>,
+    put_nosync_ms: Option<f64>,
+    file_bytes: Option<u64>,
+    rss_kib: Option<u64>,
+    big_rss_kib: Option<u64>,
+    /// The headline store and its probe, for the startup figure.
+    startup_args: Option<(PathBuf, Probe)>,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    assert!(!xs.is_empty());
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let mid = xs.len() / 2;
+    if !xs.len().is_multiple_of(2) {
+        xs[mid]
+    } else {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    }
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
+    let start = Instant::now();
+    let out = f()?;
+    Ok((start.elapsed().as_secs_f64(), out))
+}
+
+fn pairs(set: &DataSet) -> impl Iterator<Item = (&[u8], &[u8])> {
+    set.entries
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+}
+
+/// Every entry of `set` (or a stride of them) reads back equal, and absent keys miss.
+fn verify<P: Peer>(dir: &Path, set: &DataSet) -> Result<()> {
+    if !P::GETS {
+        return Ok(());
+    }
+    let reader = P::open(dir)?;
+    let step = (set.entries.len() / 2_000).max(1);
+    for (key, value) in set.entries.iter().step_by(step) {
+        if reader.get(key, |v| v == value.as_slice()) != Some(true) {
+            let key = String::from_utf8_lossy(key);
+            return Err(format!("{}: wrong or missing value for {key}", P::NAME).into());
+        }
+    }
+    for key in set.absent.iter().step_by(step) {
+        if reader.get(key, |_| ()).is_some() {
+            return Err(format!("{}: absent key found", P::NAME).into());
+        }
+    }
+    Ok(())
+}
+
+/// ns per get over `keys`; checks the number of hits.
+fn get_round<R: Reader>(reader: &R, keys: &[&[u8]], expected_hits: usize) -> Result<f64> {
+    let start = Instant::now();
+    let mut sum = 0usize;
+    let mut hits = 0usize;
+    for key in keys {
+        if let Some(x) = reader.get(black_box(key), |v| v.len() + usize::from(v[0])) {
+            sum = sum.wrapping_add(x);
+            hits += 1;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    black_box(sum);
+    if hits != expected_hits {
+        return Err(format!("{hits} hits, expected {expected_hits}").into());
+    }
+    Ok(elapsed * 1e9 / keys.len() as f64)
+}
+
+fn run_peer<P: Peer>(
+    cfg: &Config,
+    sets: &[DataSet],
+    base: &Path,
+    probe_bin: Option<&Path>,
+) -> Result<Row> {
+    let mut row = Row {
+        name: P::NAME,
+        label: P::LABEL,
+        ..Row::default()
+    };
+    let root = base.join(P::NAME);
+
+    // Figure 2 (and the stores of figures 1 and 3): open + first get at each N.
+    for (set, &n) in sets.iter().zip(&cfg.open_ns) {
+        let dir = root.join(format!("n{n}"));
+        fresh_dir(&dir)?;
+        eprintln!("  {}: building N={n}", P::NAME);
+        P::build(&dir, pairs(set))?;
+        verify::<P>(&dir, set)?;
+        let (key, value) = &set.entries[set.entries.len() / 2];
+        let probe = P::probe(&dir, key)?;
+        if P::open_get(&dir, &probe)? != Some(value[0]) {
+            return Err(format!("{}: open_get returned a wrong value", P::NAME).into());
+        }
+        for _ in 0..3 {
+            P::open_get(&dir, &probe)?;
+        }
+        let mut times = Vec::with_capacity(cfg.open_reps);
+        for _ in 0..cfg.open_reps {
+            times.push(timed(|| P::open_get(&dir, &probe))?.0 * 1e6);
+        }
+        row.open_us.push(Some(median(times)));
+        if n == cfg.n {
+            // Figure 1: gets on the headline store, already open.
+            if P::GETS {
+                eprintln!("  {}: gets", P::NAME);
+                let reader = P::open(&dir)?;
+                let (hit_keys, hit_count) = set.lookups(cfg.gets, 100, 1);
+                let (mix_keys, mix_count) = set.lookups(cfg.gets, 50, 2);
+                get_round(&reader, &hit_keys[..cfg.gets / 10], hit_count / 10)?; // warm-up
+                let (mut hit, mut mix) = (Vec::new(), Vec::new());
+                for _ in 0..cfg.get_rounds {
+                    hit.push(get_round(&reader, &hit_keys, hit_count)?);
+                    mix.push(get_round(&reader, &mix_keys, mix_count)?);
+                }
+                row.get_hit_ns = Some(median(hit));
+                row.get_miss_ns = Some(median(mix));
+            }
+            row.startup_args = Some((dir, probe));
+        } else if n > cfg.n {
+            std::fs::remove_dir_all(&dir)?;
+        }
+    }
+
+    if !P::WRITES {
+        return Ok(row);
+    }
+    let headline = cfg
+        .open_ns
+        .iter()
+        .position(|&n| n == cfg.n)
+        .expect("headline N is among the open Ns");
+    let set = &sets[headline];
+
+    // Figure 4: durable prewarm into a fresh store.
+    eprintln!("  {}: prewarm", P::NAME);
+    let dir = root.join("prewarm");
+    let mut times = Vec::new();
+    for _ in 0..cfg.prewarm_reps {
+        fresh_dir(&dir)?;
+        times.push(timed(|| P::prewarm(&dir, pairs(set), true))?.0 * 1e3);
+    }
+    row.prewarm_ms = Some(median(times));
+    // Figure 6a: size of what the prewarm left.
+    row.file_bytes = Some(P::disk_bytes(&dir)?);
+
+    // Figure 5: put_one into that N-entry store, durable then not.
+    eprintln!("  {}: put_one", P::NAME);
+    let mut next = PUT_KEY_BASE;
+    for durable in [true, false] {
+        let mut writer = P::writer(&dir, durable)?;
+        let mut times = Vec::new();
+        for _ in 0..cfg.put_reps {
+            let (key, value) = (data::key(next), data::value(next));
+            next += 1;
+            times.push(timed(|| P::put_one(&mut writer, &key, &value))?.0 * 1e3);
+        }
+        let put = Some(median(times));
+        if durable {
+            row.put_ms = put;
+        } else {
+            row.put_nosync_ms = put;
+        }
+    }
+
+    // Figure 6b: the writer's peak RSS, in a child process that streams the entries.
+    if let Some(bin) = probe_bin {
+        eprintln!("  {}: writer RSS", P::NAME);
+        row.rss_kib = Some(child_prewarm_rss(bin, P::NAME, &root.join("rss"), cfg.n)?);
+        if cfg.big {
+            let n = data::entries_for_value_bytes(1 << 30);
+            eprintln!("  {}: writer RSS, 1 GiB of values (N={n})", P::NAME);
+            row.big_rss_kib = Some(child_prewarm_rss(bin, P::NAME, &root.join("big"), n)?);
+        }
+    }
+    for dir in ["prewarm", "rss", "big"] {
+        let _ = std::fs::remove_dir_all(root.join(dir));
+    }
+    Ok(row)
+}
+
+/// Runs a durable prewarm of N entries in a fresh process; returns its peak RSS (VmHWM) in KiB.
+fn child_prewarm_rss(bin: &Path, engine: &str, dir: &Path, n: u64) -> Result<u64> {
+    fresh_dir(dir)?;
+    let out = Command::new(bin)
+        .args(["prewarm", engine])
+        .arg(dir)
+        .arg(n.to_string())
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("prewarm probe for {engine} failed: {}", out.status).into());
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let peak = text
+        .split_whitespace()
+        .next()
+        .ok_or("no output from the probe")?;
+    std::fs::remove_dir_all(dir)?;
+    Ok(peak.parse()?)
+}
+
+/// Builds `examples/startup_probe.rs` and returns its path.
+fn build_probe() -> Result<PathBuf> {
+    if let Ok(bin) = std::env::var("WARMSHARD_PROBE_BIN") {
+        return Ok(bin.into());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--release", "--example", "startup_probe"])
+        .args(["--message-format", "json-render-diagnostics"])
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("cargo build of startup_probe failed: {}", out.status).into());
+    }
+    for line in String::from_utf8(out.stdout)?.lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["target"]["name"] == "startup_probe"
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            return Ok(exe.into());
+        }
+    }
+    Err("cargo did not report the startup_probe executable".into())
+}
+
+fn probe_args(engine: &str, dir: &Path, probe: &Probe) -> Vec<String> {
+    vec![
+        "open".into(),
+        engine.into(),
+        dir.display().to_string(),
+        String::from_utf8(probe.key.clone()).expect("W1 keys are ASCII"),
+        probe.pages[0].to_string(),
+        probe.pages[1].to_string(),
+    ]
+}
+
+fn spawn(bin: &Path, args: &[String]) -> Result<f64> {
+    let start = Instant::now();
+    let status = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()?;
+    let elapsed = start.elapsed().as_secs_f64() * 1e6;
+    if !status.success() {
+        return Err(format!("probe {args:?} exited with {status}").into());
+    }
+    Ok(elapsed)
+}
+
+/// Figure 3: every engine's probe and the do-nothing baseline, interleaved round by round so
+/// that drift in the machine's load hits them all alike.
+fn startup(cfg: &Config, bin: &Path, rows: &mut [Row]) -> Result<()> {
+    let baseline = vec!["none".to_string()];
+    let jobs: Vec<(usize, Vec<String>)> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, row)| {
+            let (dir, probe) = row.startup_args.as_ref()?;
+            Some((i, probe_args(row.name, dir, probe)))
+        })
+        .collect();
+    let mut base_times = Vec::new();
+    let mut times = vec![Vec::new(); rows.len()];
+    for round in 0..cfg.spawns + 5 {
+        let t = spawn(bin, &baseline)?;
+        if round >= 5 {
+            base_times.push(t);
+        }
+        for (i, args) in &jobs {
+            let t = spawn(bin, args)?;
+            if round >= 5 {
+                times[*i].push(t);
+            }
+        }
+    }
+    let base = median(base_times);
+    eprintln!("  startup baseline (probe doing nothing): {base:.0} µs");
+    for (i, _) in &jobs {
+        rows[*i].startup_us = Some(median(std::mem::take(&mut times[*i])) - base);
+    }
+    Ok(())
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    format!(
+        "{} cores ({}), {}, Linux {}",
+        sh("nproc", &[]),
+        cpu,
+        sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        sh("uname", &["-r"])
+    )
+}
+
+/// Thousands separators: 16384 -> "16,384".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn num(x: f64) -> String {
+    if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else if x.abs() >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The columns of both tables: a header and how to read the figure from a row.
+type Column = (String, Box<dyn Fn(&Row) -> Option<f64>>);
+
+fn columns(cfg: &Config) -> Vec<Column> {
+    let gets = format!("{}×{}", cfg.get_rounds, thousands(cfg.gets as u64));
+    let mut cols: Vec<Column> = vec![
+        (
+            format!("get hit ns ({gets})"),
+            Box::new(|r: &Row| r.get_hit_ns),
+        ),
+        (
+            format!("get 50% miss ns ({gets})"),
+            Box::new(|r: &Row| r.get_miss_ns),
+        ),
+    ];
+    for (i, &n) in cfg.open_ns.iter().enumerate() {
+        cols.push((
+            format!("open+get µs N={} ({}×)", thousands(n), cfg.open_reps),
+            Box::new(move |r: &Row| r.open_us.get(i).copied().flatten()),
+        ));
+    }
+    cols.push((
+        format!("startup µs ({} spawns)", cfg.spawns),
+        Box::new(|r: &Row| r.startup_us),
+    ));
+    cols.push((
+        format!("prewarm ms ({}×)", cfg.prewarm_reps),
+        Box::new(|r: &Row| r.prewarm_ms),
+    ));
+    cols.push((
+        format!("put_one ms durable ({}×)", cfg.put_reps),
+        Box::new(|r: &Row| r.put_ms),
+    ));
+    cols.push((
+        format!("put_one ms no fsync ({}×)", cfg.put_reps),
+        Box::new(|r: &Row| r.put_nosync_ms),
+    ));
+    cols.push(("file MiB".into(), Box::new(|r: &Row| r.file_bytes.map(mib))));
+    cols.push((
+        "writer peak RSS MiB".into(),
+        Box::new(|r: &Row| r.rss_kib.map(|k| k as f64 / 1024.0)),
+    ));
+    if cfg.big {
+        cols.push((
+            "writer peak RSS MiB, 1 GiB of values".into(),
+            Box::new(|r: &Row| r.big_rss_kib.map(|k| k as f64 / 1024.0)),
+        ));
+    }
+    cols
+}
+
+fn print_tables(cfg: &Config, set: &DataSet, rows: &[Row]) {
+    let cols = columns(cfg);
+    println!(
+        "## W1, N = {}{}\n",
+        thousands(cfg.n),
+        if cfg.quick {
+            " (QUICK run: small N, few iterations)"
+        } else {
+            ""
+        }
+    );
+    println!("- machine: {}", machine());
+    println!(
+        "- data: {} entries, {:.1} MiB of values, {:.2} MiB of keys; seed {:#x}",
+        thousands(set.len()),
+        mib(set.value_bytes()),
+        mib(set.key_bytes()),
+        data::SEED
+    );
+    println!(
+        "- every figure is a median; (k×) in a header is the number of repetitions it is the \
+         median of. Startup is the median wall time of a fresh process that opens and gets one \
+         key, minus that of the same binary doing nothing, interleaved."
+    );
+    println!("- `—`: the peer has no such figure (see BENCHMARKS.md).\n");
+
+    let header: Vec<&str> = cols.iter().map(|(h, _)| h.as_str()).collect();
+    println!("| peer | {} |", header.join(" | "));
+    println!("|---|{}", "---:|".repeat(cols.len()));
+    for row in rows {
+        let cells: Vec<String> = cols
+            .iter()
+            .map(|(_, get)| get(row).map_or("—".into(), num))
+            .collect();
+        println!("| {} | {} |", row.label, cells.join(" | "));
+    }
+
+    let ws = &rows[0];
+    println!("\n### warmshard ÷ peer (below 1: warmshard is faster or smaller)\n");
+    println!("| peer | {} |", header.join(" | "));
+    println!("|---|{}", "---:|".repeat(cols.len()));
+    for row in &rows[1..] {
+        let cells: Vec<String> = cols
+            .iter()
+            .map(|(_, get)| match (get(ws), get(row)) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => "—".into(),
+            })
+            .collect();
+        println!("| {} | {} |", row.label, cells.join(" | "));
+    }
+    print_targets(cfg, rows);
+}
+
+fn find<'a>(rows: &'a [Row], name: &str) -> &'a Row {
+    rows.iter()
+        .find(|r| r.name == name)
+        .expect("every peer has a row")
+}
+
+fn print_targets(cfg: &Config, rows: &[Row]) {
+    let ws = find(rows, Warmshard::NAME);
+    let phys = find(rows, PhysicalLimit::NAME);
+    let inplace = find(rows, RkyvInPlace::NAME);
+    let full = find(rows, RkyvFull::NAME);
+    let lmdb = find(rows, Lmdb::NAME);
+    println!("\n### Targets (N = {})\n", thousands(cfg.n));
+    println!("| target | measured | verdict |");
+    println!("|---|---|---|");
+    // `ratio` is what the target bounds; `ok` says whether it holds.
+    let line = |target: &str, ratio: Option<f64>, what: String, ok: fn(f64) -> bool| {
+        let verdict = match ratio {
+            None => "not measured".to_string(),
+            Some(r) if ok(r) => "holds".to_string(),
+            Some(_) => "**MISSES**".to_string(),
+        };
+        println!("| {target} | {what} | {verdict} |");
+    };
+    let div = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    let r = div(ws.get_hit_ns, inplace.get_hit_ns);
+    line("get hit ≤ 1.1× rkyv in place", r, fmt_ratio(r), |r| {
+        r <= 1.1
+    });
+    let r = div(ws.get_miss_ns, inplace.get_miss_ns);
+    line(
+        "get 50% miss ≤ 1.0× rkyv in place",
+        r,
+        fmt_ratio(r),
+        |r| r <= 1.0,
+    );
+    for (i, &n) in cfg.open_ns.iter().enumerate() {
+        let r = div(ws.open_us[i], phys.open_us[i]);
+        let target = format!("open+first get ≤ 1.5× physical limit, N={}", thousands(n));
+        line(&target, r, fmt_ratio(r), |r| r <= 1.5);
+    }
+    let r = div(ws.startup_us, phys.startup_us);
+    line(
+        "startup increment ≤ 2× physical limit's",
+        r,
+        fmt_ratio(r),
+        |r| r <= 2.0,
+    );
+    let r = div(lmdb.startup_us, ws.startup_us);
+    line(
+        "startup increment ≥ 3× smaller than LMDB's",
+        r,
+        format!("LMDB's is {}", fmt_ratio(r)),
+        |r| r >= 3.0,
+    );
+    for row in rows {
+        if row.name == Warmshard::NAME
+            || row.name == PhysicalLimit::NAME
+            || row.prewarm_ms.is_none()
+        {
+            continue;
+        }
+        let r = div(ws.prewarm_ms, row.prewarm_ms);
+        line(
+            &format!("prewarm faster than {}", row.label),
+            r,
+            fmt_ratio(r),
+            |r| r < 1.0,
+        );
+    }
+    let r = div(ws.put_ms, lmdb.put_ms);
+    line("put_one durable ≤ 1.5× LMDB's", r, fmt_ratio(r), |r| {
+        r <= 1.5
+    });
+    let r = div(full.put_ms, ws.put_ms);
+    line(
+        "put_one durable ≥ 10× faster than full-validate rkyv",
+        r,
+        format!("rkyv's is {}", fmt_ratio(r)),
+        |r| r >= 10.0,
+    );
+    let r = ws.put_nosync_ms;
+    line(
+        "put_one with fsync off < 0.1 ms",
+        r,
+        r.map_or("—".into(), |ms| format!("{} ms", num(ms))),
+        |ms| ms < 0.1,
+    );
+    let r = div(
+        ws.file_bytes.map(|b| b as f64),
+        full.file_bytes.map(|b| b as f64),
+    );
+    line(
+        "file size ≤ 1.05× full-validate rkyv",
+        r,
+        fmt_ratio(r),
+        |r| r <= 1.05,
+    );
+    let r = ws.big_rss_kib.map(|k| k as f64 / 1024.0);
+    let what = r.map_or("run with WARMSHARD_BENCH_BIG=1".into(), |m| {
+        format!("{} MiB", num(m))
+    });
+    line(
+        "writer peak RSS, 1 GiB-of-values prewarm ≤ 256 MiB",
+        r,
+        what,
+        |m| m <= 256.0,
+    );
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or("—".into(), |r| format!("{r:.2}×"))
+}
+
+/// Without `--bench`: a correctness pass over every peer on a tiny data set; times nothing.
+fn smoke() -> Result<()> {
+    let base = tempfile::Builder::new()
+        .prefix("warmshard-peers-smoke")
+        .tempdir()?;
+    let set = DataSet::new(300);
+    fn check<P: Peer>(base: &Path, set: &DataSet) -> Result<()> {
+        let dir = base.join(P::NAME);
+        fresh_dir(&dir)?;
+        P::build(&dir, pairs(set))?;
+        verify::<P>(&dir, set)?;
+        let (key, value) = &set.entries[7];
+        if P::open_get(&dir, &P::probe(&dir, key)?)? != Some(value[0]) {
+            return Err(format!("{}: open_get returned a wrong value", P::NAME).into());
+        }
+        if P::WRITES {
+            let mut writer = P::writer(&dir, false)?;
+            P::put_one(
+                &mut writer,
+                &data::key(PUT_KEY_BASE),
+                &data::value(PUT_KEY_BASE),
+            )?;
+        }
+        Ok(())
+    }
+    check::<Warmshard>(base.path(), &set)?;
+    check::<PhysicalLimit>(base.path(), &set)?;
+    check::<RkyvInPlace>(base.path(), &set)?;
+    check::<RkyvFull>(base.path(), &set)?;
+    check::<Lmdb>(base.path(), &set)?;
+    check::<Redb>(base.path(), &set)?;
+    check::<Sqlite>(base.path(), &set)?;
+    println!(
+        "peers: {} engines store and return W1 data correctly (run `cargo bench --bench peers` for figures)",
+        ENGINES.len()
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    if !std::env::args().any(|a| a == "--bench") {
+        return smoke();
+    }
+    let cfg = Config::from_env();
+    let probe_bin = match build_probe() {
+        Ok(bin) => Some(bin),
+        Err(e) => {
+            eprintln!("warning: no startup probe ({e}); startup and RSS figures are skipped");
+            None
+        }
+    };
+    let temp;
+    let base = match std::env::var_os("WARMSHARD_BENCH_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("warmshard-peers")
+                .tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    eprintln!("generating W1 data sets: N = {:?}", cfg.open_ns);
+    let sets: Vec<DataSet> = cfg.open_ns.iter().map(|&n| DataSet::new(n)).collect();
+    let bin = probe_bin.as_deref();
+    let mut rows = Vec::new();
+    macro_rules! peer {
+        ($p:ty) => {{
+            eprintln!("{}:", <$p>::LABEL);
+            rows.push(run_peer::<$p>(&cfg, &sets, &base, bin)?);
+        }};
+    }
+    peer!(Warmshard);
+    peer!(PhysicalLimit);
+    peer!(RkyvInPlace);
+    peer!(RkyvFull);
+    peer!(Lmdb);
+    peer!(Redb);
+    peer!(Sqlite);
+    if let Some(bin) = bin {
+        eprintln!("startup: {} spawns per engine", cfg.spawns);
+        startup(&cfg, bin, &mut rows)?;
+    }
+    let headline = cfg.open_ns.iter().position(|&n| n == cfg.n).unwrap_or(0);
+    print_tables(&cfg, &sets[headline], &rows);
+    Ok(())
+}
