@@ -74,7 +74,7 @@ impl Config {
                 get_rounds: 3,
                 open_reps: 200,
                 spawns: 200,
-                prewarm_reps: 5,
+                prewarm_reps: 11,
                 put_reps: 50,
             }
         }
@@ -90,6 +90,7 @@ struct Row {
     get_miss_ns: Option<f64>,
     open_us: Vec<Option<f64>>,
     startup_us: Option<f64>,
+    startup_cpu_us: Option<f64>,
     prewarm_ms: Option<f64>,
     put_ms: Option<f64>,
     put_nosync_ms: Option<f64>,
@@ -144,135 +145,276 @@ fn verify<P: Peer>(dir: &Path, set: &DataSet) -> Result<()> {
     Ok(())
 }
 
-/// ns per get over `keys`; checks the number of hits.
-fn get_round<R: Reader>(reader: &R, keys: &[&[u8]], expected_hits: usize) -> Result<f64> {
-    let start = Instant::now();
-    let mut sum = 0usize;
-    let mut hits = 0usize;
-    for key in keys {
-        if let Some(x) = reader.get(black_box(key), |v| v.len() + usize::from(v[0])) {
-            sum = sum.wrapping_add(x);
-            hits += 1;
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    black_box(sum);
-    if hits != expected_hits {
-        return Err(format!("{hits} hits, expected {expected_hits}").into());
-    }
-    Ok(elapsed * 1e9 / keys.len() as f64)
+/// An open reader of any peer, timed a round of lookups at a time (the dynamic call is per
+/// round; the lookups inside are statically dispatched).
+trait GetRounds {
+    /// ns per get over `keys`; checks the number of hits.
+    fn round(&self, keys: &[&[u8]], expected_hits: usize) -> Result<f64>;
 }
 
-fn run_peer<P: Peer>(
+struct Opened<R>(R);
+
+impl<R: Reader> GetRounds for Opened<R> {
+    fn round(&self, keys: &[&[u8]], expected_hits: usize) -> Result<f64> {
+        let start = Instant::now();
+        let mut sum = 0usize;
+        let mut hits = 0usize;
+        for key in keys {
+            if let Some(x) = self.0.get(black_box(key), |v| v.len() + usize::from(v[0])) {
+                sum = sum.wrapping_add(x);
+                hits += 1;
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        black_box(sum);
+        if hits != expected_hits {
+            return Err(format!("{hits} hits, expected {expected_hits}").into());
+        }
+        Ok(elapsed * 1e9 / keys.len() as f64)
+    }
+}
+
+/// A writer of any peer, one durable (or not) insert at a time.
+trait PutOne {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+}
+
+struct Writing<P: Peer>(P::Writer);
+
+impl<P: Peer> PutOne for Writing<P> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        P::put_one(&mut self.0, key, value)
+    }
+}
+
+/// One peer, as plain function pointers to its monomorphized operations, so that the phases
+/// below can interleave peers round by round: load on this shared machine then drifts over all
+/// of them alike instead of favouring whichever peer ran in a quiet minute.
+struct Engine {
+    name: &'static str,
+    label: &'static str,
+    gets: bool,
+    writes: bool,
+    build: fn(&Path, &DataSet) -> Result<()>,
+    verify: fn(&Path, &DataSet) -> Result<()>,
+    probe: fn(&Path, &[u8]) -> Result<Probe>,
+    open_get: fn(&Path, &Probe) -> Result<Option<u8>>,
+    reader: fn(&Path) -> Result<Box<dyn GetRounds>>,
+    prewarm: fn(&Path, &DataSet) -> Result<()>,
+    writer: fn(&Path, bool) -> Result<Box<dyn PutOne>>,
+    disk_bytes: fn(&Path) -> Result<u64>,
+}
+
+impl Engine {
+    fn of<P: Peer + 'static>() -> Engine {
+        Engine {
+            name: P::NAME,
+            label: P::LABEL,
+            gets: P::GETS,
+            writes: P::WRITES,
+            build: |dir, set| P::build(dir, pairs(set)),
+            verify: verify::<P>,
+            probe: P::probe,
+            open_get: P::open_get,
+            reader: |dir| Ok(Box::new(Opened(P::open(dir)?))),
+            prewarm: |dir, set| P::prewarm(dir, pairs(set), true),
+            writer: |dir, durable| Ok(Box::new(Writing::<P>(P::writer(dir, durable)?))),
+            disk_bytes: P::disk_bytes,
+        }
+    }
+}
+
+fn engines() -> Vec<Engine> {
+    let engines = vec![
+        Engine::of::<Warmshard>(),
+        Engine::of::<PhysicalLimit>(),
+        Engine::of::<RkyvInPlace>(),
+        Engine::of::<RkyvFull>(),
+        Engine::of::<Lmdb>(),
+        Engine::of::<Redb>(),
+        Engine::of::<Sqlite>(),
+    ];
+    debug_assert!(engines.iter().map(|e| e.name).eq(ENGINES.iter().copied()));
+    engines
+}
+
+/// A fixed-seed shuffle of `0..n`, a new order each round.
+fn shuffled(n: usize, rng: &mut data::Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.range(0, i as u64) as usize);
+    }
+    order
+}
+
+/// Figure 2 (and the stores of figures 1 and 3): builds every peer's store at each N, checks
+/// it, then times open + first get, the peers interleaved in a new random order each round.
+fn open_figures(
     cfg: &Config,
+    engines: &[Engine],
     sets: &[DataSet],
     base: &Path,
-    probe_bin: Option<&Path>,
-) -> Result<Row> {
-    let mut row = Row {
-        name: P::NAME,
-        label: P::LABEL,
-        ..Row::default()
-    };
-    let root = base.join(P::NAME);
-
-    // Figure 2 (and the stores of figures 1 and 3): open + first get at each N.
+    rows: &mut [Row],
+) -> Result<()> {
+    let mut rng = data::Rng::new(data::SEED ^ 3);
     for (set, &n) in sets.iter().zip(&cfg.open_ns) {
-        let dir = root.join(format!("n{n}"));
-        fresh_dir(&dir)?;
-        eprintln!("  {}: building N={n}", P::NAME);
-        P::build(&dir, pairs(set))?;
-        verify::<P>(&dir, set)?;
         let (key, value) = &set.entries[set.entries.len() / 2];
-        let probe = P::probe(&dir, key)?;
-        if P::open_get(&dir, &probe)? != Some(value[0]) {
-            return Err(format!("{}: open_get returned a wrong value", P::NAME).into());
-        }
-        for _ in 0..3 {
-            P::open_get(&dir, &probe)?;
-        }
-        let mut times = Vec::with_capacity(cfg.open_reps);
-        for _ in 0..cfg.open_reps {
-            times.push(timed(|| P::open_get(&dir, &probe))?.0 * 1e6);
-        }
-        row.open_us.push(Some(median(times)));
-        if n == cfg.n {
-            // Figure 1: gets on the headline store, already open.
-            if P::GETS {
-                eprintln!("  {}: gets", P::NAME);
-                let reader = P::open(&dir)?;
-                let (hit_keys, hit_count) = set.lookups(cfg.gets, 100, 1);
-                let (mix_keys, mix_count) = set.lookups(cfg.gets, 50, 2);
-                get_round(&reader, &hit_keys[..cfg.gets / 10], hit_count / 10)?; // warm-up
-                let (mut hit, mut mix) = (Vec::new(), Vec::new());
-                for _ in 0..cfg.get_rounds {
-                    hit.push(get_round(&reader, &hit_keys, hit_count)?);
-                    mix.push(get_round(&reader, &mix_keys, mix_count)?);
-                }
-                row.get_hit_ns = Some(median(hit));
-                row.get_miss_ns = Some(median(mix));
+        let mut probes = Vec::new();
+        for e in engines {
+            let dir = base.join(e.name).join(format!("n{n}"));
+            eprintln!("  {}: building N={n}", e.name);
+            fresh_dir(&dir)?;
+            (e.build)(&dir, set)?;
+            (e.verify)(&dir, set)?;
+            let probe = (e.probe)(&dir, key)?;
+            if (e.open_get)(&dir, &probe)? != Some(value[0]) {
+                return Err(format!("{}: open_get returned a wrong value", e.name).into());
             }
-            row.startup_args = Some((dir, probe));
-        } else if n > cfg.n {
-            std::fs::remove_dir_all(&dir)?;
+            probes.push((dir, probe));
+        }
+        eprintln!("  open + first get, N={n}: {} rounds", cfg.open_reps);
+        let mut times = vec![Vec::new(); engines.len()];
+        for round in 0..cfg.open_reps + 3 {
+            for i in shuffled(engines.len(), &mut rng) {
+                let (dir, probe) = &probes[i];
+                let (t, _) = timed(|| (engines[i].open_get)(dir, probe))?;
+                if round >= 3 {
+                    times[i].push(t * 1e6);
+                }
+            }
+        }
+        for ((row, t), (dir, probe)) in rows.iter_mut().zip(times).zip(probes) {
+            row.open_us.push(Some(median(t)));
+            if n == cfg.n {
+                row.startup_args = Some((dir, probe));
+            } else if n > cfg.n {
+                std::fs::remove_dir_all(&dir)?;
+            }
         }
     }
+    Ok(())
+}
 
-    if !P::WRITES {
-        return Ok(row);
+/// Figure 1: gets on the headline stores, already open; rounds interleaved across peers.
+fn get_figures(cfg: &Config, engines: &[Engine], set: &DataSet, rows: &mut [Row]) -> Result<()> {
+    let (hit_keys, hit_count) = set.lookups(cfg.gets, 100, 1);
+    let (mix_keys, mix_count) = set.lookups(cfg.gets, 50, 2);
+    let mut readers = Vec::new();
+    for (e, row) in engines.iter().zip(rows.iter()) {
+        let reader = if e.gets {
+            let (dir, _) = row.startup_args.as_ref().expect("headline store built");
+            let reader = (e.reader)(dir)?;
+            reader.round(&hit_keys[..cfg.gets / 10], hit_count / 10)?; // warm-up
+            Some(reader)
+        } else {
+            None
+        };
+        readers.push((reader, Vec::new(), Vec::new()));
     }
-    let headline = cfg
-        .open_ns
+    let mut rng = data::Rng::new(data::SEED ^ 4);
+    for round in 0..cfg.get_rounds {
+        eprintln!("  gets: round {}/{}", round + 1, cfg.get_rounds);
+        for i in shuffled(engines.len(), &mut rng) {
+            if let (Some(reader), hit, mix) = &mut readers[i] {
+                hit.push(reader.round(&hit_keys, hit_count)?);
+                mix.push(reader.round(&mix_keys, mix_count)?);
+            }
+        }
+    }
+    for (row, (_, hit, mix)) in rows.iter_mut().zip(readers) {
+        if !hit.is_empty() {
+            row.get_hit_ns = Some(median(hit));
+            row.get_miss_ns = Some(median(mix));
+        }
+    }
+    Ok(())
+}
+
+/// Figures 4, 5 and 6a: durable prewarm into a fresh store (rounds interleaved), the size it
+/// leaves, then put_one into that N-entry store, durable and not (interleaved put by put).
+fn write_figures(
+    cfg: &Config,
+    engines: &[Engine],
+    set: &DataSet,
+    base: &Path,
+    rows: &mut [Row],
+) -> Result<()> {
+    let dirs: Vec<PathBuf> = engines
         .iter()
-        .position(|&n| n == cfg.n)
-        .expect("headline N is among the open Ns");
-    let set = &sets[headline];
-
-    // Figure 4: durable prewarm into a fresh store.
-    eprintln!("  {}: prewarm", P::NAME);
-    let dir = root.join("prewarm");
-    let mut times = Vec::new();
-    for _ in 0..cfg.prewarm_reps {
-        fresh_dir(&dir)?;
-        times.push(timed(|| P::prewarm(&dir, pairs(set), true))?.0 * 1e3);
+        .map(|e| base.join(e.name).join("prewarm"))
+        .collect();
+    let writing: Vec<usize> = (0..engines.len()).filter(|&i| engines[i].writes).collect();
+    let mut rng = data::Rng::new(data::SEED ^ 5);
+    let mut times = vec![Vec::new(); engines.len()];
+    for round in 0..cfg.prewarm_reps {
+        eprintln!("  prewarm: round {}/{}", round + 1, cfg.prewarm_reps);
+        for k in shuffled(writing.len(), &mut rng) {
+            let i = writing[k];
+            fresh_dir(&dirs[i])?;
+            times[i].push(timed(|| (engines[i].prewarm)(&dirs[i], set))?.0 * 1e3);
+        }
     }
-    row.prewarm_ms = Some(median(times));
-    // Figure 6a: size of what the prewarm left.
-    row.file_bytes = Some(P::disk_bytes(&dir)?);
-
-    // Figure 5: put_one into that N-entry store, durable then not.
-    eprintln!("  {}: put_one", P::NAME);
+    for &i in &writing {
+        rows[i].prewarm_ms = Some(median(std::mem::take(&mut times[i])));
+        rows[i].file_bytes = Some((engines[i].disk_bytes)(&dirs[i])?);
+    }
     let mut next = PUT_KEY_BASE;
     for durable in [true, false] {
-        let mut writer = P::writer(&dir, durable)?;
-        let mut times = Vec::new();
+        eprintln!("  put_one, durable={durable}: {} rounds", cfg.put_reps);
+        let mut writers = Vec::new();
+        for &i in &writing {
+            writers.push((i, (engines[i].writer)(&dirs[i], durable)?, Vec::new()));
+        }
         for _ in 0..cfg.put_reps {
             let (key, value) = (data::key(next), data::value(next));
             next += 1;
-            times.push(timed(|| P::put_one(&mut writer, &key, &value))?.0 * 1e3);
+            for k in shuffled(writers.len(), &mut rng) {
+                let (_, writer, times) = &mut writers[k];
+                times.push(timed(|| writer.put(&key, &value))?.0 * 1e3);
+            }
         }
-        let put = Some(median(times));
-        if durable {
-            row.put_ms = put;
-        } else {
-            row.put_nosync_ms = put;
+        for (i, _, times) in writers {
+            let put = Some(median(times));
+            if durable {
+                rows[i].put_ms = put;
+            } else {
+                rows[i].put_nosync_ms = put;
+            }
         }
     }
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
+}
 
-    // Figure 6b: the writer's peak RSS, in a child process that streams the entries.
-    if let Some(bin) = probe_bin {
-        eprintln!("  {}: writer RSS", P::NAME);
-        row.rss_kib = Some(child_prewarm_rss(bin, P::NAME, &root.join("rss"), cfg.n)?);
+/// Figure 6b: each writer's peak RSS, in a child process that streams the entries.
+fn rss_figures(
+    cfg: &Config,
+    engines: &[Engine],
+    bin: &Path,
+    base: &Path,
+    rows: &mut [Row],
+) -> Result<()> {
+    for (e, row) in engines.iter().zip(rows.iter_mut()) {
+        if !e.writes {
+            continue;
+        }
+        eprintln!("  {}: writer RSS", e.name);
+        row.rss_kib = Some(child_prewarm_rss(
+            bin,
+            e.name,
+            &base.join(e.name).join("rss"),
+            cfg.n,
+        )?);
         if cfg.big {
             let n = data::entries_for_value_bytes(1 << 30);
-            eprintln!("  {}: writer RSS, 1 GiB of values (N={n})", P::NAME);
-            row.big_rss_kib = Some(child_prewarm_rss(bin, P::NAME, &root.join("big"), n)?);
+            eprintln!("  {}: writer RSS, 1 GiB of values (N={n})", e.name);
+            let dir = base.join(e.name).join("big");
+            row.big_rss_kib = Some(child_prewarm_rss(bin, e.name, &dir, n)?);
         }
     }
-    for dir in ["prewarm", "rss", "big"] {
-        let _ = std::fs::remove_dir_all(root.join(dir));
-    }
-    Ok(row)
+    Ok(())
 }
 
 /// Runs a durable prewarm of N entries in a fresh process; returns its peak RSS (VmHWM) in KiB.
@@ -335,50 +477,64 @@ fn probe_args(engine: &str, dir: &Path, probe: &Probe) -> Vec<String> {
     ]
 }
 
-fn spawn(bin: &Path, args: &[String]) -> Result<f64> {
+/// CPU time (user + system) of every waited-for child so far, in µs.
+fn children_cpu_us() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<nix::libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_CHILDREN is always valid.
+    let usage = unsafe {
+        nix::libc::getrusage(nix::libc::RUSAGE_CHILDREN, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let us = |t: nix::libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    us(usage.ru_utime) + us(usage.ru_stime)
+}
+
+/// Spawns the probe and waits: (wall µs, CPU µs of the child).
+fn spawn(bin: &Path, args: &[String]) -> Result<(f64, f64)> {
+    let cpu = children_cpu_us();
     let start = Instant::now();
     let status = Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .status()?;
-    let elapsed = start.elapsed().as_secs_f64() * 1e6;
+    let wall = start.elapsed().as_secs_f64() * 1e6;
     if !status.success() {
         return Err(format!("probe {args:?} exited with {status}").into());
     }
-    Ok(elapsed)
+    Ok((wall, children_cpu_us() - cpu))
 }
 
-/// Figure 3: every engine's probe and the do-nothing baseline, interleaved round by round so
-/// that drift in the machine's load hits them all alike.
+/// Figure 3: every engine's probe and the do-nothing baseline, interleaved in a new random
+/// order each round. Wall time is the figure; the child's CPU time is shown beside it because
+/// on a shared machine it is much less noisy (it excludes waiting for a core).
 fn startup(cfg: &Config, bin: &Path, rows: &mut [Row]) -> Result<()> {
-    let baseline = vec!["none".to_string()];
-    let jobs: Vec<(usize, Vec<String>)> = rows
-        .iter()
-        .enumerate()
-        .filter_map(|(i, row)| {
-            let (dir, probe) = row.startup_args.as_ref()?;
-            Some((i, probe_args(row.name, dir, probe)))
-        })
-        .collect();
-    let mut base_times = Vec::new();
-    let mut times = vec![Vec::new(); rows.len()];
-    for round in 0..cfg.spawns + 5 {
-        let t = spawn(bin, &baseline)?;
-        if round >= 5 {
-            base_times.push(t);
+    let mut jobs: Vec<(Option<usize>, Vec<String>)> = vec![(None, vec!["none".to_string()])];
+    for (i, row) in rows.iter().enumerate() {
+        if let Some((dir, probe)) = &row.startup_args {
+            jobs.push((Some(i), probe_args(row.name, dir, probe)));
         }
-        for (i, args) in &jobs {
-            let t = spawn(bin, args)?;
+    }
+    let mut rng = data::Rng::new(data::SEED ^ 6);
+    let mut times = vec![(Vec::new(), Vec::new()); jobs.len()];
+    for round in 0..cfg.spawns + 5 {
+        for j in shuffled(jobs.len(), &mut rng) {
+            let (wall, cpu) = spawn(bin, &jobs[j].1)?;
             if round >= 5 {
-                times[*i].push(t);
+                times[j].0.push(wall);
+                times[j].1.push(cpu);
             }
         }
     }
-    let base = median(base_times);
-    eprintln!("  startup baseline (probe doing nothing): {base:.0} µs");
-    for (i, _) in &jobs {
-        rows[*i].startup_us = Some(median(std::mem::take(&mut times[*i])) - base);
+    let mut medians = times.into_iter().map(|(w, c)| (median(w), median(c)));
+    let (base_wall, base_cpu) = medians.next().expect("baseline job");
+    eprintln!(
+        "  startup baseline (probe doing nothing): {base_wall:.0} µs wall, {base_cpu:.0} µs CPU"
+    );
+    for ((i, _), (wall, cpu)) in jobs[1..].iter().zip(medians) {
+        let row = &mut rows[i.expect("engine job")];
+        row.startup_us = Some(wall - base_wall);
+        row.startup_cpu_us = Some(cpu - base_cpu);
     }
     Ok(())
 }
@@ -463,8 +619,12 @@ fn columns(cfg: &Config) -> Vec<Column> {
         ));
     }
     cols.push((
-        format!("startup µs ({} spawns)", cfg.spawns),
+        format!("startup µs wall ({} spawns)", cfg.spawns),
         Box::new(|r: &Row| r.startup_us),
+    ));
+    cols.push((
+        format!("startup µs CPU ({} spawns)", cfg.spawns),
+        Box::new(|r: &Row| r.startup_cpu_us),
     ));
     cols.push((
         format!("prewarm ms ({}×)", cfg.prewarm_reps),
@@ -513,8 +673,9 @@ fn print_tables(cfg: &Config, set: &DataSet, rows: &[Row]) {
     );
     println!(
         "- every figure is a median; (k×) in a header is the number of repetitions it is the \
-         median of. Startup is the median wall time of a fresh process that opens and gets one \
-         key, minus that of the same binary doing nothing, interleaved."
+         median of; peers are interleaved round by round in a random order. Startup is the \
+         median time of a fresh process that opens and gets one key, minus that of the same \
+         binary doing nothing: wall time, and the child's CPU time (user + system)."
     );
     println!("- `—`: the peer has no such figure (see BENCHMARKS.md).\n");
 
@@ -666,35 +827,25 @@ fn smoke() -> Result<()> {
         .prefix("warmshard-peers-smoke")
         .tempdir()?;
     let set = DataSet::new(300);
-    fn check<P: Peer>(base: &Path, set: &DataSet) -> Result<()> {
-        let dir = base.join(P::NAME);
+    let (key, value) = &set.entries[7];
+    let engines = engines();
+    for e in &engines {
+        let dir = base.path().join(e.name);
         fresh_dir(&dir)?;
-        P::build(&dir, pairs(set))?;
-        verify::<P>(&dir, set)?;
-        let (key, value) = &set.entries[7];
-        if P::open_get(&dir, &P::probe(&dir, key)?)? != Some(value[0]) {
-            return Err(format!("{}: open_get returned a wrong value", P::NAME).into());
+        (e.build)(&dir, &set)?;
+        (e.verify)(&dir, &set)?;
+        if (e.open_get)(&dir, &(e.probe)(&dir, key)?)? != Some(value[0]) {
+            return Err(format!("{}: open_get returned a wrong value", e.name).into());
         }
-        if P::WRITES {
-            let mut writer = P::writer(&dir, false)?;
-            P::put_one(
-                &mut writer,
-                &data::key(PUT_KEY_BASE),
-                &data::value(PUT_KEY_BASE),
-            )?;
+        if e.writes {
+            let mut writer = (e.writer)(&dir, false)?;
+            writer.put(&data::key(PUT_KEY_BASE), &data::value(PUT_KEY_BASE))?;
         }
-        Ok(())
     }
-    check::<Warmshard>(base.path(), &set)?;
-    check::<PhysicalLimit>(base.path(), &set)?;
-    check::<RkyvInPlace>(base.path(), &set)?;
-    check::<RkyvFull>(base.path(), &set)?;
-    check::<Lmdb>(base.path(), &set)?;
-    check::<Redb>(base.path(), &set)?;
-    check::<Sqlite>(base.path(), &set)?;
     println!(
-        "peers: {} engines store and return W1 data correctly (run `cargo bench --bench peers` for figures)",
-        ENGINES.len()
+        "peers: {} engines store and return W1 data correctly \
+         (run `cargo bench --bench peers` for figures)",
+        engines.len()
     );
     Ok(())
 }
@@ -723,26 +874,32 @@ fn main() -> Result<()> {
     };
     eprintln!("generating W1 data sets: N = {:?}", cfg.open_ns);
     let sets: Vec<DataSet> = cfg.open_ns.iter().map(|&n| DataSet::new(n)).collect();
-    let bin = probe_bin.as_deref();
-    let mut rows = Vec::new();
-    macro_rules! peer {
-        ($p:ty) => {{
-            eprintln!("{}:", <$p>::LABEL);
-            rows.push(run_peer::<$p>(&cfg, &sets, &base, bin)?);
-        }};
-    }
-    peer!(Warmshard);
-    peer!(PhysicalLimit);
-    peer!(RkyvInPlace);
-    peer!(RkyvFull);
-    peer!(Lmdb);
-    peer!(Redb);
-    peer!(Sqlite);
-    if let Some(bin) = bin {
+    let engines = engines();
+    let mut rows: Vec<Row> = engines
+        .iter()
+        .map(|e| Row {
+            name: e.name,
+            label: e.label,
+            ..Row::default()
+        })
+        .collect();
+    let headline = cfg
+        .open_ns
+        .iter()
+        .position(|&n| n == cfg.n)
+        .expect("the headline N is among the open Ns");
+    eprintln!("open + first get (and the stores):");
+    open_figures(&cfg, &engines, &sets, &base, &mut rows)?;
+    eprintln!("get:");
+    get_figures(&cfg, &engines, &sets[headline], &mut rows)?;
+    eprintln!("prewarm, size, put_one:");
+    write_figures(&cfg, &engines, &sets[headline], &base, &mut rows)?;
+    if let Some(bin) = &probe_bin {
+        eprintln!("writer peak RSS:");
+        rss_figures(&cfg, &engines, bin, &base, &mut rows)?;
         eprintln!("startup: {} spawns per engine", cfg.spawns);
         startup(&cfg, bin, &mut rows)?;
     }
-    let headline = cfg.open_ns.iter().position(|&n| n == cfg.n).unwrap_or(0);
     print_tables(&cfg, &sets[headline], &rows);
     Ok(())
 }
