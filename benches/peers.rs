@@ -295,16 +295,27 @@ fn open_figures(
     Ok(())
 }
 
-/// Figure 1: gets on the headline stores, already open; rounds interleaved across peers.
+/// Lookups per timed chunk of the get figure.
+const GET_CHUNKS: usize = 10;
+
+/// Figure 1: gets on the headline stores, already open. The `cfg.gets` lookups are cut into
+/// [`GET_CHUNKS`] chunks, each timed on every peer in a fresh random order, `cfg.get_rounds`
+/// times over: the median is over `GET_CHUNKS * get_rounds` timings, so a burst of load from
+/// another process on this shared machine spoils a few chunks, not a peer's whole figure.
 fn get_figures(cfg: &Config, engines: &[Engine], set: &DataSet, rows: &mut [Row]) -> Result<()> {
-    let (hit_keys, hit_count) = set.lookups(cfg.gets, 100, 1);
-    let (mix_keys, mix_count) = set.lookups(cfg.gets, 50, 2);
+    let chunk = cfg.gets / GET_CHUNKS;
+    let hits: Vec<_> = (0..GET_CHUNKS as u64)
+        .map(|c| set.lookups(chunk, 100, 100 + c))
+        .collect();
+    let mixes: Vec<_> = (0..GET_CHUNKS as u64)
+        .map(|c| set.lookups(chunk, 50, 200 + c))
+        .collect();
     let mut readers = Vec::new();
     for (e, row) in engines.iter().zip(rows.iter()) {
         let reader = if e.gets {
             let (dir, _) = row.startup_args.as_ref().expect("headline store built");
             let reader = (e.reader)(dir)?;
-            reader.round(&hit_keys[..cfg.gets / 10], hit_count / 10)?; // warm-up
+            reader.round(&hits[0].0, hits[0].1)?; // warm-up
             Some(reader)
         } else {
             None
@@ -314,10 +325,12 @@ fn get_figures(cfg: &Config, engines: &[Engine], set: &DataSet, rows: &mut [Row]
     let mut rng = data::Rng::new(data::SEED ^ 4);
     for round in 0..cfg.get_rounds {
         eprintln!("  gets: round {}/{}", round + 1, cfg.get_rounds);
-        for i in shuffled(engines.len(), &mut rng) {
-            if let (Some(reader), hit, mix) = &mut readers[i] {
-                hit.push(reader.round(&hit_keys, hit_count)?);
-                mix.push(reader.round(&mix_keys, mix_count)?);
+        for ((hit_keys, hit_count), (mix_keys, mix_count)) in hits.iter().zip(&mixes) {
+            for i in shuffled(engines.len(), &mut rng) {
+                if let (Some(reader), hit, mix) = &mut readers[i] {
+                    hit.push(reader.round(hit_keys, *hit_count)?);
+                    mix.push(reader.round(mix_keys, *mix_count)?);
+                }
             }
         }
     }
@@ -568,6 +581,33 @@ fn machine() -> String {
     )
 }
 
+/// The 1-minute load average.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Times this process was preempted (involuntary context switches) so far.
+fn preemptions() -> i64 {
+    let mut usage = std::mem::MaybeUninit::<nix::libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        nix::libc::getrusage(nix::libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    usage.ru_nivcsw
+}
+
+/// How busy the machine was during the run (other builds share its cores).
+struct Load {
+    start: String,
+    end: String,
+    preemptions: i64,
+    seconds: f64,
+}
+
 /// Thousands separators: 16384 -> "16,384".
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -601,7 +641,12 @@ fn mib(bytes: u64) -> f64 {
 type Column = (String, Box<dyn Fn(&Row) -> Option<f64>>);
 
 fn columns(cfg: &Config) -> Vec<Column> {
-    let gets = format!("{}×{}", cfg.get_rounds, thousands(cfg.gets as u64));
+    let gets = format!(
+        "{}×{} in {} timed chunks",
+        cfg.get_rounds,
+        thousands(cfg.gets as u64),
+        cfg.get_rounds * GET_CHUNKS
+    );
     let mut cols: Vec<Column> = vec![
         (
             format!("get hit ns ({gets})"),
@@ -652,7 +697,7 @@ fn columns(cfg: &Config) -> Vec<Column> {
     cols
 }
 
-fn print_tables(cfg: &Config, set: &DataSet, rows: &[Row]) {
+fn print_tables(cfg: &Config, set: &DataSet, rows: &[Row], load: &Load) {
     let cols = columns(cfg);
     println!(
         "## W1, N = {}{}\n",
@@ -676,6 +721,12 @@ fn print_tables(cfg: &Config, set: &DataSet, rows: &[Row]) {
          median of; peers are interleaved round by round in a random order. Startup is the \
          median time of a fresh process that opens and gets one key, minus that of the same \
          binary doing nothing: wall time, and the child's CPU time (user + system)."
+    );
+    println!(
+        "- load: 1-minute load average {} at start, {} at end; this process was preempted {} \
+         times in {:.0} s. Other work on the machine moves absolute figures between runs; the \
+         interleaved ratios move less.",
+        load.start, load.end, load.preemptions, load.seconds
     );
     println!("- `—`: the peer has no such figure (see BENCHMARKS.md).\n");
 
@@ -855,6 +906,8 @@ fn main() -> Result<()> {
         return smoke();
     }
     let cfg = Config::from_env();
+    let started = Instant::now();
+    let load_start = load_average();
     let probe_bin = match build_probe() {
         Ok(bin) => Some(bin),
         Err(e) => {
@@ -900,6 +953,12 @@ fn main() -> Result<()> {
         eprintln!("startup: {} spawns per engine", cfg.spawns);
         startup(&cfg, bin, &mut rows)?;
     }
-    print_tables(&cfg, &sets[headline], &rows);
+    let load = Load {
+        start: load_start,
+        end: load_average(),
+        preemptions: preemptions(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    print_tables(&cfg, &sets[headline], &rows, &load);
     Ok(())
 }
