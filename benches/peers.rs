@@ -91,6 +91,7 @@ struct Row {
     open_us: Vec<Option<f64>>,
     startup_us: Option<f64>,
     startup_cpu_us: Option<f64>,
+    startup_inside_us: Option<f64>,
     prewarm_ms: Option<f64>,
     put_ms: Option<f64>,
     put_nosync_ms: Option<f64>,
@@ -502,20 +503,22 @@ fn children_cpu_us() -> f64 {
     us(usage.ru_utime) + us(usage.ru_stime)
 }
 
-/// Spawns the probe and waits: (wall µs, CPU µs of the child).
-fn spawn(bin: &Path, args: &[String]) -> Result<(f64, f64)> {
+/// Spawns the probe and waits: wall µs, CPU µs of the child, and the µs the child itself
+/// measured around its open + get.
+fn spawn(bin: &Path, args: &[String]) -> Result<[f64; 3]> {
     let cpu = children_cpu_us();
     let start = Instant::now();
-    let status = Command::new(bin)
+    let out = Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()?;
+        .stderr(Stdio::inherit())
+        .output()?;
     let wall = start.elapsed().as_secs_f64() * 1e6;
-    if !status.success() {
-        return Err(format!("probe {args:?} exited with {status}").into());
+    if !out.status.success() {
+        return Err(format!("probe {args:?} exited with {}", out.status).into());
     }
-    Ok((wall, children_cpu_us() - cpu))
+    let inside: f64 = String::from_utf8(out.stdout)?.trim().parse()?;
+    Ok([wall, children_cpu_us() - cpu, inside / 1e3])
 }
 
 /// Figure 3: every engine's probe and the do-nothing baseline, interleaved in a new random
@@ -529,25 +532,27 @@ fn startup(cfg: &Config, bin: &Path, rows: &mut [Row]) -> Result<()> {
         }
     }
     let mut rng = data::Rng::new(data::SEED ^ 6);
-    let mut times = vec![(Vec::new(), Vec::new()); jobs.len()];
+    let mut times = vec![[Vec::new(), Vec::new(), Vec::new()]; jobs.len()];
     for round in 0..cfg.spawns + 5 {
         for j in shuffled(jobs.len(), &mut rng) {
-            let (wall, cpu) = spawn(bin, &jobs[j].1)?;
+            let figures = spawn(bin, &jobs[j].1)?;
             if round >= 5 {
-                times[j].0.push(wall);
-                times[j].1.push(cpu);
+                for (list, x) in times[j].iter_mut().zip(figures) {
+                    list.push(x);
+                }
             }
         }
     }
-    let mut medians = times.into_iter().map(|(w, c)| (median(w), median(c)));
-    let (base_wall, base_cpu) = medians.next().expect("baseline job");
+    let mut medians = times.into_iter().map(|lists| lists.map(median));
+    let [base_wall, base_cpu, _] = medians.next().expect("baseline job");
     eprintln!(
         "  startup baseline (probe doing nothing): {base_wall:.0} µs wall, {base_cpu:.0} µs CPU"
     );
-    for ((i, _), (wall, cpu)) in jobs[1..].iter().zip(medians) {
+    for ((i, _), [wall, cpu, inside]) in jobs[1..].iter().zip(medians) {
         let row = &mut rows[i.expect("engine job")];
         row.startup_us = Some(wall - base_wall);
         row.startup_cpu_us = Some(cpu - base_cpu);
+        row.startup_inside_us = Some(inside);
     }
     Ok(())
 }
@@ -672,6 +677,10 @@ fn columns(cfg: &Config) -> Vec<Column> {
         Box::new(|r: &Row| r.startup_cpu_us),
     ));
     cols.push((
+        format!("startup µs in child ({} spawns)", cfg.spawns),
+        Box::new(|r: &Row| r.startup_inside_us),
+    ));
+    cols.push((
         format!("prewarm ms ({}×)", cfg.prewarm_reps),
         Box::new(|r: &Row| r.prewarm_ms),
     ));
@@ -720,7 +729,8 @@ fn print_tables(cfg: &Config, set: &DataSet, rows: &[Row], load: &Load) {
         "- every figure is a median; (k×) in a header is the number of repetitions it is the \
          median of; peers are interleaved round by round in a random order. Startup is the \
          median time of a fresh process that opens and gets one key, minus that of the same \
-         binary doing nothing: wall time, and the child's CPU time (user + system)."
+         binary doing nothing: wall time, and the child's CPU time (user + system); \
+         \"in child\" is the open + get as the fresh process itself timed it."
     );
     println!(
         "- load: 1-minute load average {} at start, {} at end; this process was preempted {} \
@@ -799,18 +809,30 @@ fn print_targets(cfg: &Config, rows: &[Row]) {
         let target = format!("open+first get ≤ 1.5× physical limit, N={}", thousands(n));
         line(&target, r, fmt_ratio(r), |r| r <= 1.5);
     }
-    let r = div(ws.startup_us, phys.startup_us);
-    line(
-        "startup increment ≤ 2× physical limit's",
-        r,
-        fmt_ratio(r),
-        |r| r <= 2.0,
-    );
-    let r = div(lmdb.startup_us, ws.startup_us);
+    // Startup: the verdict is on wall time, as the target is stated; CPU time and the child's
+    // own timing are less noisy on a shared machine and are shown beside it.
+    let startup = |a: &Row, b: &Row| {
+        let wall = div(a.startup_us, b.startup_us);
+        let cpu = div(a.startup_cpu_us, b.startup_cpu_us);
+        let inside = div(a.startup_inside_us, b.startup_inside_us);
+        let what = format!(
+            "{} (CPU time: {}; in child: {})",
+            fmt_ratio(wall),
+            fmt_ratio(cpu),
+            fmt_ratio(inside)
+        );
+        (wall, what)
+    };
+    let (r, what) = startup(ws, phys);
+    line("startup increment ≤ 2× physical limit's", r, what, |r| {
+        r <= 2.0
+    });
+    let (r, what) = startup(lmdb, ws);
+    let what = format!("LMDB's is {what}");
     line(
         "startup increment ≥ 3× smaller than LMDB's",
         r,
-        format!("LMDB's is {}", fmt_ratio(r)),
+        what,
         |r| r >= 3.0,
     );
     for row in rows {

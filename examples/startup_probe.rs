@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! startup_probe none                                   exit at once (the baseline)
-//! startup_probe open ENGINE DIR KEY [SLOT VALUE]       open, get KEY, exit 0 on a hit, 3 on a miss
+//! startup_probe open ENGINE DIR KEY [SLOT VALUE]       open, get KEY, print the ns that took;
+//!                                                      exit 0 on a hit, 3 on a miss
 //! startup_probe prewarm ENGINE DIR N                   durable prewarm of W1 entries 0..N, then
 //!                                                      print "VmHWM_KiB baseline_VmRSS_KiB"
 //! ```
@@ -14,6 +15,7 @@ mod common;
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Instant;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,13 +31,20 @@ fn main() -> ExitCode {
 fn run(args: &[String]) -> common::Result<ExitCode> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
-        ["none", ..] => Ok(ExitCode::SUCCESS),
+        ["none", ..] => {
+            println!("0");
+            Ok(ExitCode::SUCCESS)
+        }
         ["open", engine, dir, key, rest @ ..] => {
             let mut probe = common::Probe::key(key.as_bytes());
             if let [slot, value] = rest {
                 probe.pages = [slot.parse()?, value.parse()?];
             }
-            match common::open_get_by_name(engine, Path::new(dir), &probe)? {
+            let start = Instant::now();
+            let found = common::open_get_by_name(engine, Path::new(dir), &probe)?;
+            let elapsed = start.elapsed();
+            println!("{}", elapsed.as_nanos());
+            match found {
                 Some(_) => Ok(ExitCode::SUCCESS),
                 None => Ok(ExitCode::from(3)),
             }
