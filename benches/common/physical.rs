@@ -1,0 +1,144 @@
+//! The physical limit: what any design that maps one file must pay, and nothing more.
+//!
+//! - read figures: `open(2)` + `fstat` + `mmap` of the very warmshard file the warmshard peer
+//!   reads, then one byte read from each of the three pages a lookup needs (the header page, the
+//!   key's slot in the index, the value), `munmap`, `close`. It is told where those pages are
+//!   (see [`Peer::probe`]): it has no index, so it has no `get` figure.
+//! - write figures: prewarm writes the bare keys and values back to back to a temp file, fsyncs
+//!   it and renames it into place (the I/O floor of a durable bulk write); `put_one` appends one
+//!   key and value to that file and `fdatasync`s it (the floor of a durable insert).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::MmapOptions;
+use warmshard::{Shard, format};
+
+use super::warmshard::shard_path;
+use super::{Peer, Probe, Reader, Result, Warmshard};
+
+pub struct PhysicalLimit;
+
+/// The physical limit has no key index; it never reads by key.
+pub struct NoReader;
+
+impl Reader for NoReader {
+    fn get<R>(&self, _key: &[u8], _f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        None
+    }
+}
+
+fn raw_path(dir: &Path) -> PathBuf {
+    dir.join("w1.raw")
+}
+
+impl Peer for PhysicalLimit {
+    const NAME: &'static str = "physical";
+    const LABEL: &'static str = "physical limit";
+    const GETS: bool = false;
+    type Reader = NoReader;
+    type Writer = (File, bool);
+
+    fn prewarm<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        dir: &Path,
+        entries: impl IntoIterator<Item = (K, V)>,
+        durable: bool,
+    ) -> Result<()> {
+        let path = raw_path(dir);
+        let temp = dir.join("w1.raw.tmp");
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(&temp)?);
+        for (key, value) in entries {
+            out.write_all(key.as_ref())?;
+            out.write_all(value.as_ref())?;
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        if durable {
+            file.sync_data()?;
+        }
+        drop(file);
+        std::fs::rename(&temp, &path)?;
+        if durable {
+            super::sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// The read figures map the warmshard file, so that is what gets built.
+    fn build<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        dir: &Path,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<()> {
+        Warmshard::prewarm(dir, entries, true)
+    }
+
+    fn open(_dir: &Path) -> Result<NoReader> {
+        Err("the physical limit has no key index".into())
+    }
+
+    /// Finds, through warmshard's documented layout, the file offsets of `key`'s slot and value.
+    fn probe(dir: &Path, key: &[u8]) -> Result<Probe> {
+        let shard = Shard::open(shard_path(dir))?;
+        let snap = shard.snapshot();
+        let file = snap.file_bytes();
+        let base = file.as_ptr() as usize;
+        let value = snap.get(key).ok_or("probe key missing from the shard")?;
+        let value_offset = value.as_ptr() as usize - base;
+        // Records are back to back from offset 32; the bucket table follows the last one.
+        let buckets = snap
+            .iter()
+            .map(|(_, v)| v.as_ptr() as usize - base + v.len())
+            .max()
+            .unwrap_or(format::PREAMBLE_LEN);
+        let bucket_count = format::bucket_count_for(snap.len() as u64);
+        let bucket = format::bucket_of(format::key_hash(key), bucket_count) as usize;
+        let read_u32 = |at: usize| -> Result<usize> {
+            Ok(u32::from_le_bytes(file[at..at + 4].try_into()?) as usize)
+        };
+        let slots = buckets + 4 * (bucket_count as usize + 1);
+        let hash = format::key_hash(key).to_le_bytes();
+        let slot_offset = (read_u32(buckets + 4 * bucket)?..read_u32(buckets + 4 * bucket + 4)?)
+            .map(|i| slots + format::SLOT_LEN * i)
+            .find(|&at| file[at..at + 8] == hash)
+            .ok_or("key's slot not found: warmshard's layout changed?")?;
+        Ok(Probe {
+            key: key.to_vec(),
+            pages: [slot_offset, value_offset],
+        })
+    }
+
+    fn open_get(dir: &Path, probe: &Probe) -> Result<Option<u8>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_CLOEXEC)
+            .open(shard_path(dir))?;
+        let len = file.metadata()?.len() as usize;
+        // SAFETY: benchmark-only read of a file nobody writes while it is mapped.
+        let map = unsafe { MmapOptions::new().len(len).map(&file)? };
+        let header = std::hint::black_box(map[0]);
+        let slot = std::hint::black_box(map[probe.pages[0]]);
+        let value = map[probe.pages[1]];
+        std::hint::black_box((header, slot));
+        Ok(Some(value))
+    }
+
+    fn writer(dir: &Path, durable: bool) -> Result<(File, bool)> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(raw_path(dir))?;
+        Ok((file, durable))
+    }
+
+    fn put_one(writer: &mut (File, bool), key: &[u8], value: &[u8]) -> Result<()> {
+        let mut record = Vec::with_capacity(key.len() + value.len());
+        record.extend_from_slice(key);
+        record.extend_from_slice(value);
+        writer.0.write_all(&record)?;
+        if writer.1 {
+            writer.0.sync_data()?;
+        }
+        Ok(())
+    }
+}
