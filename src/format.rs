@@ -11,10 +11,18 @@
 //! 32+R            4*(B+1)     bucket table: B+1 little-endian u32 slot indices
 //! ..              16*N        slot table: N slots sorted by key hash
 //! ..              P           the producer string's bytes (when not stored inline)
-//! end-size(root)  size(root)  rkyv root: `ArchivedRoot` (counts, producer, the three arenas)
+//! ..              size(root)  rkyv root `ArchivedRoot` (counts, producer, the three arenas)
+//! end-32          32          trailer (plain bytes, see below)
 //! ```
 //!
-//! **Preamble** (offset 0, 32 bytes; check it with `xxd -l 32 file.shard`):
+//! Opening reads only the last page (trailer and root) before the lookup's own pages: rkyv wants
+//! an object's children before it, so the root comes last, and the trailer after it says where
+//! it is. The preamble identifies the file to people and tools (`xxd`, `file`) and tells a
+//! truncated shard from a foreign file when the trailer is wrong.
+//!
+//! **Preamble** (offset 0, 32 bytes; check it with `xxd -l 32 file.shard`) and **trailer** (the
+//! last 32 bytes, `tail -c 32 file.shard | xxd`) share one layout; the trailer's magic is
+//! [`TRAILER_MAGIC`]:
 //!
 //! | offset | size | field                                                          |
 //! |-------:|-----:|----------------------------------------------------------------|
@@ -24,9 +32,9 @@
 //! | 13     | 1    | endianness of the archive (1 = little)                         |
 //! | 14     | 2    | reserved, zero                                                 |
 //! | 16     | 8    | total file length in bytes, u64 LE (catches truncation)        |
-//! | 24     | 8    | reserved, zero                                                 |
+//! | 24     | 8    | position of the rkyv root, u64 LE (trailer only; 0 in the preamble) |
 //!
-//! **Root** (the last bytes of the file, validated by rkyv's `check_bytes`): the producer string,
+//! **Root** (validated by rkyv's `check_bytes` at the position the trailer gives): the producer string,
 //! the build time (ns since the Unix epoch), the entry count, the total value bytes, the bucket
 //! count, the oldest entry generation, the file's random `shard_id` and, for a delta file, the
 //! `base_id` of the base it extends, and three `ArchivedVec<u8>` arenas: records, buckets, slots. Validating the root checks
@@ -64,7 +72,6 @@ use std::io::{self, Write};
 use std::ops::Range;
 
 use rkyv::rancor;
-use rkyv::ser::Positional;
 use rkyv::ser::writer::IoWriter;
 use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Place, Serialize};
@@ -73,6 +80,8 @@ use crate::health::Health;
 
 /// Magic bytes at offset 0 of every shard.
 pub const MAGIC: [u8; 8] = *b"WARMSHRD";
+/// Magic bytes of the trailer, the last 32 bytes of every shard.
+pub const TRAILER_MAGIC: [u8; 8] = *b"WSHRDEND";
 /// The format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 /// Pointer width, in bits, of the rkyv archive (pinned by the `pointer_width_64` feature).
@@ -88,7 +97,8 @@ pub const SLOT_LEN: usize = 16;
 /// Target average number of slots per bucket.
 const SLOTS_PER_BUCKET: u64 = 2;
 
-const FILE_LEN_OFFSET: u64 = 16;
+const FILE_LEN_OFFSET: usize = 16;
+const ROOT_POS_OFFSET: usize = 24;
 
 /// The stable key hash of the index: XXH3-64, seed 0. Part of the format.
 #[inline]
@@ -142,8 +152,8 @@ impl<S: rancor::Fallible + ?Sized> Serialize<S> for Prewritten {
     }
 }
 
-/// The archive root, written last. Field order matters: rkyv's validator requires the
-/// subtrees (arenas, then the producer string) in increasing address order.
+/// The archive root, written last before the trailer. Field order matters: rkyv's validator
+/// requires the subtrees (arenas, then the producer string) in increasing address order.
 #[derive(Archive, Serialize)]
 #[rkyv(archived = ArchivedRoot)]
 struct Root {
@@ -247,6 +257,32 @@ pub fn record_at(records: &[u8], offset: u64) -> Option<Record<'_>> {
     })
 }
 
+/// The record at `offset` if it holds `key`. The value's position is computed from the length
+/// of `key` (equal to the stored one when the keys match) rather than from the record header,
+/// so the processor can start loading the value while the header is still on its way.
+#[inline]
+fn record_with_key<'a>(records: &'a [u8], offset: u64, key: &[u8]) -> Option<Record<'a>> {
+    let start = usize::try_from(offset).ok()?;
+    let key_start = start.checked_add(RECORD_HEADER_LEN)?;
+    let value_start = key_start.checked_add(key.len())?;
+    let head = records.get(start..key_start)?;
+    let value_len = read_u32(head, 20)? as usize;
+    let end = value_start.checked_add(value_len)?;
+    let raw = records.get(start..end)?;
+    if read_u32(head, 16)? as usize != key.len()
+        || &raw[RECORD_HEADER_LEN..value_start - start] != key
+    {
+        return None;
+    }
+    Some(Record {
+        generation: read_u64(head, 0)?,
+        checksum: read_u64(head, 8)?,
+        key: &raw[RECORD_HEADER_LEN..value_start - start],
+        value: &raw[value_start - start..],
+        raw,
+    })
+}
+
 /// Reads and checks the preamble, then validates the rkyv root with `check_bytes`.
 ///
 /// This is O(1): it never looks at individual records.
@@ -254,34 +290,48 @@ pub fn parse(file: &[u8]) -> Result<(Header, Layout), Health> {
     if file.is_empty() {
         return Err(Health::EmptyFile);
     }
-    if file.len() < PREAMBLE_LEN || file[..8] != MAGIC {
+    let Some(trailer) = file.len().checked_sub(PREAMBLE_LEN).map(|at| &file[at..]) else {
+        return Err(Health::NotAShard);
+    };
+    if trailer[..8] != TRAILER_MAGIC {
+        // Not the end of a shard: a truncated (or extended) one, or something else entirely.
+        // Only this error path reads the first page.
+        if file[..8] == MAGIC {
+            return Err(Health::Truncated {
+                declared: read_u64(file, FILE_LEN_OFFSET).unwrap_or(0),
+                actual: file.len() as u64,
+            });
+        }
         return Err(Health::NotAShard);
     }
-    let version = read_u32(file, 8).unwrap_or(0);
+    let version = read_u32(trailer, 8).unwrap_or(0);
     if version != FORMAT_VERSION {
         return Err(Health::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,
         });
     }
-    if file[12] != POINTER_WIDTH_BITS || file[13] != ENDIANNESS_LITTLE {
+    if trailer[12] != POINTER_WIDTH_BITS || trailer[13] != ENDIANNESS_LITTLE {
         return Err(Health::IncompatibleLayout {
-            pointer_width_bits: file[12],
-            endianness: file[13],
+            pointer_width_bits: trailer[12],
+            endianness: trailer[13],
         });
     }
-    let declared = read_u64(file, FILE_LEN_OFFSET as usize).unwrap_or(0);
+    let declared = read_u64(trailer, FILE_LEN_OFFSET).unwrap_or(0);
     if declared != file.len() as u64 {
         return Err(Health::Truncated {
             declared,
             actual: file.len() as u64,
         });
     }
-    let root = rkyv::api::low::access::<ArchivedRoot, rancor::Error>(file).map_err(|e| {
-        Health::Corrupt {
-            reason: format!("archive validation failed: {e}"),
-        }
-    })?;
+    let root_pos = usize::try_from(read_u64(trailer, ROOT_POS_OFFSET).unwrap_or(0)).unwrap_or(0);
+    let body = &file[..file.len() - PREAMBLE_LEN];
+    let root =
+        rkyv::api::low::access_pos::<ArchivedRoot, rancor::Error>(body, root_pos).map_err(|e| {
+            Health::Corrupt {
+                reason: format!("archive validation failed: {e}"),
+            }
+        })?;
     let corrupt = |reason: &str| Health::Corrupt {
         reason: reason.to_string(),
     };
@@ -340,9 +390,7 @@ impl Layout {
             if read_u64(slot, 0)? != hash {
                 continue;
             }
-            if let Some(record) = record_at(records, read_u64(slot, 8)?)
-                && record.key == key
-            {
+            if let Some(record) = record_with_key(records, read_u64(slot, 8)?, key) {
                 return Some(record);
             }
         }
@@ -389,12 +437,9 @@ impl Layout {
             })
             .collect();
         out.extend(keys.iter().zip(offsets).map(|(key, offset)| {
-            match offset.and_then(|o| record_at(records, o)) {
-                Some(record) if record.key == *key => Some(record),
-                // No slot, or a hash collision with another key: the full probe decides.
-                Some(_) => self.find(file, key),
-                None => None,
-            }
+            let offset = offset?;
+            // A hash collision with another key (or a damaged record): the full probe decides.
+            record_with_key(records, offset, key).or_else(|| self.find(file, key))
         }));
     }
 
@@ -419,6 +464,10 @@ impl Layout {
     /// its key hashes to the slot's hash, the slot sits in its key's bucket, slots are sorted,
     /// keys are unique and every value matches its checksum. Returns the first problem found.
     pub fn verify(&self, file: &[u8]) -> Result<(), String> {
+        let len = file.len() as u64;
+        if file.len() < 2 * PREAMBLE_LEN || file[..PREAMBLE_LEN] != frame(&MAGIC, len, 0) {
+            return Err("the preamble does not match the trailer".into());
+        }
         let buckets = file
             .get(self.buckets.clone())
             .ok_or("bucket table out of bounds")?;
@@ -478,6 +527,7 @@ impl Layout {
 pub struct Encoder<W: Write> {
     out: W,
     pos: u64,
+    producer: String,
 }
 
 /// One index slot: a key hash and the offset of its record in the records arena.
@@ -490,9 +540,7 @@ pub struct Slot {
 }
 
 /// Summary values for the root.
-pub struct Summary<'a> {
-    /// Producer string.
-    pub producer: &'a str,
+pub struct Summary {
     /// Build time, ns since the Unix epoch.
     pub build_time_ns: u64,
     /// Sum of the live values' lengths.
@@ -505,19 +553,27 @@ pub struct Summary<'a> {
     pub base_id: u64,
 }
 
+/// The 32 bytes of a preamble (`magic` = [`MAGIC`]) or trailer (`magic` = [`TRAILER_MAGIC`]).
+fn frame(magic: &[u8; 8], file_len: u64, root_pos: u64) -> [u8; PREAMBLE_LEN] {
+    let mut frame = [0u8; PREAMBLE_LEN];
+    frame[..8].copy_from_slice(magic);
+    frame[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    frame[12] = POINTER_WIDTH_BITS;
+    frame[13] = ENDIANNESS_LITTLE;
+    frame[FILE_LEN_OFFSET..FILE_LEN_OFFSET + 8].copy_from_slice(&file_len.to_le_bytes());
+    frame[ROOT_POS_OFFSET..ROOT_POS_OFFSET + 8].copy_from_slice(&root_pos.to_le_bytes());
+    frame
+}
+
 impl<W: Write> Encoder<W> {
-    /// Starts a shard: writes the preamble (with a zero file length, patched by the caller
-    /// through [`patch_file_len`] once the length is known).
-    pub fn new(mut out: W) -> io::Result<Self> {
-        let mut preamble = [0u8; PREAMBLE_LEN];
-        preamble[..8].copy_from_slice(&MAGIC);
-        preamble[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        preamble[12] = POINTER_WIDTH_BITS;
-        preamble[13] = ENDIANNESS_LITTLE;
-        out.write_all(&preamble)?;
+    /// Starts a shard written by `producer`: writes the preamble (its file length is filled in
+    /// by the caller with [`patch_header`] once [`finish`](Encoder::finish) returns it).
+    pub fn new(mut out: W, producer: &str) -> io::Result<Self> {
+        out.write_all(&frame(&MAGIC, 0, 0))?;
         Ok(Encoder {
             out,
             pos: PREAMBLE_LEN as u64,
+            producer: producer.to_string(),
         })
     }
 
@@ -551,9 +607,10 @@ impl<W: Write> Encoder<W> {
         Ok(offset)
     }
 
-    /// Writes the bucket and slot tables and the root; returns the writer and the file length.
+    /// Writes the bucket and slot tables, the root and the trailer; returns the writer, the file
+    /// length, and the final preamble that the caller writes at offset 0 ([`patch_header`]).
     /// `slots` must be sorted by hash.
-    pub fn finish(mut self, slots: &[Slot], summary: &Summary<'_>) -> io::Result<(W, u64)> {
+    pub fn finish(mut self, slots: &[Slot], summary: &Summary) -> io::Result<(W, u64, Vec<u8>)> {
         debug_assert!(slots.windows(2).all(|w| w[0].hash <= w[1].hash));
         let entry_count = slots.len() as u64;
         if entry_count > u64::from(u32::MAX) {
@@ -591,7 +648,7 @@ impl<W: Write> Encoder<W> {
                 pos: slots_pos as usize,
                 len: slots.len() * SLOT_LEN,
             },
-            producer: summary.producer.to_string(),
+            producer: std::mem::take(&mut self.producer),
             build_time_ns: summary.build_time_ns,
             entry_count,
             value_bytes: summary.value_bytes,
@@ -603,15 +660,18 @@ impl<W: Write> Encoder<W> {
         let writer = IoWriter::with_pos(&mut self.out, self.pos as usize);
         let writer = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&root, writer)
             .map_err(io::Error::other)?;
-        let len = writer.pos() as u64;
-        Ok((self.out, len))
+        let root_end = rkyv::ser::Positional::pos(&writer) as u64;
+        let root_pos = root_end - std::mem::size_of::<ArchivedRoot>() as u64;
+        let len = root_end + PREAMBLE_LEN as u64;
+        self.out.write_all(&frame(&TRAILER_MAGIC, len, root_pos))?;
+        Ok((self.out, len, frame(&MAGIC, len, 0).to_vec()))
     }
 }
 
-/// Writes the final file length into the preamble of a finished shard.
-pub fn patch_file_len(file: &std::fs::File, len: u64) -> io::Result<()> {
+/// Writes the preamble returned by [`Encoder::finish`] at the start of a finished shard.
+pub fn patch_header(file: &std::fs::File, header: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
-    file.write_all_at(&len.to_le_bytes(), FILE_LEN_OFFSET)
+    file.write_all_at(header, 0)
 }
 
 fn too_long(what: &str) -> io::Error {
@@ -626,7 +686,7 @@ mod tests {
     use super::*;
 
     fn build(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
-        let mut enc = Encoder::new(Vec::new()).unwrap();
+        let mut enc = Encoder::new(Vec::new(), "test 1.0").unwrap();
         let mut slots = Vec::new();
         let mut value_bytes = 0;
         for (k, v) in entries {
@@ -639,16 +699,15 @@ mod tests {
         }
         slots.sort_by_key(|s| s.hash);
         let summary = Summary {
-            producer: "test 1.0",
             build_time_ns: 42,
             value_bytes,
             oldest_generation: 7,
             shard_id: 99,
             base_id: 0,
         };
-        let (mut bytes, len) = enc.finish(&slots, &summary).unwrap();
+        let (mut bytes, len, header) = enc.finish(&slots, &summary).unwrap();
         assert_eq!(bytes.len() as u64, len);
-        bytes[16..24].copy_from_slice(&len.to_le_bytes());
+        bytes[..header.len()].copy_from_slice(&header);
         bytes
     }
 
@@ -703,19 +762,27 @@ mod tests {
     }
 
     #[test]
-    fn preamble_checks() {
+    fn trailer_and_preamble_checks() {
         let good = build(&[(b"a", b"1")]);
+        let t = good.len() - PREAMBLE_LEN;
+        // A damaged trailer with an intact preamble: a truncated or extended shard.
         let mut bad = good.clone();
+        bad[t] = b'X';
+        assert!(matches!(
+            parse(&aligned(&bad)).unwrap_err(),
+            Health::Truncated { .. }
+        ));
+        // Neither magic: not a shard.
         bad[0] = b'X';
         assert_eq!(parse(&aligned(&bad)).unwrap_err(), Health::NotAShard);
         let mut bad = good.clone();
-        bad[8] = 9;
+        bad[t + 8] = 9;
         assert!(matches!(
             parse(&aligned(&bad)).unwrap_err(),
             Health::UnsupportedVersion { found: 9, .. }
         ));
         let mut bad = good.clone();
-        bad[12] = 32;
+        bad[t + 12] = 32;
         assert!(matches!(
             parse(&aligned(&bad)).unwrap_err(),
             Health::IncompatibleLayout { .. }
@@ -725,6 +792,12 @@ mod tests {
             parse(&aligned(cut)).unwrap_err(),
             Health::Truncated { .. }
         ));
+        // Open never reads the preamble; verify checks that it agrees with the trailer.
+        let mut bad = good.clone();
+        bad[9] ^= 1;
+        let bad = aligned(&bad);
+        let (_, layout) = parse(&bad).unwrap();
+        assert!(layout.verify(&bad).unwrap_err().contains("preamble"));
     }
 
     #[test]

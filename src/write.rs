@@ -208,7 +208,14 @@ impl<'s> Transaction<'s> {
             .as_file()
             .try_clone()
             .map_err(|e| Error::io("duplicating descriptor of", temp.path(), e))?;
-        let encoder = Encoder::new(BufWriter::with_capacity(1 << 20, out))
+        let producer = match &shard.options().producer {
+            Some(p) => p.as_str(),
+            None if current.base.health.is_valid() && !current.base.producer().is_empty() => {
+                current.base.producer()
+            }
+            None => DEFAULT_PRODUCER,
+        };
+        let encoder = Encoder::new(BufWriter::with_capacity(1 << 20, out), producer)
             .map_err(|e| Error::io("writing", temp.path(), e))?;
         Ok(Transaction {
             shard,
@@ -356,14 +363,7 @@ impl<'s> Transaction<'s> {
             ..
         } = builder;
         slots.sort_unstable_by_key(|s| s.hash);
-        let base_valid = current.base.health.is_valid();
-        let producer = match &shard.options().producer {
-            Some(p) => p.as_str(),
-            None if base_valid && !current.base.producer().is_empty() => current.base.producer(),
-            None => DEFAULT_PRODUCER,
-        };
         let summary = Summary {
-            producer,
             build_time_ns: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
@@ -377,14 +377,14 @@ impl<'s> Transaction<'s> {
             },
         };
         let io = |e| Error::io("writing", temp.path(), e);
-        let (out, len) = encoder.finish(&slots, &summary).map_err(io)?;
+        let (out, len, header) = encoder.finish(&slots, &summary).map_err(io)?;
         let file = out.into_inner().map_err(|e| io(e.into_error()))?;
         drop(file);
         let max = shard.options().max_size;
         if len > max {
             return Err(Error::TooLarge { size: len, max });
         }
-        format::patch_file_len(temp.as_file(), len).map_err(io)?;
+        format::patch_header(temp.as_file(), &header).map_err(io)?;
         let durable = shard.options().durable;
         if durable {
             temp.as_file().sync_data().map_err(io)?;

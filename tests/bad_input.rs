@@ -66,28 +66,36 @@ fn truncation_at_every_offset_reads_as_empty() {
 fn wrong_magic_version_width_endianness_read_as_empty() {
     let dir = tempfile::tempdir().unwrap();
     let good = valid_shard_bytes(dir.path());
+    // Open reads the trailer (the last 32 bytes); the preamble mirrors it for people and tools.
+    let t = good.len() - 32;
     let patched = |at: usize, byte: u8| {
         let mut b = good.clone();
         b[at] = byte;
         b
     };
-    assert_eq!(health_of(dir.path(), &patched(0, b'w')), Health::NotAShard);
+    let mut foreign = patched(0, b'w');
+    foreign[t] = b'w';
+    assert_eq!(health_of(dir.path(), &foreign), Health::NotAShard);
+    assert!(matches!(
+        health_of(dir.path(), &patched(t, b'w')),
+        Health::Truncated { .. }
+    ));
     assert_eq!(
-        health_of(dir.path(), &patched(8, 2)),
+        health_of(dir.path(), &patched(t + 8, 2)),
         Health::UnsupportedVersion {
             found: 2,
             supported: 1
         }
     );
     assert!(matches!(
-        health_of(dir.path(), &patched(12, 32)),
+        health_of(dir.path(), &patched(t + 12, 32)),
         Health::IncompatibleLayout {
             pointer_width_bits: 32,
             ..
         }
     ));
     assert!(matches!(
-        health_of(dir.path(), &patched(13, 2)),
+        health_of(dir.path(), &patched(t + 13, 2)),
         Health::IncompatibleLayout { endianness: 2, .. }
     ));
 }
