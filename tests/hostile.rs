@@ -435,6 +435,30 @@ fn directories_are_created_0700_and_files_0600_whatever_the_umask() {
     }
     assert_eq!(mode(path.clone()), 0o600, "shard");
     assert_eq!(mode(dir.path().join("a/b/c/new.shard.lock")), 0o600, "lock");
+
+    // The default location: <cache dir>/warmshard/default.shard.
+    let cache = dir.path().join("xdg-cache");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warmshard"));
+    command
+        .env_remove("WARMSHARD_PATH")
+        .env("XDG_CACHE_HOME", &cache)
+        .args(["put", "k"])
+        .stdin(Stdio::null());
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            nix::libc::umask(0);
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mode(cache.join("warmshard")), 0o700, "cache directory");
+    assert_eq!(
+        mode(cache.join("warmshard/default.shard")),
+        0o600,
+        "default shard"
+    );
 }
 
 #[test]
