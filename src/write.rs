@@ -500,7 +500,10 @@ fn remove_stale_temps(dir: &Path, path: &Path) -> Result<()> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(&prefix) && name.ends_with(TEMP_SUFFIX) {
+        // Only files we could have created: a directory or anything else with such a name is
+        // not ours to remove, and must not block every write.
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && name.starts_with(&prefix) && name.ends_with(TEMP_SUFFIX) {
             let stale = entry.path();
             match fs::remove_file(&stale) {
                 Ok(()) => {}

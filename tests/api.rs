@@ -311,3 +311,18 @@ fn default_path_is_under_the_user_cache_dir() {
     assert!(warmshard::default_path("../escape").is_err());
     assert!(warmshard::default_path("").is_err());
 }
+
+#[test]
+fn a_directory_named_like_a_temp_file_does_not_block_writes() {
+    let (dir, shard) = temp_shard(Options::new());
+    let squatter = dir.path().join(".t.shard.squat.tmp");
+    std::fs::create_dir(&squatter).unwrap();
+    std::fs::write(dir.path().join(".t.shard.stale.tmp"), b"left by a crash").unwrap();
+    shard.put_one("k", "v").unwrap();
+    assert!(squatter.is_dir(), "not ours: left alone");
+    assert!(
+        !dir.path().join(".t.shard.stale.tmp").exists(),
+        "stale temp file removed"
+    );
+    assert_eq!(shard.get(b"k").as_deref(), Some(&b"v"[..]));
+}
