@@ -260,7 +260,7 @@ pub fn record_at(records: &[u8], offset: u64) -> Option<Record<'_>> {
 /// The record at `offset` if it holds `key`. The value's position is computed from the length
 /// of `key` (equal to the stored one when the keys match) rather than from the record header,
 /// so the processor can start loading the value while the header is still on its way.
-#[inline]
+#[inline(always)]
 fn record_with_key<'a>(records: &'a [u8], offset: u64, key: &[u8]) -> Option<Record<'a>> {
     let start = usize::try_from(offset).ok()?;
     let key_start = start.checked_add(RECORD_HEADER_LEN)?;
@@ -376,7 +376,7 @@ impl Layout {
     }
 
     /// Finds `key`; returns its record, or `None`. `file` is the same bytes given to [`parse`].
-    #[inline]
+    #[inline(always)]
     pub fn find<'a>(&self, file: &'a [u8], key: &[u8]) -> Option<Record<'a>> {
         let hash = key_hash(key);
         let buckets = file.get(self.buckets.clone())?;
