@@ -111,24 +111,29 @@ impl Shard {
     /// otherwise the current mappings are shared. Hold the returned snapshot for repeated
     /// lookups.
     pub fn snapshot(&self) -> Snapshot {
-        let current = Arc::clone(&self.current.read());
-        if !self.options.enabled || self.identity_on_disk() == current.identity() {
-            return Snapshot::new(current);
-        }
-        let policy = self.options.read_policy();
-        let files = ShardFiles::open(&self.path, &self.delta_path, &policy).unwrap_or_else(|e| {
+        let files = self.current_files().unwrap_or_else(|e| {
             let unreadable = Health::Unreadable {
                 error: e.to_string(),
             };
-            ShardFiles::base_only(
-                Arc::new(Loaded::empty(unreadable, None, policy)),
-                None,
-                None,
-            )
+            let policy = self.options.read_policy();
+            let empty = Loaded::empty(unreadable, None, policy);
+            Arc::new(ShardFiles::base_only(Arc::new(empty), None, None))
         });
-        let files = Arc::new(files);
-        self.install(Arc::clone(&files));
         Snapshot::new(files)
+    }
+
+    /// The shard's files as they are on disk now: the current view if neither file was
+    /// replaced since it was mapped (published files never change in place), else a fresh one,
+    /// which becomes current.
+    pub(crate) fn current_files(&self) -> Result<Arc<ShardFiles>> {
+        let current = Arc::clone(&self.current.read());
+        if !self.options.enabled || self.identity_on_disk() == current.identity() {
+            return Ok(current);
+        }
+        let policy = self.options.read_policy();
+        let files = Arc::new(ShardFiles::open(&self.path, &self.delta_path, &policy)?);
+        self.install(Arc::clone(&files));
+        Ok(files)
     }
 
     fn identity_on_disk(&self) -> FilesIdentity {

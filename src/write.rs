@@ -196,8 +196,9 @@ impl<'s> Transaction<'s> {
         ensure_private_dir(dir)?;
         let lock = WriteLock::acquire(&shard.lock_path(), shard.options().lock_timeout)?;
         remove_stale_temps(dir, path)?;
-        let policy = shard.options().read_policy();
-        let current = Arc::new(ShardFiles::open(path, &shard.delta_path(), &policy)?);
+        // Re-read under the lock: a concurrent writer may have published since this handle
+        // last looked; unchanged files are reused, not mapped again.
+        let current = shard.current_files()?;
         let temp = tempfile::Builder::new()
             .prefix(&temp_prefix(path))
             .suffix(TEMP_SUFFIX)
@@ -215,7 +216,7 @@ impl<'s> Transaction<'s> {
             }
             None => DEFAULT_PRODUCER,
         };
-        let encoder = Encoder::new(BufWriter::with_capacity(1 << 20, out), producer)
+        let encoder = Encoder::new(BufWriter::with_capacity(64 * 1024, out), producer)
             .map_err(|e| Error::io("writing", temp.path(), e))?;
         Ok(Transaction {
             shard,
