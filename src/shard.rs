@@ -127,7 +127,7 @@ impl Shard {
     /// which becomes current.
     pub(crate) fn current_files(&self) -> Result<Arc<ShardFiles>> {
         let current = Arc::clone(&self.current.read());
-        if !self.options.enabled || self.identity_on_disk() == current.identity() {
+        if !self.options.enabled || self.identity_on_disk() == Some(current.identity()) {
             return Ok(current);
         }
         let policy = self.options.read_policy();
@@ -136,13 +136,21 @@ impl Shard {
         Ok(files)
     }
 
-    fn identity_on_disk(&self) -> FilesIdentity {
+    /// Identities of both files on disk, or `None` when a file there no longer passes the
+    /// trust checks (its owner or mode changed in place): then the view must be rebuilt, which
+    /// refuses it.
+    fn identity_on_disk(&self) -> Option<FilesIdentity> {
         use std::os::unix::fs::MetadataExt;
-        let identity = |path: &Path| {
-            let meta = std::fs::symlink_metadata(path).ok()?;
-            Some((meta.dev(), meta.ino()))
+        let identity = |path: &Path| -> Result<Option<(u64, u64)>, ()> {
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) => {
+                    crate::trust::check_file(&meta).map_err(|_| ())?;
+                    Ok(Some((meta.dev(), meta.ino())))
+                }
+                Err(_) => Ok(None),
+            }
         };
-        (identity(&self.path), identity(&self.delta_path))
+        Some((identity(&self.path).ok()?, identity(&self.delta_path).ok()?))
     }
 
     pub(crate) fn install(&self, files: Arc<ShardFiles>) {

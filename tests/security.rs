@@ -113,3 +113,21 @@ fn symlink_at_the_shard_path_is_not_followed() {
     );
     assert_eq!(shard.get(b"k"), None);
 }
+
+#[test]
+fn a_shard_made_writable_by_others_after_it_was_mapped_is_refused_by_the_next_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("later.shard");
+    let shard = Shard::open_with(&path, Options::new().durable(false)).unwrap();
+    shard.put_one("k", "v").unwrap();
+    assert_eq!(shard.snapshot().get(b"k"), Some(&b"v"[..]));
+    // Same inode, new mode: others could now change the bytes this handle has mapped.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let snapshot = shard.snapshot();
+    assert!(
+        matches!(snapshot.health(), Health::Untrusted { .. }),
+        "{:?}",
+        snapshot.health()
+    );
+    assert_eq!(snapshot.get(b"k"), None);
+}
