@@ -427,9 +427,14 @@ impl<'s> Transaction<'s> {
     }
 
     /// Removes the shard's files (under the lock); the temp file is dropped unused.
+    ///
+    /// The shard file goes first: without it the shard reads as empty whatever delta remains
+    /// (the state being committed), and the next write removes that delta. The other order
+    /// would let a crash between the two unlinks expose the base without its delta, an older
+    /// state that was never committed.
     pub fn remove_files(self) -> Result<WriteOutcome> {
         let mut removed = false;
-        for path in [self.shard.delta_path(), self.shard.path().to_path_buf()] {
+        for path in [self.shard.path().to_path_buf(), self.shard.delta_path()] {
             match fs::remove_file(&path) {
                 Ok(()) => removed = true,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -166,3 +166,24 @@ fn a_held_snapshot_is_unchanged_by_delta_writes() {
     assert_eq!(held.get(b"k"), Some(&b"first"[..]));
     assert_eq!(shard.snapshot().get(b"k"), Some(&b"later 9"[..]));
 }
+
+#[test]
+fn a_clear_interrupted_between_its_unlinks_reads_as_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = shard_with_base(dir.path(), 10);
+    shard.put_one("recent", "value").unwrap();
+    // What a clear killed after its first unlink leaves: the delta without its shard file.
+    std::fs::remove_file(shard.path()).unwrap();
+    let reader = Shard::open(shard.path()).unwrap();
+    assert_eq!(reader.health(), Health::Missing);
+    assert!(
+        reader.snapshot().is_empty(),
+        "never the delta's entries, never older ones"
+    );
+    reader.put_one("after", "clear").unwrap();
+    assert!(
+        !reader.delta_path().exists(),
+        "the next write removes the orphaned delta"
+    );
+    assert_eq!(reader.snapshot().len(), 1);
+}
