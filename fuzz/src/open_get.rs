@@ -3,8 +3,10 @@
 //! Promise under test: whatever bytes sit in a trusted regular file at the shard path, opening it
 //! never panics, hangs or reads outside the file; a shard that reads as anything but valid has no
 //! entries; a shard that passes `verify` is self-consistent (every iterated entry is found by
-//! `get`, keys are unique, `len` counts them); and the next write rebuilds a shard that passes
-//! `verify` and keeps exactly the entries a checked read (`verify_values`) served.
+//! `get`, keys are unique, `len` counts them); the next write succeeds, and `compact` then
+//! rebuilds a shard that passes `verify` and keeps exactly the entries a checked read
+//! (`verify_values`) served, plus the new one. (A small write lands in the delta file and
+//! leaves a damaged base alone; `compact` is the rewrite that drops what fails.)
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,8 +32,12 @@ fn scratch_path() -> PathBuf {
     })
 }
 
-/// Puts `data` at `path` as a new inode (written aside, renamed over), as a writer would.
+/// Puts `data` at `path` as a new inode (written aside, renamed over), as a writer would, and
+/// removes the delta file an earlier input's write left, so each input is judged alone.
 fn place(path: &std::path::Path, data: &[u8]) {
+    let mut delta = path.as_os_str().to_owned();
+    delta.push(".delta");
+    let _ = std::fs::remove_file(delta);
     let aside = path.with_extension("incoming");
     std::fs::write(&aside, data).expect("writing the fuzz input");
     std::fs::rename(&aside, path).expect("renaming the fuzz input into place");
@@ -41,14 +47,16 @@ fn options(verify_values: bool) -> Options {
     Options::new().durable(false).verify_values(verify_values)
 }
 
-/// Asserts that `part` lies inside the snapshot's mapped file.
+/// Asserts that `part` lies inside one of the snapshot's mapped files (shard or delta).
 fn inside(snapshot: &Snapshot, part: &[u8]) {
-    let file = snapshot.file_bytes();
-    let (base, end) = (file.as_ptr() as usize, file.as_ptr() as usize + file.len());
     let (start, stop) = (part.as_ptr() as usize, part.as_ptr() as usize + part.len());
+    let within = |file: &[u8]| {
+        let (base, end) = (file.as_ptr() as usize, file.as_ptr() as usize + file.len());
+        base <= start && stop <= end
+    };
     assert!(
-        part.is_empty() || (base <= start && stop <= end),
-        "a returned slice lies outside the mapped file"
+        part.is_empty() || within(snapshot.file_bytes()) || within(snapshot.delta_file_bytes()),
+        "a returned slice lies outside the mapped files"
     );
 }
 
@@ -139,6 +147,8 @@ pub fn run(data: &[u8]) {
     let _ = plain
         .put_one(b"fuzz-probe", probe_value)
         .expect("the write after any content succeeds");
+    assert_eq!(plain.snapshot().get(b"fuzz-probe"), Some(probe_value));
+    let _ = plain.compact().expect("compact after any content succeeds");
     let rebuilt = plain.snapshot();
     assert!(rebuilt.health().is_valid(), "{}", rebuilt.health());
     let n = rebuilt
