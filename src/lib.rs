@@ -26,7 +26,7 @@
 //!   producing a complete new file renamed over the old one.
 //! - [`Snapshot`] is a validated read view that stays valid while held.
 //! - [`Health`] says why a shard reads as empty (missing, corrupt, foreign, untrusted...).
-//! - The on-disk layout is documented in the [`format`] module.
+//! - The on-disk layout is documented in the [`format`](mod@format) module.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
