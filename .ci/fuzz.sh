@@ -39,6 +39,8 @@ for target in "${targets[@]}"; do
     fi
     grep -E '^stat::(number_of_executed_units|average_exec_per_sec)|^Done ' "$log" || true
     if [ "$status" -ne 0 ]; then
+        # The panic message sits far above libFuzzer's summary: show it first.
+        grep -m 3 -A 2 -E "panicked at|ERROR: AddressSanitizer" "$log" >&2 || true
         tail -n 60 "$log" >&2
         echo "fuzz: $target FAILED (exit $status); the input is in fuzz/artifacts/$target/" >&2
         exit "$status"

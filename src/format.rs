@@ -343,7 +343,10 @@ pub fn parse(file: &[u8]) -> Result<(Header, Layout), Health> {
     if (slots.len() as u64) != entry_count.saturating_mul(SLOT_LEN as u64) {
         return Err(corrupt("slot table length does not match the entry count"));
     }
-    if bucket_count == 0 || (buckets.len() as u64) != (bucket_count + 1).saturating_mul(4) {
+    // Checked: a hostile bucket count must not wrap into a match. Once this holds, every bucket
+    // index a lookup computes (below `bucket_count`) times 4 stays inside the table.
+    let bucket_table_len = bucket_count.checked_add(1).and_then(|n| n.checked_mul(4));
+    if bucket_count == 0 || bucket_table_len != Some(buckets.len() as u64) {
         return Err(corrupt(
             "bucket table length does not match the bucket count",
         ));
