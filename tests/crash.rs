@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use warmshard::{BulkMode, Health, Options, Shard, WriteOutcome};
 
+mod common;
+use common::temp_files;
+
 const ROLE: &str = "WARMSHARD_CRASH_ROLE";
 const LIBRARY_KILLS: u64 = 300;
 const CLI_KILLS: u64 = 60;
@@ -71,14 +74,6 @@ fn read_state(path: &Path) -> (Health, Entries) {
         .map(|(k, v)| (k.to_vec(), v.to_vec()))
         .collect();
     (health, entries)
-}
-
-fn temp_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.') && n.ends_with(".tmp"))
-        .collect()
 }
 
 /// True if some process holds the shard's write lock right now.

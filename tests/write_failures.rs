@@ -14,6 +14,9 @@ use std::process::{Command, Stdio};
 
 use warmshard::{Error, Health, Options, Shard};
 
+mod common;
+use common::temp_files;
+
 const ROLE: &str = "WARMSHARD_FAILURES_ROLE";
 const EFBIG: i32 = 27;
 const ENOSPC: i32 = 28;
@@ -35,14 +38,6 @@ fn make_shard(dir: &Path, name: &str) -> (PathBuf, Vec<u8>) {
 
 fn big_value() -> Vec<u8> {
     (0..300_000u32).map(|i| (i % 251) as u8).collect()
-}
-
-fn temp_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.') && n.ends_with(".tmp"))
-        .collect()
 }
 
 /// The failed write left the old shard exactly as it was, readable, and no temp file.
