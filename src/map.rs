@@ -34,22 +34,39 @@ pub(crate) struct ShardFiles {
 }
 
 impl ShardFiles {
-    /// Opens the base at `path` and the delta at `delta_path`.
+    /// Opens the base at `path` and the delta at `delta_path` as one consistent pair.
+    ///
+    /// The two opens are not atomic together: a writer may publish a new base between them
+    /// (and then remove or replace the delta). A reader that kept the old base without its
+    /// delta would serve a state older than one it may already have served. Writers only
+    /// remove or orphan a delta after replacing the base, so when the delta is missing or names
+    /// another base, the base is checked again: if it is no longer the file opened, both are
+    /// opened again.
     pub fn open(path: &Path, delta_path: &Path, policy: &ReadPolicy) -> Result<ShardFiles> {
-        let base = Arc::new(Loaded::open(path, policy.clone())?);
-        if !base.health.is_valid() {
-            return Ok(Self::base_only(base, None, None));
-        }
-        let delta = match Loaded::open(delta_path, policy.clone()) {
-            Ok(delta) => delta,
-            Err(e) => {
-                let problem = Health::Unreadable {
-                    error: format!("delta file: {e}"),
-                };
-                return Ok(Self::base_only(base, Some(problem), None));
+        const ATTEMPTS: usize = 64;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let base = Arc::new(Loaded::open(path, policy.clone())?);
+            if !base.health.is_valid() {
+                return Ok(Self::base_only(base, None, None));
             }
-        };
-        Ok(Self::pair(base, delta))
+            let delta = match Loaded::open(delta_path, policy.clone()) {
+                Ok(delta) => delta,
+                Err(e) => {
+                    let problem = Health::Unreadable {
+                        error: format!("delta file: {e}"),
+                    };
+                    return Ok(Self::base_only(base, Some(problem), None));
+                }
+            };
+            let extends_base =
+                delta.health.is_valid() && delta.header.base_id == base.header.shard_id;
+            if !extends_base && attempt < ATTEMPTS && base_replaced(path, &base) {
+                continue;
+            }
+            return Ok(Self::pair(base, delta));
+        }
     }
 
     /// Combines `base` with `delta`, keeping the delta only if it extends this base.
@@ -163,6 +180,14 @@ impl ShardFiles {
             self.records().filter(|r| r.generation >= floor).count() as u64
         })
     }
+}
+
+/// True if the file at `path` is no longer the one `base` was loaded from.
+fn base_replaced(path: &Path, base: &Loaded) -> bool {
+    let now = std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
+    now != base.identity
 }
 
 /// What a reader requires of a shard; derived from [`Options`](crate::Options).
