@@ -187,11 +187,10 @@ fn ten_changed_files_hash_exactly_ten_and_deleted_files_are_pruned() {
 
     let cache = PathCache::open(&shard, warmshard::Options::new()).unwrap();
     let view = cache.view();
-    assert_eq!(
-        view.snapshot().len(),
-        95,
-        "entries of deleted files must be pruned"
-    );
+    // Keys starting with NUL are cached directory listings, one per directory.
+    let file_keys = view.snapshot().keys().filter(|k| k[0] != 0).count();
+    assert_eq!(file_keys, 95, "entries of deleted files must be pruned");
+    assert_eq!(view.snapshot().len() - file_keys, 8, "root and d0..d6");
     assert!(view.entry(b"d6/f90.txt").is_none());
     assert!(view.entry(b"d0/f0.txt").is_some());
     assert_eq!(hash_tree(&root, &shard).hashed, 0);
@@ -358,4 +357,79 @@ fn json_output_lists_the_same_files() {
         .find(|l| l.get("path_bytes").is_some())
         .unwrap();
     assert_eq!(odd["path_bytes"].as_array().unwrap().last().unwrap(), 0xff);
+}
+
+/// Runs hash-tree through the library, for the report's directory counts.
+fn hash_tree_lib(root: &Path, shard: &Path) -> warmshard::paths::HashTreeReport {
+    let options = warmshard::paths::HashTreeOptions {
+        shard: Some(shard.to_path_buf()),
+        shard_options: warmshard::Options::new().durable(false),
+        ..Default::default()
+    };
+    warmshard::paths::hash_tree(root, &options).unwrap()
+}
+
+fn sha256sum_text(report: &warmshard::paths::HashTreeReport) -> Vec<u8> {
+    let mut text = Vec::new();
+    report.manifest.write_sha256sum(&mut text);
+    text
+}
+
+#[test]
+fn unchanged_directories_are_not_read_again_and_changed_ones_are() {
+    let (_tmp, root, shard) = tree(100);
+    settle();
+    let cold = hash_tree_lib(&root, &shard);
+    assert_eq!((cold.dirs, cold.dirs_read), (8, 8), "the root and d0..d6");
+    let warm = hash_tree_lib(&root, &shard);
+    assert_eq!((warm.dirs_read, warm.hashed), (0, 0));
+    assert!(!warm.shard_written, "a warm run must not rewrite the cache");
+    assert_eq!(warm.manifest, cold.manifest);
+
+    // An added file, a removed file, a new subdirectory: only their directories change.
+    std::fs::write(root.join("d3/added.txt"), b"added").unwrap();
+    std::fs::remove_file(root.join("d5/f5.txt")).unwrap();
+    std::fs::create_dir(root.join("d1/sub")).unwrap();
+    std::fs::write(root.join("d1/sub/inner.txt"), b"inner").unwrap();
+    let expected = sha256sum_manifest(&root);
+    let changed = hash_tree_lib(&root, &shard);
+    assert_eq!(sha256sum_text(&changed), expected);
+    assert_eq!(changed.dirs_read, 4, "d1, d1/sub, d3, d5");
+    // Changed this instant: their stamps are racy, so their listings are not trusted yet.
+    let again = hash_tree_lib(&root, &shard);
+    assert_eq!(again.dirs_read, 4);
+    assert_eq!(sha256sum_text(&again), expected);
+    settle();
+    assert_eq!(hash_tree_lib(&root, &shard).dirs_read, 4);
+    let settled = hash_tree_lib(&root, &shard);
+    assert_eq!((settled.dirs, settled.dirs_read), (9, 0));
+    assert_eq!(sha256sum_text(&settled), expected);
+
+    // A file changed in place does not touch its directory: still answered by the stamp.
+    std::fs::write(root.join("d2/f2.txt"), b"rewritten, longer than before").unwrap();
+    settle();
+    let rewritten = hash_tree_lib(&root, &shard);
+    assert_eq!((rewritten.dirs_read, rewritten.hashed), (0, 1));
+    assert_eq!(sha256sum_text(&rewritten), sha256sum_manifest(&root));
+}
+
+#[test]
+fn a_tree_wider_than_the_open_handle_budget_is_walked_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("wide");
+    for i in 0..300 {
+        let dir = root.join(format!("w{i:03}"));
+        std::fs::create_dir_all(dir.join("x/y")).unwrap();
+        std::fs::write(dir.join("f"), format!("{i}")).unwrap();
+        std::fs::write(dir.join("x/y/g"), format!("g{i}")).unwrap();
+    }
+    settle();
+    let shard = tmp.path().join("wide.shard");
+    let cold = hash_tree_lib(&root, &shard);
+    assert!(cold.errors.is_empty(), "{:?}", cold.errors);
+    assert_eq!((cold.files, cold.dirs), (600, 901));
+    assert_eq!(sha256sum_text(&cold), sha256sum_manifest(&root));
+    let warm = hash_tree_lib(&root, &shard);
+    assert_eq!((warm.hashed, warm.dirs_read), (0, 0));
+    assert_eq!(warm.manifest, cold.manifest);
 }

@@ -1,33 +1,42 @@
 //! `hash-tree`: a `sha256sum`-compatible manifest of a directory that re-hashes only what changed.
 //!
 //! The cache shard holds one [`PathCache`](super::PathCache) entry per regular file, keyed by its
-//! path relative to the root, with a `sha256` dimension. A run walks the tree in parallel, takes
-//! each file's stamp, answers unchanged files from the shard without reading them, hashes the
-//! rest in parallel (streaming, a fixed buffer per thread), and rewrites the shard only if an
-//! entry changed or a file disappeared.
+//! path relative to the root, with a `sha256` dimension, and one cached listing per directory
+//! (keyed by a NUL byte and the directory's path; see `listing.rs`). A run walks the tree in
+//! parallel, reuses the listing of every directory whose stamp is unchanged instead of reading
+//! it, takes each file's stamp, answers unchanged files from the shard without reading them, and
+//! hashes the rest while the walk goes on: each directory queues its stale files as tasks (a few
+//! small files or one large one each) for the same worker threads, which open them relative to
+//! the directory's handle and stream them through a fixed buffer per thread. The shard is
+//! rewritten only if an entry changed or a file or directory disappeared.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::cache::{PathEntry, encode_entry};
+use super::listing::{Listed, Listing, listing_key};
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
-use super::walk::{Excluded, Listed, Listing, join_rel, walk};
+use super::walk::{Excluded, Spawner, VisitedDir, Visitor, join_rel, visit_fn, walk};
 use crate::{Error, Health, Options, Result, Shard};
 
 /// Producer string of hash-tree shards.
 const PRODUCER: &str = "warmshard hash-tree 1";
 /// The dimension holding a file's SHA-256.
 const DIMENSION: &str = "sha256";
-/// Read buffer per hashing thread: memory stays flat whatever the file size.
-const READ_BUFFER: usize = 256 * 1024;
+/// Length of each hashing thread's read buffer.
+const READ_BUFFER_LEN: usize = 256 * 1024;
 
 /// Settings for [`hash_tree`].
 pub struct HashTreeOptions {
@@ -101,6 +110,22 @@ impl Manifest {
             line.write_sha256sum(out);
         }
     }
+
+    /// Writes the whole manifest as GNU `sha256sum` prints it to `out`, in chunks of about
+    /// 64 KiB (no copy of the whole text in memory).
+    pub fn write_sha256sum_to(&self, mut out: impl std::io::Write) -> std::io::Result<()> {
+        const CHUNK: usize = 64 * 1024;
+        let mut buffer = Vec::with_capacity(CHUNK + 4096);
+        for line in self.iter() {
+            line.write_sha256sum(&mut buffer);
+            if buffer.len() >= CHUNK {
+                out.write_all(&buffer)?;
+                buffer.clear();
+            }
+        }
+        out.write_all(&buffer)?;
+        out.flush()
+    }
 }
 
 /// One line of a [`Manifest`].
@@ -165,6 +190,11 @@ pub struct HashTreeReport {
     pub files: u64,
     /// Files whose content was read this run.
     pub hashed: u64,
+    /// Directories found.
+    pub dirs: u64,
+    /// Directories whose entries were read this run; the others were unchanged, and their
+    /// listing came from the cache.
+    pub dirs_read: u64,
     /// Bytes read and hashed this run.
     pub bytes_hashed: u64,
     /// Wall time of the run.
@@ -189,12 +219,33 @@ pub fn shard_path_for_root(canonical_root: &Path) -> Result<PathBuf> {
         .join(OsStr::from_bytes(&name)))
 }
 
-/// One listed directory with, per entry, the hash known from the cache (files only) and the
-/// new cache value of files hashed this run.
+/// What a run learned about one directory: per entry, the hash known from the cache or computed
+/// this run (files only) and the new cache value of files hashed this run.
 struct DirResult {
     listing: Listing,
     known: Vec<Option<[u8; 32]>>,
     fresh: Vec<Option<Vec<u8>>>,
+    /// Results of the hashing tasks this directory queued: (entry index, result).
+    hashed: Arc<Mutex<Vec<(usize, HashResult)>>>,
+    /// How many of its files have an entry in the cache (valid or not).
+    cached_files: usize,
+    /// Whether the cache holds a listing of it (valid or not).
+    cached_listing: bool,
+    /// Its listing, to store in the cache: read this run and not racy.
+    fresh_listing: Option<Vec<u8>>,
+    /// Whether its entries were read this run (rather than taken from the cache).
+    read: bool,
+}
+
+type HashResult = std::result::Result<(Stamp, bool, [u8; 32]), String>;
+
+/// Files of one directory hashed by one task: few small files, or one large one.
+const BATCH_FILES: usize = 64;
+const BATCH_BYTES: u64 = 4 << 20;
+
+thread_local! {
+    /// Read buffer of a hashing thread: memory stays flat whatever the file size.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Builds the manifest of `root` (see the module docs).
@@ -229,33 +280,40 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
     }
 
     let seen = AtomicU64::new(0);
+    let bytes_hashed = AtomicU64::new(0);
     let report_progress = |files: u64, bytes: u64| {
         if let Some(progress) = &options.progress {
             progress(files, bytes);
         }
     };
-    let visit = |rel: &[u8], listing: Listing| {
+    let cached = |rel: &[u8], stamp: &Stamp| {
+        let mut key = Vec::with_capacity(rel.len() + 1);
+        listing_key(&mut key, rel);
+        Listing::decode(view.get(&key)?, stamp)
+    };
+    let racy_margin = options.racy_margin;
+    let visit = visit_fn(|dir: VisitedDir<'_>, spawner: &Spawner<'_, '_>| {
+        let listing = dir.listing;
         // All keys of the directory, looked up in one batch.
         let mut key_bytes = Vec::new();
         let mut key_ends = Vec::with_capacity(listing.entries.len());
         let mut key = Vec::new();
         for (name, kind) in &listing.entries {
             if let Listed::File(_) = kind {
-                join_rel(&mut key, rel, listing.name(name));
+                join_rel(&mut key, dir.rel, listing.name(name));
                 key_bytes.extend_from_slice(&key);
+                key_ends.push(key_bytes.len());
             }
-            key_ends.push(key_bytes.len());
         }
-        let mut keys = Vec::with_capacity(listing.entries.len());
+        let mut keys = Vec::with_capacity(key_ends.len());
         let mut start = 0;
-        for (end, (_, kind)) in key_ends.iter().zip(&listing.entries) {
-            if let Listed::File(_) = kind {
-                keys.push(&key_bytes[start..*end]);
-            }
-            start = *end;
+        for end in key_ends {
+            keys.push(&key_bytes[start..end]);
+            start = end;
         }
         let mut values = Vec::new();
         view.get_many(&keys, &mut values);
+        let cached_files = values.iter().filter(|v| v.is_some()).count();
         let mut values = values.into_iter();
         let known: Vec<Option<[u8; 32]>> = listing
             .entries
@@ -272,90 +330,142 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                     .and_then(|h| <[u8; 32]>::try_from(h).ok())
             })
             .collect();
+
+        listing_key(&mut key, dir.rel);
+        let cached_listing = view.get(&key).is_some();
+        let fresh_listing =
+            (dir.read && dir.cacheable && !dir.stamp.is_racy(taken_at, racy_margin))
+                .then(|| listing.encode(&dir.stamp));
+
+        // Hash what the cache could not answer, in tasks the walk's workers share.
+        let hashed = Arc::new(Mutex::new(Vec::new()));
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        let queue_batch = |batch: Vec<(usize, std::ffi::CString, Stamp)>| {
+            let handle = dir.handle.clone();
+            let hashed = hashed.clone();
+            let (bytes_hashed, seen, report_progress) = (&bytes_hashed, &seen, &report_progress);
+            spawner.spawn(Box::new(move || {
+                let mut results = Vec::with_capacity(batch.len());
+                READ_BUFFER.with_borrow_mut(|buffer| {
+                    buffer.resize(READ_BUFFER_LEN, 0);
+                    for (i, name, stamp) in batch {
+                        let result = hash_file_at(&handle, &name, &stamp, buffer, bytes_hashed)
+                            .map(|(stamp, sha)| (stamp, stamp.is_racy(taken_at, racy_margin), sha))
+                            .map_err(|e| format!("{}: {e}", name.to_string_lossy()));
+                        results.push((i, result));
+                    }
+                });
+                report_progress(
+                    seen.load(Ordering::Relaxed),
+                    bytes_hashed.load(Ordering::Relaxed),
+                );
+                hashed.lock().append(&mut results);
+            }));
+        };
+        for (i, (name, kind)) in listing.entries.iter().enumerate() {
+            let Listed::File(stamp) = kind else { continue };
+            if known[i].is_some() {
+                continue;
+            }
+            let Ok(c_name) = std::ffi::CStr::from_bytes_with_nul(listing.name_with_nul(name))
+            else {
+                continue;
+            };
+            batch.push((i, c_name.to_owned(), *stamp));
+            batch_bytes += stamp.size;
+            if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
+                queue_batch(std::mem::take(&mut batch));
+                batch_bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            queue_batch(batch);
+        }
+
         let n = seen.fetch_add(listing.entries.len() as u64, Ordering::Relaxed);
         report_progress(n + listing.entries.len() as u64, 0);
         DirResult {
-            fresh: Vec::new(),
             known,
+            fresh: Vec::new(),
+            hashed,
+            cached_files,
+            cached_listing,
+            fresh_listing,
+            read: dir.read,
             listing,
         }
-    };
+    });
     let excluded = cache_files(&shard);
-    let (mut dirs, walk_errors) = walk(&root, options.threads, &excluded, &visit);
+    let visitor = Visitor {
+        cached: &cached,
+        visit: &visit,
+    };
+    let (mut dirs, walk_errors) = walk(&root, options.threads, &excluded, visitor);
     let mut errors: Vec<String> = walk_errors
         .into_iter()
         .map(|e| format!("{}: {}", e.path.display(), e.error))
         .collect();
 
-    // Hash what the cache could not answer.
-    let mut stale = Vec::new();
-    for (d, (rel, dir)) in dirs.iter().enumerate() {
-        for (i, (name, kind)) in dir.listing.entries.iter().enumerate() {
-            if matches!(kind, Listed::File(_)) && dir.known[i].is_none() {
-                let mut path = Vec::new();
-                join_rel(&mut path, rel, dir.listing.name(name));
-                stale.push((d, i, path));
-            }
-        }
-    }
-    let bytes_hashed = AtomicU64::new(0);
-    let hashed = hash_all(
-        &root,
-        &stale,
-        options,
-        taken_at,
-        &bytes_hashed,
-        &report_progress,
-    );
+    // Take in what was hashed.
     let mut hashed_ok = 0u64;
     let mut changed = false;
-    for ((d, i, path), result) in stale.iter().zip(hashed) {
-        match result {
-            Ok((stamp, racy, sha256)) => {
-                let value = encode_entry(&stamp, racy, &[(DIMENSION, &sha256)]);
-                changed |= view.get(path) != Some(value.as_slice());
-                let dir = &mut dirs[*d].1;
-                dir.known[*i] = Some(sha256);
-                dir.fresh.resize(dir.listing.entries.len(), None);
-                dir.fresh[*i] = Some(value);
-                hashed_ok += 1;
+    let mut path = Vec::new();
+    for (rel, dir) in &mut dirs {
+        let results = std::mem::take(&mut *dir.hashed.lock());
+        if results.is_empty() {
+            continue;
+        }
+        dir.fresh.resize(dir.listing.entries.len(), None);
+        for (i, result) in results {
+            match result {
+                Ok((stamp, racy, sha256)) => {
+                    let value = encode_entry(&stamp, racy, &[(DIMENSION, &sha256)]);
+                    join_rel(&mut path, rel, dir.listing.name(&dir.listing.entries[i].0));
+                    changed |= view.get(&path) != Some(value.as_slice());
+                    dir.known[i] = Some(sha256);
+                    dir.fresh[i] = Some(value);
+                    hashed_ok += 1;
+                }
+                Err(e) => {
+                    let dir_path = root.join(OsStr::from_bytes(rel));
+                    errors.push(format!("{}/{e}", dir_path.display()));
+                }
             }
-            Err(e) => errors.push(e),
         }
     }
+    errors.sort();
+    changed |= dirs.iter().any(|(_, dir)| dir.fresh_listing.is_some());
 
     let manifest = assemble(&dirs);
-    // Rewrite only if an entry changed or an old entry has no file any more.
-    let updates: Vec<(Vec<u8>, &[u8])> = ordered_values(&dirs)
-        .filter_map(|(path, fresh)| Some((path, fresh?.as_slice())))
-        .collect();
-    let new_keys = updates
+    // Rewrite only if an entry changed, or the cache holds an entry of a file or directory that
+    // is gone.
+    let still_there: usize = dirs
         .iter()
-        .filter(|(k, _)| view.get(k).is_none())
-        .count();
-    let vanished = view.len() + new_keys != manifest.len();
+        .map(|(_, dir)| dir.cached_files + usize::from(dir.cached_listing))
+        .sum();
+    let vanished = still_there != view.len();
     let mut shard_written = false;
     if vanished {
-        // Files disappeared: the whole cache is rewritten without them. Files hashed this run
-        // get their new value; the others keep their old one.
-        let entries = ordered_values(&dirs).filter_map(|(path, fresh)| {
-            let value: &[u8] = match fresh {
-                Some(value) => value,
-                None => view.get(&path)?,
-            };
-            Some((path, value))
+        // The whole cache is rewritten without what is gone. Files hashed and directories read
+        // this run get their new value; the others keep their old one.
+        let entries = cache_entries(&dirs, |key, fresh| match fresh {
+            Some(value) => Some(value),
+            None => view.get(key),
         });
         let outcome = shard.replace_all(entries)?;
         shard_written = matches!(outcome, crate::WriteOutcome::Committed { .. });
     } else if changed {
         // Only changes and additions: a merge, which a small change turns into a small write.
-        let outcome = shard.merge_in(updates)?;
+        let outcome = shard.merge_in(cache_entries(&dirs, |_, fresh| fresh))?;
         shard_written = matches!(outcome, crate::WriteOutcome::Committed { .. });
     }
     Ok(HashTreeReport {
         files: manifest.len() as u64,
         hashed: hashed_ok,
-        bytes_hashed: bytes_hashed.into_inner(),
+        dirs: dirs.len() as u64,
+        dirs_read: dirs.iter().filter(|(_, dir)| dir.read).count() as u64,
+        bytes_hashed: bytes_hashed.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         errors,
         shard_path,
@@ -409,15 +519,27 @@ fn assemble(dirs: &[(Vec<u8>, DirResult)]) -> Manifest {
     manifest
 }
 
-/// Every manifest path with its value hashed this run (if any), in manifest order.
-fn ordered_values(
-    dirs: &[(Vec<u8>, DirResult)],
-) -> impl Iterator<Item = (Vec<u8>, Option<&Vec<u8>>)> {
+/// The cache entries to write: every file and directory listing of the tree, with
+/// `value(key, value computed this run)` deciding what to store (`None` leaves it out).
+fn cache_entries<'v>(
+    dirs: &'v [(Vec<u8>, DirResult)],
+    value: impl Fn(&[u8], Option<&'v [u8]>) -> Option<&'v [u8]>,
+) -> Vec<(Vec<u8>, &'v [u8])> {
     let mut out = Vec::new();
     for_each_file(dirs, |path, dir, i| {
-        out.push((path.to_vec(), dir.fresh.get(i).and_then(Option::as_ref)));
+        let fresh = dir.fresh.get(i).and_then(Option::as_deref);
+        if let Some(v) = value(path, fresh) {
+            out.push((path.to_vec(), v));
+        }
     });
-    out.into_iter()
+    let mut key = Vec::new();
+    for (rel, dir) in dirs {
+        listing_key(&mut key, rel);
+        if let Some(v) = value(&key, dir.fresh_listing.as_deref()) {
+            out.push((key.clone(), v));
+        }
+    }
+    out
 }
 
 /// The cache's own files (shard, lock, temp files), excluded when they sit inside the tree.
@@ -441,65 +563,23 @@ fn cache_files(shard: &Shard) -> Excluded {
     }
 }
 
-type HashResult = std::result::Result<(Stamp, bool, [u8; 32]), String>;
-
-fn hash_all(
-    root: &Path,
-    stale: &[(usize, usize, Vec<u8>)],
-    options: &HashTreeOptions,
-    taken_at: SystemTime,
-    bytes_hashed: &AtomicU64,
-    report_progress: &(dyn Fn(u64, u64) + Sync),
-) -> Vec<HashResult> {
-    let next = AtomicUsize::new(0);
-    let results = parking_lot::Mutex::new(Vec::with_capacity(stale.len()));
-    std::thread::scope(|scope| {
-        for _ in 0..options.threads.max(1).min(stale.len()) {
-            scope.spawn(|| {
-                let mut buffer = vec![0u8; READ_BUFFER];
-                let mut done = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((_, _, path)) = stale.get(i) else {
-                        break;
-                    };
-                    let file = root.join(OsStr::from_bytes(path));
-                    let result = hash_file(&file, &mut buffer, bytes_hashed)
-                        .map(|(stamp, sha)| {
-                            (stamp, stamp.is_racy(taken_at, options.racy_margin), sha)
-                        })
-                        .map_err(|e| format!("{}: {e}", file.display()));
-                    if i % 256 == 255 {
-                        report_progress(0, bytes_hashed.load(Ordering::Relaxed));
-                    }
-                    done.push((i, result));
-                }
-                results.lock().append(&mut done);
-            });
-        }
-    });
-    let mut results = results.into_inner();
-    results.sort_unstable_by_key(|(i, _)| *i);
-    results.into_iter().map(|(_, r)| r).collect()
-}
-
-/// Hashes one file, streaming. Returns the stamp the content belongs to: the descriptor's stamp
-/// taken before reading (the caller applies the racy rule), or one that can never match again if
-/// the file changed while it was read.
-fn hash_file(
-    path: &Path,
+/// Hashes one file of an open directory, streaming. `listed` is the stamp the walk took before
+/// opening it. Returns the stamp the content belongs to — `listed`, or one that can never match
+/// again if the file changed between the walk and the end of the read (the caller applies the
+/// racy rule).
+fn hash_file_at(
+    dir: &OwnedFd,
+    name: &std::ffi::CStr,
+    listed: &Stamp,
     buffer: &mut [u8],
     bytes_hashed: &AtomicU64,
 ) -> std::io::Result<(Stamp, [u8; 32])> {
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(path)?;
-    let before = Stamp::from_metadata(&file.metadata()?);
-    if !before.is_file() {
-        return Err(std::io::Error::other("no longer a regular file"));
-    }
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let file = nix::fcntl::openat(dir, name, flags, Mode::empty())?;
+    let mut file = std::fs::File::from(file);
     let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    let mut checked = false;
     loop {
         let n = match file.read(buffer) {
             Ok(0) => break,
@@ -509,11 +589,28 @@ fn hash_file(
         };
         hasher.update(&buffer[..n]);
         bytes_hashed.fetch_add(n as u64, Ordering::Relaxed);
+        total += n as u64;
+        // A read of a regular file stops short only at its end: no need to read a 0 to know.
+        if total == listed.size && n < buffer.len() {
+            break;
+        }
+        if total > listed.size && !checked {
+            // More than the walk saw: make sure it is still a regular file before reading on
+            // (it could have been replaced by a device that never ends).
+            if !Stamp::from_metadata(&file.metadata()?).is_file() {
+                return Err(std::io::Error::other("no longer a regular file"));
+            }
+            checked = true;
+        }
     }
     let after = Stamp::from_metadata(&file.metadata()?);
-    let mut stamp = before;
-    if after != before {
-        // Changed while being read: store an entry that can never match.
+    if !after.is_file() {
+        return Err(std::io::Error::other("no longer a regular file"));
+    }
+    let mut stamp = *listed;
+    if after != *listed {
+        // Replaced or changed since the walk stamped it: store an entry that can never match.
+        stamp = after;
         stamp.mtime_ns = i64::MAX;
     }
     Ok((stamp, hasher.finalize().into()))

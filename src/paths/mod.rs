@@ -11,6 +11,7 @@
 //! only what the stamps say changed.
 
 mod cache;
+mod listing;
 mod manifest;
 mod stamp;
 mod walk;

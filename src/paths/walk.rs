@@ -1,24 +1,26 @@
 //! A parallel directory walker that never follows symlinks and has no depth limit.
 //!
-//! Directories go on a shared stack; each worker lists one directory at a time into a single
-//! name buffer and `fstatat`s its regular files relative to the open directory handle (no path
-//! resolution beyond one component, no allocation per entry). Only regular files are reported:
-//! symlinks, FIFOs, sockets and devices are never opened.
-//!
-//! Entries of a listing come sorted in **manifest order**: by name bytes, where a directory sorts
-//! as `name/`. Concatenating a depth-first traversal in that order yields every file path sorted
-//! by its bytes, so callers never sort the whole tree.
+//! Jobs go on a shared stack served by a fixed set of worker threads: directories to visit, and
+//! any task a visit hands back (hash-tree hashes files this way, so walking and hashing overlap).
+//! Each directory is opened relative to its parent's handle, `fstat`ed, then listed into a single
+//! name buffer — or, if the caller has a cached listing taken at exactly that stamp, not read at
+//! all — and its regular files are `fstatat`ed relative to the open handle (no path resolution
+//! beyond one component, no allocation per entry). Only regular files are reported: symlinks,
+//! FIFOs, sockets and devices are never opened.
 
 use std::ffi::CStr;
-use std::ops::Range;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::dir::{Dir, Type};
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
 use parking_lot::{Condvar, Mutex};
 
+use super::listing::{Listed, Listing};
 use super::stamp::Stamp;
 
 /// A directory or file that could not be read during the walk.
@@ -26,26 +28,6 @@ use super::stamp::Stamp;
 pub(crate) struct WalkError {
     pub path: PathBuf,
     pub error: std::io::Error,
-}
-
-/// One entry of a [`Listing`]: a regular file with its stamp, or a subdirectory.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Listed {
-    File(Stamp),
-    Dir,
-}
-
-/// The regular files and subdirectories of one directory, in manifest order.
-#[derive(Debug, Default)]
-pub(crate) struct Listing {
-    names: Vec<u8>,
-    pub entries: Vec<(Range<u32>, Listed)>,
-}
-
-impl Listing {
-    pub fn name(&self, range: &Range<u32>) -> &[u8] {
-        &self.names[range.start as usize..range.end as usize]
-    }
 }
 
 /// Names in one directory that must not be reported (the cache's own files).
@@ -61,13 +43,52 @@ impl Excluded {
     }
 }
 
-/// A directory to list: its absolute path and its path relative to the root.
-type DirJob = (PathBuf, Vec<u8>);
+/// One visited directory, as handed to the caller's visit function.
+pub(crate) struct VisitedDir<'a> {
+    /// Path relative to the root (`/`-separated; the root is empty).
+    pub rel: &'a [u8],
+    /// The open directory, for `openat`/`fstatat` relative to it.
+    pub handle: &'a Arc<OwnedFd>,
+    /// The directory's own stamp, taken before it was listed.
+    pub stamp: Stamp,
+    /// Its regular files (with fresh stamps) and subdirectories, in manifest order.
+    pub listing: Listing,
+    /// True if the listing was read from the directory, false if a cached one was used.
+    pub read: bool,
+    /// False for the directory holding the cache's own files, whose listing must not be cached.
+    pub cacheable: bool,
+}
 
-struct Queue {
-    /// Directories waiting, and how many are being listed right now.
-    state: Mutex<(Vec<DirJob>, usize)>,
+/// A task a visit hands back to the walk's workers.
+pub(crate) type Task<'env> = Box<dyn FnOnce() + Send + 'env>;
+
+enum Job<'env> {
+    /// A directory: its parent's handle (to open it relative to; none for the root or to open
+    /// it by path), its name, its path relative to the root.
+    Dir(Option<Arc<OwnedFd>>, Vec<u8>, Vec<u8>),
+    Task(Task<'env>),
+}
+
+/// Most directory jobs that may wait holding their parent's handle. Past it, directories are
+/// opened by path, so a wide and deep tree cannot exhaust the file descriptors.
+const MAX_WAITING_HANDLES: usize = 256;
+
+struct Queue<'env> {
+    /// Jobs waiting, and how many are being worked on right now.
+    state: Mutex<(Vec<Job<'env>>, usize)>,
     wake: Condvar,
+}
+
+/// Lets a visit queue tasks for the walk's workers; the walk returns once they have all run.
+pub(crate) struct Spawner<'q, 'env> {
+    queue: &'q Queue<'env>,
+}
+
+impl<'env> Spawner<'_, 'env> {
+    pub fn spawn(&self, task: Task<'env>) {
+        self.queue.state.lock().0.push(Job::Task(task));
+        self.queue.wake.notify_one();
+    }
 }
 
 /// Appends `name` to the relative path `rel` (`/`-separated; the root is empty).
@@ -80,50 +101,113 @@ pub(crate) fn join_rel(out: &mut Vec<u8>, rel: &[u8], name: &[u8]) {
     out.extend_from_slice(name);
 }
 
-/// Walks `root` with `threads` workers; calls `visit(relative dir path, listing)` in the worker
-/// for every directory and returns `(relative dir path, result)` pairs in no particular order,
-/// with the errors met.
-pub(crate) fn walk<T: Send>(
+/// The functions a walk calls back, from its worker threads.
+pub(crate) struct Visitor<'f, 'env, T> {
+    /// A cached listing of the directory at `rel` taken at exactly this stamp, if there is one.
+    pub cached: &'f (dyn Fn(&[u8], &Stamp) -> Option<Listing> + Sync),
+    /// Called once per directory; may queue tasks.
+    pub visit: &'f (dyn Fn(VisitedDir<'_>, &Spawner<'_, 'env>) -> T + Sync),
+}
+
+/// Pins down the type of a visit function (and the lifetime of the tasks it may queue).
+pub(crate) fn visit_fn<'env, T, F>(f: F) -> F
+where
+    F: Fn(VisitedDir<'_>, &Spawner<'_, 'env>) -> T + Sync,
+{
+    f
+}
+
+/// Walks `root` with `threads` workers, calling `visitor.visit` for every directory, and returns
+/// `(relative dir path, result)` pairs in no particular order, with the errors met. Returns once
+/// every directory is visited and every queued task has run.
+pub(crate) fn walk<'env, T: Send>(
     root: &Path,
     threads: usize,
     excluded: &Excluded,
-    visit: &(dyn Fn(&[u8], Listing) -> T + Sync),
+    visitor: Visitor<'_, 'env, T>,
 ) -> (Vec<(Vec<u8>, T)>, Vec<WalkError>) {
+    let excluded_rel: Option<Vec<u8>> = excluded
+        .dir
+        .strip_prefix(root)
+        .ok()
+        .map(|rel| rel.as_os_str().as_bytes().to_vec());
     let queue = Queue {
-        state: Mutex::new((vec![(root.to_path_buf(), Vec::new())], 0)),
+        state: Mutex::new((vec![Job::Dir(None, Vec::new(), Vec::new())], 0)),
         wake: Condvar::new(),
     };
+    let waiting_handles = AtomicUsize::new(0);
     let results = Mutex::new(Vec::new());
     let errors = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| {
+                let spawner = Spawner { queue: &queue };
                 let mut found = Vec::new();
                 let mut failed = Vec::new();
-                while let Some((dir, rel)) = next_dir(&queue) {
-                    let excluded = (dir == excluded.dir).then_some(excluded);
-                    let subdirs = match list(&dir, excluded, &mut failed) {
-                        Some(listing) => {
-                            let mut subdirs = Vec::new();
-                            let mut child = Vec::new();
-                            for (range, kind) in &listing.entries {
-                                if let Listed::Dir = kind {
-                                    let name = listing.name(range);
-                                    join_rel(&mut child, &rel, name);
-                                    let abs = dir.join(std::ffi::OsStr::from_bytes(name));
-                                    subdirs.push((abs, child.clone()));
-                                }
+                let mut child = Vec::new();
+                while let Some(job) = next_job(&queue) {
+                    match job {
+                        Job::Task(task) => task(),
+                        Job::Dir(parent, name, rel) => {
+                            if parent.is_some() {
+                                waiting_handles.fetch_sub(1, Ordering::Relaxed);
                             }
-                            let result = visit(&rel, listing);
-                            found.push((rel, result));
-                            subdirs
+                            let is_excluded = excluded_rel.as_deref() == Some(rel.as_slice());
+                            let excluded = is_excluded.then_some(excluded);
+                            if let Some(dir) = open_and_list(
+                                root,
+                                parent.as_deref(),
+                                &name,
+                                &rel,
+                                excluded,
+                                visitor.cached,
+                                &mut failed,
+                            ) {
+                                let handle = Arc::new(dir.handle);
+                                let mut subdirs = Vec::new();
+                                for (range, kind) in &dir.listing.entries {
+                                    if let Listed::Dir = kind {
+                                        let name = dir.listing.name(range);
+                                        join_rel(&mut child, &rel, name);
+                                        let held = waiting_handles.fetch_add(1, Ordering::Relaxed);
+                                        let parent = if held < MAX_WAITING_HANDLES {
+                                            Some(handle.clone())
+                                        } else {
+                                            waiting_handles.fetch_sub(1, Ordering::Relaxed);
+                                            None
+                                        };
+                                        subdirs.push(Job::Dir(
+                                            parent,
+                                            name.to_vec(),
+                                            child.clone(),
+                                        ));
+                                    }
+                                }
+                                // Subdirectories go on the stack before the visit's tasks, so
+                                // the tasks run first and release this directory's handle.
+                                {
+                                    let mut state = queue.state.lock();
+                                    state.0.append(&mut subdirs);
+                                }
+                                queue.wake.notify_all();
+                                let visited = VisitedDir {
+                                    rel: &rel,
+                                    handle: &handle,
+                                    stamp: dir.stamp,
+                                    listing: dir.listing,
+                                    read: dir.read,
+                                    cacheable: !is_excluded,
+                                };
+                                let result = (visitor.visit)(visited, &spawner);
+                                found.push((rel, result));
+                            }
                         }
-                        None => Vec::new(),
-                    };
+                    }
                     let mut state = queue.state.lock();
                     state.1 -= 1;
-                    state.0.extend(subdirs);
-                    queue.wake.notify_all();
+                    if state.1 == 0 && state.0.is_empty() {
+                        queue.wake.notify_all();
+                    }
                 }
                 results.lock().append(&mut found);
                 errors.lock().append(&mut failed);
@@ -133,7 +217,7 @@ pub(crate) fn walk<T: Send>(
     (results.into_inner(), errors.into_inner())
 }
 
-fn next_dir(queue: &Queue) -> Option<DirJob> {
+fn next_job<'env>(queue: &Queue<'env>) -> Option<Job<'env>> {
     let mut state = queue.state.lock();
     loop {
         if let Some(job) = state.0.pop() {
@@ -147,26 +231,124 @@ fn next_dir(queue: &Queue) -> Option<DirJob> {
     }
 }
 
-fn list(dir: &Path, excluded: Option<&Excluded>, failed: &mut Vec<WalkError>) -> Option<Listing> {
+struct OpenDir {
+    handle: OwnedFd,
+    stamp: Stamp,
+    listing: Listing,
+    read: bool,
+}
+
+fn open_and_list(
+    root: &Path,
+    parent: Option<&OwnedFd>,
+    name: &[u8],
+    rel: &[u8],
+    excluded: Option<&Excluded>,
+    cached: &(dyn Fn(&[u8], &Stamp) -> Option<Listing> + Sync),
+    failed: &mut Vec<WalkError>,
+) -> Option<OpenDir> {
+    let path_of = |rel: &[u8]| match rel {
+        b"" => root.to_path_buf(),
+        rel => root.join(std::ffi::OsStr::from_bytes(rel)),
+    };
+    let mut fail = |error: nix::errno::Errno| {
+        failed.push(WalkError {
+            path: path_of(rel),
+            error: error.into(),
+        })
+    };
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let mut handle = match Dir::open(dir, flags, Mode::empty()) {
+    let opened = match parent {
+        Some(parent) => nix::fcntl::openat(parent, name, flags, Mode::empty()),
+        None => nix::fcntl::open(&path_of(rel), flags, Mode::empty()),
+    };
+    let handle = match opened {
         Ok(handle) => handle,
         Err(errno) => {
+            fail(errno);
+            return None;
+        }
+    };
+    // The stamp comes first: an entry added while we list changes it, so a listing is never
+    // stored under a stamp older than its content.
+    let stamp = match nix::sys::stat::fstat(&handle) {
+        Ok(stat) => Stamp::from_stat(&stat),
+        Err(errno) => {
+            fail(errno);
+            return None;
+        }
+    };
+    if excluded.is_none()
+        && let Some(mut listing) = cached(rel, &stamp)
+        && stat_cached_files(&handle, &mut listing)
+    {
+        return Some(OpenDir {
+            handle,
+            stamp,
+            listing,
+            read: false,
+        });
+    }
+    let listing = read_listing(&handle, excluded, &path_of(rel), failed)?;
+    Some(OpenDir {
+        handle,
+        stamp,
+        listing,
+        read: true,
+    })
+}
+
+/// Takes a fresh stamp of every file of a cached listing. False if one is no longer a regular
+/// file (the directory changed after all: it must be read again).
+fn stat_cached_files(handle: &OwnedFd, listing: &mut Listing) -> bool {
+    let Listing { names, entries } = listing;
+    for (range, kind) in entries.iter_mut() {
+        let Listed::File(stamp) = kind else {
+            continue;
+        };
+        let Ok(name) = CStr::from_bytes_with_nul(&names[range.start as usize..=range.end as usize])
+        else {
+            return false;
+        };
+        match nix::sys::stat::fstatat(handle, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(stat) => {
+                *stamp = Stamp::from_stat(&stat);
+                if !stamp.is_file() {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Reads the directory: its regular files (stamped) and subdirectories, in manifest order.
+fn read_listing(
+    handle: &OwnedFd,
+    excluded: Option<&Excluded>,
+    dir_path: &Path,
+    failed: &mut Vec<WalkError>,
+) -> Option<Listing> {
+    // `Dir` takes ownership of a descriptor; it gets a duplicate so the handle stays open.
+    let mut reader = match nix::unistd::dup(handle).and_then(Dir::from_fd) {
+        Ok(reader) => reader,
+        Err(errno) => {
             failed.push(WalkError {
-                path: dir.to_path_buf(),
+                path: dir_path.to_path_buf(),
                 error: errno.into(),
             });
             return None;
         }
     };
     let mut listing = Listing::default();
-    let mut to_stat: Vec<(Range<u32>, bool)> = Vec::new();
-    for entry in handle.iter() {
+    let mut to_stat = Vec::new();
+    for entry in reader.iter() {
         let entry = match entry {
             Ok(entry) => entry,
             Err(errno) => {
                 failed.push(WalkError {
-                    path: dir.to_path_buf(),
+                    path: dir_path.to_path_buf(),
                     error: errno.into(),
                 });
                 break;
@@ -176,28 +358,24 @@ fn list(dir: &Path, excluded: Option<&Excluded>, failed: &mut Vec<WalkError>) ->
         if name == b"." || name == b".." || excluded.is_some_and(|e| e.matches(name)) {
             continue;
         }
-        let (is_dir, needs_stat) = match entry.file_type() {
-            Some(Type::Directory) => (true, false),
-            Some(Type::File) => (false, true),
-            None => (false, true), // DT_UNKNOWN: the stat decides
-            Some(_) => continue,   // symlink, FIFO, socket, device: never opened
+        let is_dir = match entry.file_type() {
+            Some(Type::Directory) => true,
+            Some(Type::File) | None => false, // None is DT_UNKNOWN: the stat decides
+            Some(_) => continue,              // symlink, FIFO, socket, device: never opened
         };
-        let start = listing.names.len() as u32;
-        listing.names.extend_from_slice(name);
-        listing.names.push(0);
-        let range = start..listing.names.len() as u32 - 1;
+        let range = listing.push_name(name);
         if is_dir {
             listing.entries.push((range, Listed::Dir));
         } else {
-            to_stat.push((range, needs_stat));
+            to_stat.push(range);
         }
     }
-    for (range, _) in to_stat {
-        let with_nul = &listing.names[range.start as usize..=range.end as usize];
-        let Ok(name) = CStr::from_bytes_with_nul(with_nul) else {
+    drop(reader);
+    for range in to_stat {
+        let Ok(name) = CStr::from_bytes_with_nul(listing.name_with_nul(&range)) else {
             continue;
         };
-        match nix::sys::stat::fstatat(&handle, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        match nix::sys::stat::fstatat(handle, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(stat) => {
                 let stamp = Stamp::from_stat(&stat);
                 if stamp.is_file() {
@@ -208,61 +386,11 @@ fn list(dir: &Path, excluded: Option<&Excluded>, failed: &mut Vec<WalkError>) ->
             }
             Err(nix::errno::Errno::ENOENT) => {} // removed since listed
             Err(errno) => failed.push(WalkError {
-                path: dir.join(std::ffi::OsStr::from_bytes(name.to_bytes())),
+                path: dir_path.join(std::ffi::OsStr::from_bytes(name.to_bytes())),
                 error: errno.into(),
             }),
         }
     }
-    let names = &listing.names;
-    listing.entries.sort_unstable_by(|(a, ka), (b, kb)| {
-        manifest_order(
-            &names[a.start as usize..a.end as usize],
-            matches!(ka, Listed::Dir),
-            &names[b.start as usize..b.end as usize],
-            matches!(kb, Listed::Dir),
-        )
-    });
+    listing.sort();
     Some(listing)
-}
-
-/// Compares two entry names as `name` for files and `name/` for directories: the order in
-/// which their full paths sort.
-fn manifest_order(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> std::cmp::Ordering {
-    let common = a.len().min(b.len());
-    match a[..common].cmp(&b[..common]) {
-        std::cmp::Ordering::Equal => {}
-        unequal => return unequal,
-    }
-    // One name is a prefix of the other: compare what follows, a directory's '/' included.
-    let a_rest = a[common..].iter().chain(a_dir.then_some(&b'/'));
-    let b_rest = b[common..].iter().chain(b_dir.then_some(&b'/'));
-    a_rest.cmp(b_rest)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::manifest_order;
-
-    #[test]
-    fn manifest_order_matches_sorting_full_paths() {
-        let names: [(&[u8], bool); 7] = [
-            (b"b", true),
-            (b"b.txt", false),
-            (b"b0", false),
-            (b"a", false),
-            (b"ba", true),
-            (b"b-", false),
-            (b"", false),
-        ];
-        for (a, a_dir) in names {
-            for (b, b_dir) in names {
-                let full = |n: &[u8], d: bool| [n, if d { b"/x" } else { b"" }].concat();
-                assert_eq!(
-                    manifest_order(a, a_dir, b, b_dir),
-                    full(a, a_dir).cmp(&full(b, b_dir)),
-                    "{a:?}/{a_dir} vs {b:?}/{b_dir}"
-                );
-            }
-        }
-    }
 }

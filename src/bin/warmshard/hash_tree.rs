@@ -40,8 +40,9 @@ pub(crate) fn run(args: HashTreeArgs) -> Outcome {
     let report = hash_tree(&args.dir, &options)?;
     progress.finish();
 
-    let mut out = Vec::new();
-    if args.json {
+    let mut stdout = std::io::stdout().lock();
+    let written = if args.json {
+        let mut out = Vec::new();
         let lines: Vec<serde_json::Value> = report
             .manifest
             .iter()
@@ -58,11 +59,11 @@ pub(crate) fn run(args: HashTreeArgs) -> Outcome {
             .collect();
         serde_json::to_writer(&mut out, &lines).map_err(|e| Error::InvalidInput(e.to_string()))?;
         out.push(b'\n');
+        stdout.write_all(&out).and_then(|()| stdout.flush())
     } else {
-        report.manifest.write_sha256sum(&mut out);
-    }
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(&out).and_then(|()| stdout.flush()) {
+        report.manifest.write_sha256sum_to(&mut stdout)
+    };
+    match written {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             return Err(Error::Io {
                 op: "writing",

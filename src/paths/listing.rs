@@ -1,0 +1,290 @@
+//! [`Listing`]: the regular files and subdirectories of one directory, in manifest order, and
+//! its cached form.
+//!
+//! # Manifest order
+//!
+//! Entries are sorted by name bytes, where a directory sorts as `name/`. Concatenating a
+//! depth-first traversal in that order yields every file path sorted by its bytes, so callers
+//! never sort the whole tree.
+//!
+//! # Cached listings
+//!
+//! `hash-tree` keeps each directory's listing in its cache shard so that a warm run can skip
+//! reading unchanged directories (`getdents`). A cached listing is keyed by [`listing_key`]: a
+//! NUL byte followed by the directory's path relative to the root (no file path can start with
+//! NUL, so it never collides with a file's key). Its value:
+//!
+//! | bytes | content |
+//! |---|---|
+//! | 0..2 | `b"L1"`: tag and version of this encoding |
+//! | 2..46 | the directory's [`Stamp`] when it was listed (`fstat` of the open directory, taken **before** reading it) |
+//! | 46.. | the entries in manifest order, each `kind` (`b'f'` regular file, `b'd'` directory), the name's bytes, `0` |
+//!
+//! A cached listing is used only while the directory's stamp matches exactly: creating,
+//! removing or renaming an entry changes the directory's mtime and ctime. It is stored only when
+//! that stamp is not racy (see [`Stamp::is_racy`]): an entry added within the same clock tick as
+//! the listing could otherwise leave the stamp unchanged. A decoded listing is validated (known
+//! kinds, non-empty names without `/`, neither `.` nor `..`, strictly increasing in manifest
+//! order); anything else reads as a miss.
+
+use std::ops::Range;
+
+use super::stamp::{STAMP_LEN, Stamp};
+
+/// One entry of a [`Listing`]: a regular file with its stamp, or a subdirectory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Listed {
+    File(Stamp),
+    Dir,
+}
+
+/// The regular files and subdirectories of one directory, in manifest order.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    /// Every name followed by a NUL byte (so a name is also a C string).
+    pub(crate) names: Vec<u8>,
+    /// Each entry's name range in `names` (without the NUL) and kind.
+    pub entries: Vec<(Range<u32>, Listed)>,
+}
+
+/// Tag and version at the start of a cached listing.
+const TAG: &[u8; 2] = b"L1";
+
+/// A stamp that matches no file, for entries whose stamp is yet to be taken.
+const NO_STAMP: Stamp = Stamp {
+    dev: 0,
+    ino: 0,
+    size: 0,
+    mtime_ns: 0,
+    ctime_ns: 0,
+    mode: 0,
+};
+
+impl Listing {
+    /// The name of an entry.
+    pub fn name(&self, range: &Range<u32>) -> &[u8] {
+        &self.names[range.start as usize..range.end as usize]
+    }
+
+    /// The name of an entry with its terminating NUL.
+    pub fn name_with_nul(&self, range: &Range<u32>) -> &[u8] {
+        &self.names[range.start as usize..=range.end as usize]
+    }
+
+    /// Appends a name (which must not contain NUL) and returns its range.
+    pub fn push_name(&mut self, name: &[u8]) -> Range<u32> {
+        let start = self.names.len() as u32;
+        self.names.extend_from_slice(name);
+        self.names.push(0);
+        start..self.names.len() as u32 - 1
+    }
+
+    /// Sorts the entries in manifest order.
+    pub fn sort(&mut self) {
+        let names = &self.names;
+        self.entries.sort_unstable_by(|(a, ka), (b, kb)| {
+            manifest_order(
+                &names[a.start as usize..a.end as usize],
+                matches!(ka, Listed::Dir),
+                &names[b.start as usize..b.end as usize],
+                matches!(kb, Listed::Dir),
+            )
+        });
+    }
+
+    /// The cached form of this listing, taken when the directory's stamp was `dir_stamp`.
+    pub fn encode(&self, dir_stamp: &Stamp) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(TAG.len() + STAMP_LEN + self.names.len() + self.entries.len());
+        out.extend_from_slice(TAG);
+        dir_stamp.encode(&mut out);
+        for (range, kind) in &self.entries {
+            out.push(match kind {
+                Listed::File(_) => b'f',
+                Listed::Dir => b'd',
+            });
+            out.extend_from_slice(self.name_with_nul(range));
+        }
+        out
+    }
+
+    /// Decodes a cached listing if it was taken at exactly `dir_stamp` and is well formed.
+    /// Files come with a placeholder stamp, to be replaced by a fresh `lstat`.
+    pub fn decode(value: &[u8], dir_stamp: &Stamp) -> Option<Listing> {
+        let rest = value.strip_prefix(TAG)?;
+        if Stamp::decode(rest)? != *dir_stamp {
+            return None;
+        }
+        let mut body = &rest[STAMP_LEN..];
+        let mut listing = Listing {
+            names: Vec::with_capacity(body.len()),
+            entries: Vec::new(),
+        };
+        let mut previous: Option<(Range<u32>, bool)> = None;
+        while let Some((&kind, after)) = body.split_first() {
+            let kind = match kind {
+                b'f' => Listed::File(NO_STAMP),
+                b'd' => Listed::Dir,
+                _ => return None,
+            };
+            let end = after.iter().position(|&b| b == 0)?;
+            let name = &after[..end];
+            if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+                return None;
+            }
+            let is_dir = matches!(kind, Listed::Dir);
+            if let Some((prev, prev_dir)) = &previous
+                && manifest_order(listing.name(prev), *prev_dir, name, is_dir).is_ge()
+            {
+                return None;
+            }
+            let range = listing.push_name(name);
+            previous = Some((range.clone(), is_dir));
+            listing.entries.push((range, kind));
+            body = &after[end + 1..];
+        }
+        Some(listing)
+    }
+}
+
+/// The cache key of the listing of the directory at `rel` (relative to the root; the root is
+/// empty).
+pub(crate) fn listing_key(out: &mut Vec<u8>, rel: &[u8]) {
+    out.clear();
+    out.push(0);
+    out.extend_from_slice(rel);
+}
+
+/// Compares two entry names as `name` for files and `name/` for directories: the order in
+/// which their full paths sort.
+fn manifest_order(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> std::cmp::Ordering {
+    let common = a.len().min(b.len());
+    match a[..common].cmp(&b[..common]) {
+        std::cmp::Ordering::Equal => {}
+        unequal => return unequal,
+    }
+    // One name is a prefix of the other: compare what follows, a directory's '/' included.
+    let a_rest = a[common..].iter().chain(a_dir.then_some(&b'/'));
+    let b_rest = b[common..].iter().chain(b_dir.then_some(&b'/'));
+    a_rest.cmp(b_rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_order_matches_sorting_full_paths() {
+        let names: [(&[u8], bool); 7] = [
+            (b"b", true),
+            (b"b.txt", false),
+            (b"b0", false),
+            (b"a", false),
+            (b"ba", true),
+            (b"b-", false),
+            (b"", false),
+        ];
+        for (a, a_dir) in names {
+            for (b, b_dir) in names {
+                let full = |n: &[u8], d: bool| [n, if d { b"/x" } else { b"" }].concat();
+                assert_eq!(
+                    manifest_order(a, a_dir, b, b_dir),
+                    full(a, a_dir).cmp(&full(b, b_dir)),
+                    "{a:?}/{a_dir} vs {b:?}/{b_dir}"
+                );
+            }
+        }
+    }
+
+    fn dir_stamp() -> Stamp {
+        Stamp {
+            dev: 7,
+            ino: 42,
+            size: 4096,
+            mtime_ns: 1_700_000_000_000_000_001,
+            ctime_ns: 1_700_000_000_000_000_002,
+            mode: 0o40755,
+        }
+    }
+
+    fn sample() -> Listing {
+        let mut listing = Listing::default();
+        for (name, dir) in [
+            (&b"b"[..], true),
+            (b"b.txt", false),
+            (b"a\n\xff", false),
+            (b"c", false),
+        ] {
+            let range = listing.push_name(name);
+            let kind = if dir {
+                Listed::Dir
+            } else {
+                Listed::File(NO_STAMP)
+            };
+            listing.entries.push((range, kind));
+        }
+        listing.sort();
+        listing
+    }
+
+    fn names(listing: &Listing) -> Vec<(Vec<u8>, bool)> {
+        listing
+            .entries
+            .iter()
+            .map(|(r, k)| (listing.name(r).to_vec(), matches!(k, Listed::Dir)))
+            .collect()
+    }
+
+    #[test]
+    fn a_listing_round_trips_only_for_its_own_stamp() {
+        let listing = sample();
+        assert_eq!(
+            names(&listing),
+            [
+                (b"a\n\xff".to_vec(), false),
+                (b"b.txt".to_vec(), false),
+                (b"b".to_vec(), true),
+                (b"c".to_vec(), false),
+            ]
+        );
+        let value = listing.encode(&dir_stamp());
+        let back = Listing::decode(&value, &dir_stamp()).expect("decodes");
+        assert_eq!(names(&back), names(&listing));
+
+        let mut touched = dir_stamp();
+        touched.mtime_ns += 1;
+        assert!(Listing::decode(&value, &touched).is_none());
+        let mut other_inode = dir_stamp();
+        other_inode.ino += 1;
+        assert!(Listing::decode(&value, &other_inode).is_none());
+    }
+
+    #[test]
+    fn malformed_cached_listings_read_as_misses() {
+        let good = sample().encode(&dir_stamp());
+        let header = &good[..TAG.len() + STAMP_LEN];
+        let with_body = |body: &[u8]| [header, body].concat();
+        assert!(Listing::decode(&with_body(b""), &dir_stamp()).is_some());
+        for body in [
+            &b"xname\0"[..], // unknown kind
+            b"fname",        // no terminator
+            b"f\0",          // empty name
+            b"f.\0",         // dot
+            b"d..\0",        // dot-dot
+            b"fa/b\0",       // slash
+            b"fb\0fa\0",     // out of order
+            b"fa\0fa\0",     // duplicate
+            b"db\0fb.txt\0", // "b/" sorts after "b.txt"
+        ] {
+            assert!(
+                Listing::decode(&with_body(body), &dir_stamp()).is_none(),
+                "{body:?}"
+            );
+        }
+        assert!(Listing::decode(&good[..5], &dir_stamp()).is_none());
+        assert!(Listing::decode(b"L2", &dir_stamp()).is_none());
+        let mut key = Vec::new();
+        listing_key(&mut key, b"a/b");
+        assert_eq!(key, b"\0a/b");
+    }
+}
