@@ -564,9 +564,9 @@ fn cache_files(shard: &Shard) -> Excluded {
 }
 
 /// Hashes one file of an open directory, streaming. `listed` is the stamp the walk took before
-/// opening it. Returns the stamp the content belongs to — `listed`, or one that can never match
-/// again if the file changed between the walk and the end of the read (the caller applies the
-/// racy rule).
+/// opening it, and the stamp the content is stored under: if the file changes during the read,
+/// its next stamp differs from `listed`, or — within one clock tick — `listed` is racy and is
+/// not trusted anyway (the caller applies the racy rule). So no stamp is taken after the read.
 fn hash_file_at(
     dir: &OwnedFd,
     name: &std::ffi::CStr,
@@ -595,7 +595,7 @@ fn hash_file_at(
             break;
         }
         if total > listed.size && !checked {
-            // More than the walk saw: make sure it is still a regular file before reading on
+            // More than the walk saw: make sure this is still a regular file before reading on
             // (it could have been replaced by a device that never ends).
             if !Stamp::from_metadata(&file.metadata()?).is_file() {
                 return Err(std::io::Error::other("no longer a regular file"));
@@ -603,15 +603,5 @@ fn hash_file_at(
             checked = true;
         }
     }
-    let after = Stamp::from_metadata(&file.metadata()?);
-    if !after.is_file() {
-        return Err(std::io::Error::other("no longer a regular file"));
-    }
-    let mut stamp = *listed;
-    if after != *listed {
-        // Replaced or changed since the walk stamped it: store an entry that can never match.
-        stamp = after;
-        stamp.mtime_ns = i64::MAX;
-    }
-    Ok((stamp, hasher.finalize().into()))
+    Ok((*listed, hasher.finalize().into()))
 }
