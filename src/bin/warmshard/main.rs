@@ -122,8 +122,9 @@ enum Command {
     ///
     /// Each regular file's SHA-256 is cached with its stat stamp (device, inode, size, mtime,
     /// ctime, mode); a later run re-reads only files whose stamp differs, so a warm run on an
-    /// unchanged tree reads no file content. Symlinks, FIFOs, sockets and devices are skipped and
-    /// never opened. Verify with: cd DIR && sha256sum -c MANIFEST.
+    /// unchanged tree reads no file content. Each directory's listing is cached too, with the
+    /// directory's own stamp: an unchanged directory is not even read. Symlinks, FIFOs, sockets
+    /// and devices are skipped and never opened. Verify with: cd DIR && sha256sum -c MANIFEST.
     ///
     /// The cache lives in <cache dir>/warmshard/trees/<sha256 of the root>.shard unless --shard is
     /// given on the command line (WARMSHARD_PATH is not used here).
