@@ -111,6 +111,9 @@ impl Listing {
     /// Decodes a cached listing if it was taken at exactly `dir_stamp` and is well formed.
     /// Files come with a placeholder stamp, to be replaced by a fresh `lstat`.
     pub fn decode(value: &[u8], dir_stamp: &Stamp) -> Option<Listing> {
+        if u32::try_from(value.len()).is_err() {
+            return None; // name ranges are u32
+        }
         let rest = value.strip_prefix(TAG)?;
         if Stamp::decode(rest)? != *dir_stamp {
             return None;
