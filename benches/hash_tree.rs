@@ -43,9 +43,9 @@ fn main() {
         sha_core / 1e9
     );
     println!(
-        "| tree | files | bytes | cold s (MB/s) | xargs -P2 sha256sum s | cold vs sha256sum | warm ms | hashed | walk+lstat 1t ms | walk+lstat 2t ms | warm / walk 2t | git status ms | git update-index --refresh ms | warm / update-index | partial ms (hashed) | partial / warm |"
+        "| tree | files | bytes | cold s (MB/s) | xargs -P2 sha256sum s | cold vs sha256sum | warm ms | hashed | warm, every directory read ms | walk+lstat 1t ms | walk+lstat 2t ms | warm / walk 2t | git status ms | git update-index --refresh ms | warm / update-index | partial ms (hashed) | partial / warm |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for name in wanted.split(',') {
         let tree = match name.trim() {
             "t1" => build_t1(&root),
@@ -65,11 +65,16 @@ struct Run {
 }
 
 fn hash_tree(tree: &Path, shard: &Path) -> Run {
+    hash_tree_with(tree, shard, &[])
+}
+
+fn hash_tree_with(tree: &Path, shard: &Path, flags: &[&str]) -> Run {
     let started = Instant::now();
     let out = Command::new(WARMSHARD)
         .arg("--shard")
         .arg(shard)
         .args(["hash-tree", "--stats"])
+        .args(flags)
         .arg(tree)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -146,6 +151,7 @@ fn measure(name: &str, tree: &Path, root: &Path, sha_core: f64, cores: usize) {
 
     let rounds = if name == "t2" { 3 } else { 5 };
     let mut cold = Vec::new();
+    let mut sha256sum = Vec::new();
     let mut info = None;
     for _ in 0..rounds.min(3) {
         let _ = std::fs::remove_file(&shard);
@@ -153,23 +159,19 @@ fn measure(name: &str, tree: &Path, root: &Path, sha_core: f64, cores: usize) {
         let run = hash_tree(tree, &shard);
         cold.push(run.seconds);
         info = Some((run.files, run.bytes_hashed));
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("find . -type f -print0 | xargs -0 -P2 sha256sum > /dev/null");
+        c.current_dir(tree);
+        sha256sum.push(time(c));
     }
     let (files, bytes) = info.unwrap();
     let cold = median(cold);
-    let sha256sum = median(
-        (0..rounds.min(3))
-            .map(|_| {
-                let mut c = Command::new("sh");
-                c.arg("-c")
-                    .arg("find . -type f -print0 | xargs -0 -P2 sha256sum > /dev/null");
-                c.current_dir(tree);
-                time(c)
-            })
-            .collect(),
-    );
+    let sha256sum = median(sha256sum);
 
     let warm_runs = 11;
     let mut warm = Vec::new();
+    let mut warm_listing = Vec::new();
     let mut walk1 = Vec::new();
     let mut walk2 = Vec::new();
     let mut status = Vec::new();
@@ -180,6 +182,9 @@ fn measure(name: &str, tree: &Path, root: &Path, sha_core: f64, cores: usize) {
         let run = hash_tree(tree, &shard);
         warm_hashed = warm_hashed.max(run.hashed);
         warm.push(run.seconds);
+        let run = hash_tree_with(tree, &shard, &["--no-listing-cache"]);
+        warm_hashed = warm_hashed.max(run.hashed);
+        warm_listing.push(run.seconds);
         for (threads, out) in [(1, &mut walk1), (2, &mut walk2)] {
             let mut c = Command::new(&me);
             c.arg("--walk-lstat").arg(tree).arg(threads.to_string());
@@ -189,6 +194,7 @@ fn measure(name: &str, tree: &Path, root: &Path, sha_core: f64, cores: usize) {
         refresh.push(time(git(&["update-index", "-q", "--refresh"])));
     }
     let warm = median(warm);
+    let warm_listing = median(warm_listing);
 
     let mut partial = Vec::new();
     let mut partial_hashed = 0;
@@ -211,11 +217,12 @@ fn measure(name: &str, tree: &Path, root: &Path, sha_core: f64, cores: usize) {
     let refresh = median(refresh);
     let share_of_cores = bytes as f64 / cold / (cores as f64 * sha_core);
     println!(
-        "| {name} | {files} | {bytes} | {cold:.3} ({:.0}, {:.0}% of cores x sha2) | {sha256sum:.3} | {:.2}x faster | {:.1} | {warm_hashed} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} ({partial_hashed}) | {:.2} |",
+        "| {name} | {files} | {bytes} | {cold:.3} ({:.0}, {:.0}% of cores x sha2) | {sha256sum:.3} | {:.2}x faster | {:.1} | {warm_hashed} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} ({partial_hashed}) | {:.2} |",
         bytes as f64 / cold / 1e6,
         share_of_cores * 100.0,
         sha256sum / cold,
         warm * 1e3,
+        warm_listing * 1e3,
         walk1 * 1e3,
         walk2 * 1e3,
         warm / walk2,

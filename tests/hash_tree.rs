@@ -411,6 +411,19 @@ fn unchanged_directories_are_not_read_again_and_changed_ones_are() {
     let rewritten = hash_tree_lib(&root, &shard);
     assert_eq!((rewritten.dirs_read, rewritten.hashed), (0, 1));
     assert_eq!(sha256sum_text(&rewritten), sha256sum_manifest(&root));
+
+    // With the listing cache off, every directory is read, and nothing else changes.
+    let options = warmshard::paths::HashTreeOptions {
+        shard: Some(shard.clone()),
+        shard_options: warmshard::Options::new().durable(false),
+        listing_cache: false,
+        ..Default::default()
+    };
+    let uncached = warmshard::paths::hash_tree(&root, &options).unwrap();
+    assert_eq!((uncached.dirs_read, uncached.hashed), (9, 0));
+    assert_eq!(uncached.manifest, rewritten.manifest);
+    assert!(!uncached.shard_written);
+    assert_eq!(hash_tree_lib(&root, &shard).dirs_read, 0, "listings kept");
 }
 
 #[test]

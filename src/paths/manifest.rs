@@ -47,6 +47,10 @@ pub struct HashTreeOptions {
     pub threads: usize,
     /// Margin of the racy-timestamp rule.
     pub racy_margin: Duration,
+    /// Reuse the cached listing of a directory whose stamp is unchanged instead of reading it
+    /// (default: true). Turn it off on a filesystem whose directory timestamps do not change
+    /// when entries are added or removed; files are stamped either way.
+    pub listing_cache: bool,
     /// Options of the cache shard (durability, lock timeout, kill switch...). The producer is
     /// set by `hash_tree`.
     pub shard_options: Options,
@@ -60,6 +64,7 @@ impl Default for HashTreeOptions {
             shard: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             racy_margin: DEFAULT_RACY_MARGIN,
+            listing_cache: true,
             shard_options: Options::from_env(),
             progress: None,
         }
@@ -286,7 +291,11 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
             progress(files, bytes);
         }
     };
+    let listing_cache = options.listing_cache;
     let cached = |rel: &[u8], stamp: &Stamp| {
+        if !listing_cache {
+            return None;
+        }
         let mut key = Vec::with_capacity(rel.len() + 1);
         listing_key(&mut key, rel);
         Listing::decode(view.get(&key)?, stamp)
@@ -333,9 +342,11 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
 
         listing_key(&mut key, dir.rel);
         let cached_listing = view.get(&key).is_some();
-        let fresh_listing =
-            (dir.read && dir.cacheable && !dir.stamp.is_racy(taken_at, racy_margin))
-                .then(|| listing.encode(&dir.stamp));
+        let fresh_listing = (listing_cache
+            && dir.read
+            && dir.cacheable
+            && !dir.stamp.is_racy(taken_at, racy_margin))
+        .then(|| listing.encode(&dir.stamp));
 
         // Hash what the cache could not answer, in tasks the walk's workers share.
         let hashed = Arc::new(Mutex::new(Vec::new()));

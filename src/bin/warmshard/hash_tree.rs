@@ -18,6 +18,7 @@ pub(crate) struct HashTreeArgs {
     pub json: bool,
     pub stats: bool,
     pub threads: Option<usize>,
+    pub listing_cache: bool,
     pub options: warmshard::Options,
 }
 
@@ -25,6 +26,7 @@ pub(crate) fn run(args: HashTreeArgs) -> Outcome {
     let mut options = HashTreeOptions {
         shard: args.shard,
         shard_options: args.options,
+        listing_cache: args.listing_cache,
         ..HashTreeOptions::default()
     };
     if let Some(threads) = args.threads {

@@ -141,6 +141,10 @@ enum Command {
         /// Threads for walking and hashing [default: all cores].
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
+        /// Read every directory, even one whose stamp is unchanged since the last run (for
+        /// filesystems whose directory timestamps do not change when entries come and go).
+        #[arg(long)]
+        no_listing_cache: bool,
     },
 }
 
@@ -177,6 +181,7 @@ fn run(cli: Cli, shard_on_command_line: bool) -> Outcome {
         json,
         stats,
         threads,
+        no_listing_cache,
     } = cli.command
     {
         let shard = cli.shard.filter(|_| shard_on_command_line);
@@ -186,6 +191,7 @@ fn run(cli: Cli, shard_on_command_line: bool) -> Outcome {
             json,
             stats,
             threads,
+            listing_cache: !no_listing_cache,
             options,
         });
     }
