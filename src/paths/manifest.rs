@@ -394,8 +394,9 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
             queue_batch(batch);
         }
 
-        let n = seen.fetch_add(listing.entries.len() as u64, Ordering::Relaxed);
-        report_progress(n + listing.entries.len() as u64, 0);
+        let files = keys.len() as u64;
+        let n = seen.fetch_add(files, Ordering::Relaxed);
+        report_progress(n + files, bytes_hashed.load(Ordering::Relaxed));
         DirResult {
             known,
             fresh: Vec::new(),

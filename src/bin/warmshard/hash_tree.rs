@@ -1,9 +1,10 @@
 //! `hash-tree`: a sha256sum-compatible manifest of a directory, re-hashing only what changed.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -34,9 +35,11 @@ pub(crate) fn run(args: HashTreeArgs) -> Outcome {
     }
     let progress = delayed_progress();
     let bar = progress.clone();
-    let files = AtomicU64::new(0);
+    let (files, hashed) = (AtomicU64::new(0), AtomicU64::new(0));
     options.progress = Some(Box::new(move |seen, bytes| {
+        // Reports come from several threads: show the highest counts yet.
         let seen = files.fetch_max(seen, Ordering::Relaxed).max(seen);
+        let bytes = hashed.fetch_max(bytes, Ordering::Relaxed).max(bytes);
         bar.tick_with(seen, bytes);
     }));
     let report = hash_tree(&args.dir, &options)?;
@@ -99,6 +102,10 @@ pub(crate) fn run(args: HashTreeArgs) -> Outcome {
 struct DelayedProgress {
     bar: ProgressBar,
     started: Instant,
+    /// Whether stderr is a terminal (asked once).
+    terminal: bool,
+    /// Whether the bar has been given its terminal.
+    shown: Arc<AtomicBool>,
 }
 
 fn delayed_progress() -> DelayedProgress {
@@ -110,12 +117,18 @@ fn delayed_progress() -> DelayedProgress {
     DelayedProgress {
         bar,
         started: Instant::now(),
+        terminal: std::io::stderr().is_terminal(),
+        shown: Arc::new(AtomicBool::new(false)),
     }
 }
 
 impl DelayedProgress {
     fn tick_with(&self, files: u64, bytes: u64) {
-        if self.bar.is_hidden() && self.started.elapsed() > Duration::from_secs(1) {
+        // Called once per directory: stay out of the terminal code until the bar is due.
+        if !self.terminal || self.started.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        if !self.shown.swap(true, Ordering::Relaxed) {
             self.bar.set_draw_target(ProgressDrawTarget::stderr());
         }
         if bytes > 0 {
