@@ -522,7 +522,21 @@ fn for_each_file<'d>(
 }
 
 fn assemble(dirs: &[(Vec<u8>, DirResult)]) -> Manifest {
-    let mut manifest = Manifest::default();
+    // Sized up front: growing these by doubling costs more than filling them.
+    let (mut files, mut path_bytes) = (0, 0);
+    for (rel, dir) in dirs {
+        for ((name, _), known) in dir.listing.entries.iter().zip(&dir.known) {
+            if known.is_some() {
+                files += 1;
+                path_bytes += rel.len() + 1 + name.len();
+            }
+        }
+    }
+    let mut manifest = Manifest {
+        paths: Vec::with_capacity(path_bytes),
+        ends: Vec::with_capacity(files),
+        hashes: Vec::with_capacity(files),
+    };
     for_each_file(dirs, |path, dir, i| {
         if let Some(sha256) = dir.known[i] {
             manifest.push(path, sha256);

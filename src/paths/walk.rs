@@ -257,7 +257,9 @@ fn open_and_list(
             error: error.into(),
         })
     };
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    // An O_PATH handle is enough to stat the directory and to open or stat its entries, and it
+    // is cheaper to open and close; reading the entries takes a second, real open.
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let opened = match parent {
         Some(parent) => nix::fcntl::openat(parent, name, flags, Mode::empty()),
         None => nix::fcntl::open(&path_of(rel), flags, Mode::empty()),
@@ -330,8 +332,10 @@ fn read_listing(
     dir_path: &Path,
     failed: &mut Vec<WalkError>,
 ) -> Option<Listing> {
-    // `Dir` takes ownership of a descriptor; it gets a duplicate so the handle stays open.
-    let mut reader = match nix::unistd::dup(handle).and_then(Dir::from_fd) {
+    // The handle is O_PATH, which cannot list: open the same directory again through it.
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let reader = nix::fcntl::openat(handle, c".", flags, Mode::empty());
+    let mut reader = match reader.and_then(Dir::from_fd) {
         Ok(reader) => reader,
         Err(errno) => {
             failed.push(WalkError {
