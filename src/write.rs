@@ -2,12 +2,17 @@
 //!
 //! 1. create the shard's directory if needed (0700) and refuse it if others could write it;
 //! 2. take an exclusive `flock` on the sidecar `<shard>.lock`, waiting at most the lock timeout;
-//! 3. remove temporary files left by crashed writers (temp files exist only under the lock, so
-//!    any found now is stale);
-//! 4. re-read the current shard under the lock, so no concurrent write is lost;
-//! 5. stream the new shard into a uniquely named temp file (0600) in the same directory;
-//! 6. fsync it, rename it over the shard, fsync the directory (fsyncs skipped when durability is
+//! 3. re-read the current shard under the lock, so no concurrent write is lost;
+//! 4. unlink the temp file a crashed writer may have left at the fixed temp name
+//!    `.<shard>.tmp` (temp files exist only under the lock, so any found now is stale) and
+//!    stream the new shard into a new file (0600) under that name;
+//! 5. fsync it, rename it over the shard, fsync the directory (fsyncs skipped when durability is
 //!    off); the temp file is removed on every error path.
+//!
+//! Writes of a base, and `clear`, also sweep the directory for temp files under other names
+//! (`.<shard>.<random>.tmp`: from earlier versions, or from writes that found the fixed name
+//! taken by something not theirs to remove); see `TempFile`. No write scans the directory on
+//! the small-write path, whose cost must not grow with the number of files beside the shard.
 //!
 //! `put_one`, `merge_in`, `replace_all` and the bulk writer differ only in which entries they
 //! add and whether they keep the current ones; `remove` keeps all but some.
@@ -21,13 +26,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::BufWriter;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashTable;
 use nix::fcntl::{Flock, FlockArg};
-use tempfile::NamedTempFile;
 
 use crate::error::{Error, Result};
 use crate::format::{self, Encoder, Record, Slot, Summary};
@@ -177,7 +181,7 @@ pub(crate) struct Transaction<'s> {
     shard: &'s Shard,
     _lock: WriteLock,
     pub current: Arc<ShardFiles>,
-    temp: NamedTempFile,
+    temp: TempFile,
     builder: Builder,
 }
 
@@ -189,26 +193,20 @@ enum Target {
 }
 
 impl<'s> Transaction<'s> {
-    /// Steps 1–5 of the protocol: directory, lock, stale temp cleanup, re-read, temp file.
+    /// Steps 1–4 of the protocol: directory, lock, re-read, stale temp cleanup and temp file.
     pub fn begin(shard: &'s Shard) -> Result<Transaction<'s>> {
         let path = shard.path();
         let dir = map::parent_dir(path);
         ensure_private_dir(dir)?;
         let lock = WriteLock::acquire(&shard.lock_path(), shard.options().lock_timeout)?;
-        remove_stale_temps(dir, path)?;
         // Re-read under the lock: a concurrent writer may have published since this handle
         // last looked; unchanged files are reused, not mapped again.
         let current = shard.current_files()?;
-        let temp = tempfile::Builder::new()
-            .prefix(&temp_prefix(path))
-            .suffix(TEMP_SUFFIX)
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .tempfile_in(dir)
-            .map_err(|e| Error::io("creating temporary file in", dir, e))?;
+        let temp = TempFile::create(dir, path)?;
         let out = temp
-            .as_file()
+            .file
             .try_clone()
-            .map_err(|e| Error::io("duplicating descriptor of", temp.path(), e))?;
+            .map_err(|e| Error::io("duplicating descriptor of", &temp.path, e))?;
         let producer = match &shard.options().producer {
             Some(p) => p.as_str(),
             None if current.base.health.is_valid() && !current.base.producer().is_empty() => {
@@ -217,7 +215,7 @@ impl<'s> Transaction<'s> {
             None => DEFAULT_PRODUCER,
         };
         let encoder = Encoder::new(BufWriter::with_capacity(64 * 1024, out), producer)
-            .map_err(|e| Error::io("writing", temp.path(), e))?;
+            .map_err(|e| Error::io("writing", &temp.path, e))?;
         Ok(Transaction {
             shard,
             _lock: lock,
@@ -239,7 +237,7 @@ impl<'s> Transaction<'s> {
         if e.kind() == std::io::ErrorKind::InvalidInput {
             return Error::InvalidInput(e.to_string());
         }
-        Error::io("writing", self.temp.path(), e)
+        Error::io("writing", &self.temp.path, e)
     }
 
     /// Adds or replaces one entry, written under the handle's generation.
@@ -347,7 +345,7 @@ impl<'s> Transaction<'s> {
         self.commit_as(Target::Base)
     }
 
-    /// Step 6: finishes the file, makes it durable and renames it into place.
+    /// Step 5: finishes the file, makes it durable and renames it into place.
     fn commit_as(self, target: Target) -> Result<WriteOutcome> {
         let Transaction {
             shard,
@@ -377,7 +375,7 @@ impl<'s> Transaction<'s> {
                 Target::Base => 0,
             },
         };
-        let io = |e| Error::io("writing", temp.path(), e);
+        let io = |e| Error::io("writing", &temp.path, e);
         let (out, len, header) = encoder.finish(&slots, &summary).map_err(io)?;
         let file = out.into_inner().map_err(|e| io(e.into_error()))?;
         drop(file);
@@ -385,19 +383,24 @@ impl<'s> Transaction<'s> {
         if len > max {
             return Err(Error::TooLarge { size: len, max });
         }
-        format::patch_header(temp.as_file(), &header).map_err(io)?;
+        format::patch_header(&temp.file, &header).map_err(io)?;
         let durable = shard.options().durable;
         if durable {
-            temp.as_file().sync_data().map_err(io)?;
+            temp.file.sync_data().map_err(io)?;
         }
         let delta_path = shard.delta_path();
         let destination = match target {
             Target::Base => shard.path().to_path_buf(),
             Target::Delta => delta_path.clone(),
         };
-        let file = temp
-            .persist(&destination)
-            .map_err(|e| Error::io("renaming new shard over", &destination, e.error))?;
+        if target == Target::Base {
+            // Writing a base costs O(shard) anyway: the moment to sweep the directory for temp
+            // files under names this version does not use (see `TempFile`).
+            remove_stale_temps(shard.path(), &temp.path)?;
+        }
+        let mut temp = temp;
+        temp.publish(&destination)?;
+        let file = &temp.file;
         if target == Target::Base {
             // The new base holds the delta's entries; the old delta no longer matches it.
             match fs::remove_file(&delta_path) {
@@ -413,7 +416,7 @@ impl<'s> Transaction<'s> {
             .metadata()
             .map_err(|e| Error::io("reading metadata of", &destination, e))?;
         let policy = shard.options().read_policy();
-        let loaded = Loaded::from_trusted_file(&file, len, (meta.dev(), meta.ino()), policy);
+        let loaded = Loaded::from_trusted_file(file, len, (meta.dev(), meta.ino()), policy);
         let files = match target {
             Target::Base => ShardFiles::base_only(Arc::new(loaded), None, None),
             Target::Delta => ShardFiles::pair(Arc::clone(&current.base), loaded),
@@ -433,6 +436,7 @@ impl<'s> Transaction<'s> {
     /// would let a crash between the two unlinks expose the base without its delta, an older
     /// state that was never committed.
     pub fn remove_files(self) -> Result<WriteOutcome> {
+        remove_stale_temps(self.shard.path(), &self.temp.path)?;
         let mut removed = false;
         for path in [self.shard.path().to_path_buf(), self.shard.delta_path()] {
             match fs::remove_file(&path) {
@@ -464,12 +468,92 @@ impl<'s> Transaction<'s> {
 
 const TEMP_SUFFIX: &str = ".tmp";
 
+/// `.<name>.`: the start of every temp file name of the shard `<name>`.
 fn temp_prefix(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     format!(".{name}.")
+}
+
+/// The new file of a write, under a temp name in the shard's directory; unlinked on drop unless
+/// it was renamed into place.
+///
+/// The name is fixed, `.<name>.tmp`: temp files exist only under the lock, so at most one write
+/// owns it, and a file found there when the lock is taken was left by a writer that died. It is
+/// unlinked (never truncated: it may be a published file a reader still maps) and created anew,
+/// so every write removes what a killed writer left, in one `unlink` instead of a directory scan.
+/// When something that is not ours to remove (a directory) squats the fixed name, the write
+/// falls back to a random name `.<name>.<random>.tmp` and sweeps the directory for stale ones.
+/// Random names (that fallback, or earlier versions of warmshard) are also swept whenever a
+/// base is written, so they go away eventually.
+struct TempFile {
+    path: PathBuf,
+    file: File,
+    /// False once the name no longer holds a file of ours to remove.
+    linked: bool,
+}
+
+impl TempFile {
+    fn create(dir: &Path, shard: &Path) -> Result<TempFile> {
+        let fixed = dir.join(format!("{}tmp", temp_prefix(shard)));
+        let unlinked = match fs::remove_file(&fixed) {
+            Ok(()) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        };
+        if unlinked {
+            let opened = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+                .open(&fixed);
+            match opened {
+                Ok(file) => {
+                    return Ok(TempFile {
+                        path: fixed,
+                        file,
+                        linked: true,
+                    });
+                }
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::io("creating temporary file", &fixed, e));
+                }
+                Err(_) => {}
+            }
+        }
+        remove_stale_temps(shard, &fixed)?;
+        let (file, path) = tempfile::Builder::new()
+            .prefix(&temp_prefix(shard))
+            .suffix(TEMP_SUFFIX)
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .tempfile_in(dir)
+            .and_then(|t| t.keep().map_err(|e| e.error))
+            .map_err(|e| Error::io("creating temporary file in", dir, e))?;
+        Ok(TempFile {
+            path,
+            file,
+            linked: true,
+        })
+    }
+
+    /// Renames the file over `destination`.
+    fn publish(&mut self, destination: &Path) -> Result<()> {
+        fs::rename(&self.path, destination)
+            .map_err(|e| Error::io("renaming new shard over", destination, e))?;
+        self.linked = false;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.linked {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Creates `dir` and its missing parents with mode 0700 and checks that others cannot write it.
@@ -498,13 +582,18 @@ pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
     })
 }
 
-/// Removes temp files of `path`'s shard left by writers that died mid-write. Only called under
-/// the lock, when no live writer can own a temp file.
-fn remove_stale_temps(dir: &Path, path: &Path) -> Result<()> {
+/// Removes every temp file of the shard at `path` but `keep` (the caller's own): left by writers
+/// that died mid-write. Only called under the lock, when no live writer can own a temp file.
+fn remove_stale_temps(path: &Path, keep: &Path) -> Result<()> {
+    let dir = map::parent_dir(path);
     let prefix = temp_prefix(path);
+    let keep = keep.file_name();
     let entries = fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
     for entry in entries.flatten() {
         let name = entry.file_name();
+        if Some(name.as_os_str()) == keep {
+            continue;
+        }
         let name = name.to_string_lossy();
         // Only files we could have created: a directory or anything else with such a name is
         // not ours to remove, and must not block every write.
