@@ -9,6 +9,20 @@
 //! 5. fsync it, rename it over the shard, fsync the directory (fsyncs skipped when durability is
 //!    off); the temp file is removed on every error path.
 //!
+//! **Without fsync, a delta replaces the old delta by exchange**: `renameat2(RENAME_EXCHANGE)`
+//! swaps the new file at the temp name with the old one at `<shard>.delta`, then the old one is
+//! unlinked from the temp name (plain rename where the system cannot exchange or there is no old
+//! delta). Readers see the old delta or the new one, as with a rename. A writer killed between
+//! the exchange and the unlink leaves the old delta at the temp name, which readers never open
+//! and the next write unlinks (step 4). Why: on ext4 a rename over an existing file allocates
+//! and starts writing back the new file's blocks (`auto_da_alloc`), which then have to be freed
+//! again (and, on a file system mounted with `discard`, discarded) when the next small write
+//! replaces it; an exchange leaves them in the page cache. The price is on power loss only: an unsynced delta may then come back empty,
+//! zeroed or missing. Validation refuses the first two, reads fall back to the base (losing the
+//! small writes since the base was written, which is what `durable(false)` accepts), and the
+//! next write publishes a valid delta again. A base is always renamed, keeping ext4's safeguard
+//! for the whole cache, and durable writes always rename after fsync.
+//!
 //! Writes of a base, and `clear`, also sweep the directory for temp files under other names
 //! (`.<shard>.<random>.tmp`: from earlier versions, or from writes that found the fixed name
 //! taken by something not theirs to remove); see `TempFile`. No write scans the directory on
@@ -398,8 +412,12 @@ impl<'s> Transaction<'s> {
             // files under names this version does not use (see `TempFile`).
             remove_stale_temps(shard.path(), &temp.path)?;
         }
+        // A delta written without fsync replaces a regular file by exchange (see
+        // `TempFile::publish`); losing it to a power failure loses only the recent small writes.
+        // A base keeps the rename, and with it ext4's safeguard for the whole cache.
+        let exchange = !durable && target == Target::Delta && current.delta_identity.is_some();
         let mut temp = temp;
-        temp.publish(&destination)?;
+        temp.publish(&destination, exchange)?;
         let file = &temp.file;
         if target == Target::Base {
             // The new base holds the delta's entries; the old delta no longer matches it.
@@ -540,12 +558,42 @@ impl TempFile {
     }
 
     /// Renames the file over `destination`.
-    fn publish(&mut self, destination: &Path) -> Result<()> {
+    ///
+    /// With `exchange`, swaps it with the file at `destination` instead (`RENAME_EXCHANGE`),
+    /// where the system supports that and `destination` exists: the old file then sits under
+    /// the temp name, and dropping `self` unlinks it. Readers see the old file or the new one
+    /// at `destination`, exactly as with a rename. The difference is ext4's: a rename over an
+    /// existing file makes it allocate the new file's blocks and start writing them back
+    /// (`auto_da_alloc`, so that an unsynced replacement survives a power loss more often); an
+    /// exchange does not, so a small file replaced again soon after never reaches the disk.
+    /// Only for files whose loss on power failure is acceptable.
+    fn publish(&mut self, destination: &Path, exchange: bool) -> Result<()> {
+        if exchange && exchange_files(&self.path, destination)? {
+            return Ok(());
+        }
         fs::rename(&self.path, destination)
             .map_err(|e| Error::io("renaming new shard over", destination, e))?;
         self.linked = false;
         Ok(())
     }
+}
+
+/// Atomically swaps the files at `a` and `b`; false (nothing done) when `b` does not exist or
+/// the system or file system cannot exchange.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn exchange_files(a: &Path, b: &Path) -> Result<bool> {
+    use nix::errno::Errno;
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    match renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT | Errno::EINVAL | Errno::ENOSYS) => Ok(false),
+        Err(e) => Err(Error::io("exchanging new shard with", b, e.into())),
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn exchange_files(_: &Path, _: &Path) -> Result<bool> {
+    Ok(false)
 }
 
 impl Drop for TempFile {
