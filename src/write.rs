@@ -516,31 +516,35 @@ struct TempFile {
 impl TempFile {
     fn create(dir: &Path, shard: &Path) -> Result<TempFile> {
         let fixed = dir.join(format!("{}tmp", temp_prefix(shard)));
-        let unlinked = match fs::remove_file(&fixed) {
-            Ok(()) => true,
-            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-        };
-        if unlinked {
-            let opened = OpenOptions::new()
+        let create = || {
+            OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-                .open(&fixed);
-            match opened {
-                Ok(file) => {
-                    return Ok(TempFile {
-                        path: fixed,
-                        file,
-                        linked: true,
-                    });
-                }
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                    return Err(Error::io("creating temporary file", &fixed, e));
-                }
-                Err(_) => {}
+                .open(&fixed)
+        };
+        // Usually nothing is there: try first, unlink what a dead writer left only if needed.
+        let mut opened = create();
+        if matches!(&opened, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
+            && fs::remove_file(&fixed).is_ok()
+        {
+            opened = create();
+        }
+        match opened {
+            Ok(file) => {
+                return Ok(TempFile {
+                    path: fixed,
+                    file,
+                    linked: true,
+                });
             }
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::io("creating temporary file", &fixed, e));
+            }
+            // Not ours to remove (a directory): another name.
+            Err(_) => {}
         }
         remove_stale_temps(shard, &fixed)?;
         let (file, path) = tempfile::Builder::new()
