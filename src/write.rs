@@ -3,9 +3,9 @@
 //! 1. create the shard's directory if needed (0700) and refuse it if others could write it;
 //! 2. take an exclusive `flock` on the sidecar `<shard>.lock`, waiting at most the lock timeout;
 //! 3. re-read the current shard under the lock, so no concurrent write is lost;
-//! 4. unlink the temp file a crashed writer may have left at the fixed temp name
-//!    `.<shard>.tmp` (temp files exist only under the lock, so any found now is stale) and
-//!    stream the new shard into a new file (0600) under that name;
+//! 4. create a new file (0600) at the fixed temp name `.<shard>.tmp`, first unlinking any file a
+//!    crashed writer left there (temp files exist only under the lock, so any found now is
+//!    stale), and stream the new shard into it;
 //! 5. fsync it, rename it over the shard, fsync the directory (fsyncs skipped when durability is
 //!    off); the temp file is removed on every error path.
 //!
@@ -14,14 +14,17 @@
 //! unlinked from the temp name (plain rename where the system cannot exchange or there is no old
 //! delta). Readers see the old delta or the new one, as with a rename. A writer killed between
 //! the exchange and the unlink leaves the old delta at the temp name, which readers never open
-//! and the next write unlinks (step 4). Why: on ext4 a rename over an existing file allocates
-//! and starts writing back the new file's blocks (`auto_da_alloc`), which then have to be freed
-//! again (and, on a file system mounted with `discard`, discarded) when the next small write
-//! replaces it; an exchange leaves them in the page cache. The price is on power loss only: an unsynced delta may then come back empty,
-//! zeroed or missing. Validation refuses the first two, reads fall back to the base (losing the
-//! small writes since the base was written, which is what `durable(false)` accepts), and the
-//! next write publishes a valid delta again. A base is always renamed, keeping ext4's safeguard
-//! for the whole cache, and durable writes always rename after fsync.
+//! and the next write unlinks (step 4).
+//!
+//! Why: on ext4 a rename over an existing file allocates and starts writing back the new file's
+//! blocks (`auto_da_alloc`), which then have to be freed again (and, on a file system mounted
+//! with `discard`, discarded) when the next small write replaces it; an exchange leaves them in
+//! the page cache, so a delta replaced soon after never reaches the disk. The price is on power
+//! loss only: an unsynced delta may then come back empty, zeroed or missing. Validation refuses
+//! the first two, reads fall back to the base (losing the small writes made since the base was
+//! written, which is what `durable(false)` accepts), and the next write publishes a valid delta
+//! again. A base is always renamed, keeping ext4's safeguard for the whole cache, and durable
+//! writes always rename after fsync.
 //!
 //! Writes of a base, and `clear`, also sweep the directory for temp files under other names
 //! (`.<shard>.<random>.tmp`: from earlier versions, or from writes that found the fixed name
