@@ -670,3 +670,59 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("syncing directory", dir, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exchange_swaps_two_files_and_declines_a_missing_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, b"new").unwrap();
+        let missing = dir.path().join("missing");
+        assert!(
+            !exchange_files(&a, &missing).unwrap(),
+            "nothing to swap with"
+        );
+        assert_eq!(fs::read(&a).unwrap(), b"new", "left as it was");
+        assert!(!missing.exists());
+
+        fs::write(&b, b"old").unwrap();
+        if exchange_files(&a, &b).unwrap() {
+            assert_eq!(fs::read(&b).unwrap(), b"new");
+            assert_eq!(fs::read(&a).unwrap(), b"old");
+        } else {
+            // A system that cannot exchange: nothing moved, the caller renames instead.
+            assert_eq!(fs::read(&b).unwrap(), b"old");
+        }
+    }
+
+    #[test]
+    fn publish_by_exchange_leaves_the_old_file_at_the_temp_name_until_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = dir.path().join("s.shard");
+        let delta = dir.path().join("s.shard.delta");
+        fs::write(&delta, b"old delta").unwrap();
+        let mut temp = TempFile::create(dir.path(), &shard).unwrap();
+        assert_eq!(temp.path, dir.path().join(".s.shard.tmp"));
+        std::io::Write::write_all(&mut temp.file, b"new delta").unwrap();
+        temp.publish(&delta, true).unwrap();
+        assert_eq!(fs::read(&delta).unwrap(), b"new delta");
+        let path = temp.path.clone();
+        drop(temp);
+        assert!(!path.exists(), "the old file is unlinked");
+        // Without an old file to swap with, publishing renames.
+        fs::remove_file(&delta).unwrap();
+        let mut temp = TempFile::create(dir.path(), &shard).unwrap();
+        std::io::Write::write_all(&mut temp.file, b"first").unwrap();
+        temp.publish(&delta, true).unwrap();
+        drop(temp);
+        assert_eq!(fs::read(&delta).unwrap(), b"first");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["s.shard.delta"]);
+    }
+}
