@@ -99,7 +99,9 @@ impl Options {
     }
 
     /// Turns fsync on (default) or off. Off is for caches you can afford to lose on power loss:
-    /// a crash of the process still never leaves a partial file.
+    /// a crash of the process still never leaves a partial file. After a power loss the small
+    /// writes kept in the delta file are the first to go (the shard then reads as its last
+    /// base, and the next write starts a new delta); see the `write` module for why.
     pub fn durable(mut self, durable: bool) -> Self {
         self.durable = durable;
         self

@@ -2,12 +2,34 @@
 //!
 //! 1. create the shard's directory if needed (0700) and refuse it if others could write it;
 //! 2. take an exclusive `flock` on the sidecar `<shard>.lock`, waiting at most the lock timeout;
-//! 3. remove temporary files left by crashed writers (temp files exist only under the lock, so
-//!    any found now is stale);
-//! 4. re-read the current shard under the lock, so no concurrent write is lost;
-//! 5. stream the new shard into a uniquely named temp file (0600) in the same directory;
-//! 6. fsync it, rename it over the shard, fsync the directory (fsyncs skipped when durability is
+//! 3. re-read the current shard under the lock, so no concurrent write is lost;
+//! 4. create a new file (0600) at the fixed temp name `.<shard>.tmp`, first unlinking any file a
+//!    crashed writer left there (temp files exist only under the lock, so any found now is
+//!    stale), and stream the new shard into it;
+//! 5. fsync it, rename it over the shard, fsync the directory (fsyncs skipped when durability is
 //!    off); the temp file is removed on every error path.
+//!
+//! **Without fsync, a delta replaces the old delta by exchange**: `renameat2(RENAME_EXCHANGE)`
+//! swaps the new file at the temp name with the old one at `<shard>.delta`, then the old one is
+//! unlinked from the temp name (plain rename where the system cannot exchange or there is no old
+//! delta). Readers see the old delta or the new one, as with a rename. A writer killed between
+//! the exchange and the unlink leaves the old delta at the temp name, which readers never open
+//! and the next write unlinks (step 4).
+//!
+//! Why: on ext4 a rename over an existing file allocates and starts writing back the new file's
+//! blocks (`auto_da_alloc`), which then have to be freed again (and, on a file system mounted
+//! with `discard`, discarded) when the next small write replaces it; an exchange leaves them in
+//! the page cache, so a delta replaced soon after never reaches the disk. The price is on power
+//! loss only: an unsynced delta may then come back empty, zeroed or missing. Validation refuses
+//! the first two, reads fall back to the base (losing the small writes made since the base was
+//! written, which is what `durable(false)` accepts), and the next write publishes a valid delta
+//! again. A base is always renamed, keeping ext4's safeguard for the whole cache, and durable
+//! writes always rename after fsync.
+//!
+//! Writes of a base, and `clear`, also sweep the directory for temp files under other names
+//! (`.<shard>.<random>.tmp`: from earlier versions, or from writes that found the fixed name
+//! taken by something not theirs to remove); see `TempFile`. No write scans the directory on
+//! the small-write path, whose cost must not grow with the number of files beside the shard.
 //!
 //! `put_one`, `merge_in`, `replace_all` and the bulk writer differ only in which entries they
 //! add and whether they keep the current ones; `remove` keeps all but some.
@@ -21,13 +43,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::BufWriter;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashTable;
 use nix::fcntl::{Flock, FlockArg};
-use tempfile::NamedTempFile;
 
 use crate::error::{Error, Result};
 use crate::format::{self, Encoder, Record, Slot, Summary};
@@ -177,7 +198,7 @@ pub(crate) struct Transaction<'s> {
     shard: &'s Shard,
     _lock: WriteLock,
     pub current: Arc<ShardFiles>,
-    temp: NamedTempFile,
+    temp: TempFile,
     builder: Builder,
 }
 
@@ -189,26 +210,20 @@ enum Target {
 }
 
 impl<'s> Transaction<'s> {
-    /// Steps 1–5 of the protocol: directory, lock, stale temp cleanup, re-read, temp file.
+    /// Steps 1–4 of the protocol: directory, lock, re-read, stale temp cleanup and temp file.
     pub fn begin(shard: &'s Shard) -> Result<Transaction<'s>> {
         let path = shard.path();
         let dir = map::parent_dir(path);
         ensure_private_dir(dir)?;
         let lock = WriteLock::acquire(&shard.lock_path(), shard.options().lock_timeout)?;
-        remove_stale_temps(dir, path)?;
         // Re-read under the lock: a concurrent writer may have published since this handle
         // last looked; unchanged files are reused, not mapped again.
         let current = shard.current_files()?;
-        let temp = tempfile::Builder::new()
-            .prefix(&temp_prefix(path))
-            .suffix(TEMP_SUFFIX)
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .tempfile_in(dir)
-            .map_err(|e| Error::io("creating temporary file in", dir, e))?;
+        let temp = TempFile::create(dir, path)?;
         let out = temp
-            .as_file()
+            .file
             .try_clone()
-            .map_err(|e| Error::io("duplicating descriptor of", temp.path(), e))?;
+            .map_err(|e| Error::io("duplicating descriptor of", &temp.path, e))?;
         let producer = match &shard.options().producer {
             Some(p) => p.as_str(),
             None if current.base.health.is_valid() && !current.base.producer().is_empty() => {
@@ -217,7 +232,7 @@ impl<'s> Transaction<'s> {
             None => DEFAULT_PRODUCER,
         };
         let encoder = Encoder::new(BufWriter::with_capacity(64 * 1024, out), producer)
-            .map_err(|e| Error::io("writing", temp.path(), e))?;
+            .map_err(|e| Error::io("writing", &temp.path, e))?;
         Ok(Transaction {
             shard,
             _lock: lock,
@@ -239,7 +254,7 @@ impl<'s> Transaction<'s> {
         if e.kind() == std::io::ErrorKind::InvalidInput {
             return Error::InvalidInput(e.to_string());
         }
-        Error::io("writing", self.temp.path(), e)
+        Error::io("writing", &self.temp.path, e)
     }
 
     /// Adds or replaces one entry, written under the handle's generation.
@@ -347,7 +362,7 @@ impl<'s> Transaction<'s> {
         self.commit_as(Target::Base)
     }
 
-    /// Step 6: finishes the file, makes it durable and renames it into place.
+    /// Step 5: finishes the file, makes it durable and renames it into place.
     fn commit_as(self, target: Target) -> Result<WriteOutcome> {
         let Transaction {
             shard,
@@ -377,7 +392,7 @@ impl<'s> Transaction<'s> {
                 Target::Base => 0,
             },
         };
-        let io = |e| Error::io("writing", temp.path(), e);
+        let io = |e| Error::io("writing", &temp.path, e);
         let (out, len, header) = encoder.finish(&slots, &summary).map_err(io)?;
         let file = out.into_inner().map_err(|e| io(e.into_error()))?;
         drop(file);
@@ -385,19 +400,28 @@ impl<'s> Transaction<'s> {
         if len > max {
             return Err(Error::TooLarge { size: len, max });
         }
-        format::patch_header(temp.as_file(), &header).map_err(io)?;
+        format::patch_header(&temp.file, &header).map_err(io)?;
         let durable = shard.options().durable;
         if durable {
-            temp.as_file().sync_data().map_err(io)?;
+            temp.file.sync_data().map_err(io)?;
         }
         let delta_path = shard.delta_path();
         let destination = match target {
             Target::Base => shard.path().to_path_buf(),
             Target::Delta => delta_path.clone(),
         };
-        let file = temp
-            .persist(&destination)
-            .map_err(|e| Error::io("renaming new shard over", &destination, e.error))?;
+        if target == Target::Base {
+            // Writing a base costs O(shard) anyway: the moment to sweep the directory for temp
+            // files under names this version does not use (see `TempFile`).
+            remove_stale_temps(shard.path(), &temp.path)?;
+        }
+        // A delta written without fsync replaces a regular file by exchange (see
+        // `TempFile::publish`); losing it to a power failure loses only the recent small writes.
+        // A base keeps the rename, and with it ext4's safeguard for the whole cache.
+        let exchange = !durable && target == Target::Delta && current.delta_identity.is_some();
+        let mut temp = temp;
+        temp.publish(&destination, exchange)?;
+        let file = &temp.file;
         if target == Target::Base {
             // The new base holds the delta's entries; the old delta no longer matches it.
             match fs::remove_file(&delta_path) {
@@ -413,7 +437,7 @@ impl<'s> Transaction<'s> {
             .metadata()
             .map_err(|e| Error::io("reading metadata of", &destination, e))?;
         let policy = shard.options().read_policy();
-        let loaded = Loaded::from_trusted_file(&file, len, (meta.dev(), meta.ino()), policy);
+        let loaded = Loaded::from_trusted_file(file, len, (meta.dev(), meta.ino()), policy);
         let files = match target {
             Target::Base => ShardFiles::base_only(Arc::new(loaded), None, None),
             Target::Delta => ShardFiles::pair(Arc::clone(&current.base), loaded),
@@ -433,6 +457,7 @@ impl<'s> Transaction<'s> {
     /// would let a crash between the two unlinks expose the base without its delta, an older
     /// state that was never committed.
     pub fn remove_files(self) -> Result<WriteOutcome> {
+        remove_stale_temps(self.shard.path(), &self.temp.path)?;
         let mut removed = false;
         for path in [self.shard.path().to_path_buf(), self.shard.delta_path()] {
             match fs::remove_file(&path) {
@@ -464,12 +489,126 @@ impl<'s> Transaction<'s> {
 
 const TEMP_SUFFIX: &str = ".tmp";
 
+/// `.<name>.`: the start of every temp file name of the shard `<name>`.
 fn temp_prefix(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     format!(".{name}.")
+}
+
+/// The new file of a write, under a temp name in the shard's directory; unlinked on drop unless
+/// it was renamed into place.
+///
+/// The name is fixed, `.<name>.tmp`: temp files exist only under the lock, so at most one write
+/// owns it, and a file found there when the lock is taken was left by a writer that died. It is
+/// unlinked (never truncated: it may be a published file a reader still maps) and created anew,
+/// so every write removes what a killed writer left, in one `unlink` instead of a directory scan.
+/// When something that is not ours to remove (a directory) squats the fixed name, the write
+/// falls back to a random name `.<name>.<random>.tmp` and sweeps the directory for stale ones.
+/// Random names (that fallback, or earlier versions of warmshard) are also swept whenever a
+/// base is written, so they go away eventually.
+struct TempFile {
+    path: PathBuf,
+    file: File,
+    /// False once the name no longer holds a file of ours to remove.
+    linked: bool,
+}
+
+impl TempFile {
+    fn create(dir: &Path, shard: &Path) -> Result<TempFile> {
+        let fixed = dir.join(format!("{}tmp", temp_prefix(shard)));
+        let create = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+                .open(&fixed)
+        };
+        // Usually nothing is there: try first, unlink what a dead writer left only if needed.
+        let mut opened = create();
+        if matches!(&opened, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
+            && fs::remove_file(&fixed).is_ok()
+        {
+            opened = create();
+        }
+        match opened {
+            Ok(file) => {
+                return Ok(TempFile {
+                    path: fixed,
+                    file,
+                    linked: true,
+                });
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::io("creating temporary file", &fixed, e));
+            }
+            // Not ours to remove (a directory): another name.
+            Err(_) => {}
+        }
+        remove_stale_temps(shard, &fixed)?;
+        let (file, path) = tempfile::Builder::new()
+            .prefix(&temp_prefix(shard))
+            .suffix(TEMP_SUFFIX)
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .tempfile_in(dir)
+            .and_then(|t| t.keep().map_err(|e| e.error))
+            .map_err(|e| Error::io("creating temporary file in", dir, e))?;
+        Ok(TempFile {
+            path,
+            file,
+            linked: true,
+        })
+    }
+
+    /// Renames the file over `destination`.
+    ///
+    /// With `exchange`, swaps it with the file at `destination` instead (`RENAME_EXCHANGE`),
+    /// where the system supports that and `destination` exists: the old file then sits under
+    /// the temp name, and dropping `self` unlinks it. Readers see the old file or the new one
+    /// at `destination`, exactly as with a rename. The difference is ext4's: a rename over an
+    /// existing file makes it allocate the new file's blocks and start writing them back
+    /// (`auto_da_alloc`, so that an unsynced replacement survives a power loss more often); an
+    /// exchange does not, so a small file replaced again soon after never reaches the disk.
+    /// Only for files whose loss on power failure is acceptable.
+    fn publish(&mut self, destination: &Path, exchange: bool) -> Result<()> {
+        if exchange && exchange_files(&self.path, destination)? {
+            return Ok(());
+        }
+        fs::rename(&self.path, destination)
+            .map_err(|e| Error::io("renaming new shard over", destination, e))?;
+        self.linked = false;
+        Ok(())
+    }
+}
+
+/// Atomically swaps the files at `a` and `b`; false (nothing done) when `b` does not exist or
+/// the system or file system cannot exchange.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn exchange_files(a: &Path, b: &Path) -> Result<bool> {
+    use nix::errno::Errno;
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    match renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT | Errno::EINVAL | Errno::ENOSYS) => Ok(false),
+        Err(e) => Err(Error::io("exchanging new shard with", b, e.into())),
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn exchange_files(_: &Path, _: &Path) -> Result<bool> {
+    Ok(false)
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.linked {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Creates `dir` and its missing parents with mode 0700 and checks that others cannot write it.
@@ -498,13 +637,18 @@ pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
     })
 }
 
-/// Removes temp files of `path`'s shard left by writers that died mid-write. Only called under
-/// the lock, when no live writer can own a temp file.
-fn remove_stale_temps(dir: &Path, path: &Path) -> Result<()> {
+/// Removes every temp file of the shard at `path` but `keep` (the caller's own): left by writers
+/// that died mid-write. Only called under the lock, when no live writer can own a temp file.
+fn remove_stale_temps(path: &Path, keep: &Path) -> Result<()> {
+    let dir = map::parent_dir(path);
     let prefix = temp_prefix(path);
+    let keep = keep.file_name();
     let entries = fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
     for entry in entries.flatten() {
         let name = entry.file_name();
+        if Some(name.as_os_str()) == keep {
+            continue;
+        }
         let name = name.to_string_lossy();
         // Only files we could have created: a directory or anything else with such a name is
         // not ours to remove, and must not block every write.
@@ -525,4 +669,60 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("syncing directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exchange_swaps_two_files_and_declines_a_missing_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, b"new").unwrap();
+        let missing = dir.path().join("missing");
+        assert!(
+            !exchange_files(&a, &missing).unwrap(),
+            "nothing to swap with"
+        );
+        assert_eq!(fs::read(&a).unwrap(), b"new", "left as it was");
+        assert!(!missing.exists());
+
+        fs::write(&b, b"old").unwrap();
+        if exchange_files(&a, &b).unwrap() {
+            assert_eq!(fs::read(&b).unwrap(), b"new");
+            assert_eq!(fs::read(&a).unwrap(), b"old");
+        } else {
+            // A system that cannot exchange: nothing moved, the caller renames instead.
+            assert_eq!(fs::read(&b).unwrap(), b"old");
+        }
+    }
+
+    #[test]
+    fn publish_by_exchange_leaves_the_old_file_at_the_temp_name_until_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = dir.path().join("s.shard");
+        let delta = dir.path().join("s.shard.delta");
+        fs::write(&delta, b"old delta").unwrap();
+        let mut temp = TempFile::create(dir.path(), &shard).unwrap();
+        assert_eq!(temp.path, dir.path().join(".s.shard.tmp"));
+        std::io::Write::write_all(&mut temp.file, b"new delta").unwrap();
+        temp.publish(&delta, true).unwrap();
+        assert_eq!(fs::read(&delta).unwrap(), b"new delta");
+        let path = temp.path.clone();
+        drop(temp);
+        assert!(!path.exists(), "the old file is unlinked");
+        // Without an old file to swap with, publishing renames.
+        fs::remove_file(&delta).unwrap();
+        let mut temp = TempFile::create(dir.path(), &shard).unwrap();
+        std::io::Write::write_all(&mut temp.file, b"first").unwrap();
+        temp.publish(&delta, true).unwrap();
+        drop(temp);
+        assert_eq!(fs::read(&delta).unwrap(), b"first");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["s.shard.delta"]);
+    }
 }

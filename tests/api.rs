@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use warmshard::{BulkMode, Health, Options, Shard, WriteOutcome};
 
+mod common;
+use common::temp_files;
+
 fn temp_shard(options: Options) -> (tempfile::TempDir, Shard) {
     let dir = tempfile::tempdir().unwrap();
     let shard = Shard::open_with(dir.path().join("t.shard"), options.durable(false)).unwrap();
@@ -315,14 +318,60 @@ fn default_path_is_under_the_user_cache_dir() {
 #[test]
 fn a_directory_named_like_a_temp_file_does_not_block_writes() {
     let (dir, shard) = temp_shard(Options::new());
-    let squatter = dir.path().join(".t.shard.squat.tmp");
-    std::fs::create_dir(&squatter).unwrap();
-    std::fs::write(dir.path().join(".t.shard.stale.tmp"), b"left by a crash").unwrap();
+    // One at the fixed temp name writers use, one at a random-looking one.
+    let squatters = [".t.shard.tmp", ".t.shard.squat.tmp"].map(|n| dir.path().join(n));
+    for squatter in &squatters {
+        std::fs::create_dir(squatter).unwrap();
+    }
+    let stale = dir.path().join(".t.shard.stale.tmp");
+    std::fs::write(&stale, b"left by a crash").unwrap();
     shard.put_one("k", "v").unwrap();
-    assert!(squatter.is_dir(), "not ours: left alone");
-    assert!(
-        !dir.path().join(".t.shard.stale.tmp").exists(),
-        "stale temp file removed"
+    shard.put_one("k2", "v2").unwrap();
+    for squatter in &squatters {
+        assert!(squatter.is_dir(), "not ours: left alone");
+    }
+    assert!(!stale.exists(), "stale temp file removed");
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".t.shard.squat.tmp",
+            ".t.shard.tmp",
+            "t.shard",
+            "t.shard.delta",
+            "t.shard.lock"
+        ],
+        "no temp file of ours left"
     );
     assert_eq!(shard.get(b"k").as_deref(), Some(&b"v"[..]));
+    assert_eq!(shard.get(b"k2").as_deref(), Some(&b"v2"[..]));
+}
+
+#[test]
+fn stale_temp_files_are_removed_by_later_writes() {
+    let (dir, shard) = temp_shard(Options::new());
+    shard.put_one("a", "1").unwrap();
+    shard.put_one("b", "2").unwrap();
+    assert!(shard.delta_path().exists());
+    // What a writer killed mid-write leaves at the fixed temp name: any next write removes it,
+    // even one that changes nothing.
+    let fixed = dir.path().join(".t.shard.tmp");
+    std::fs::write(&fixed, b"partial").unwrap();
+    assert_eq!(shard.remove(["absent"]).unwrap(), WriteOutcome::Unchanged);
+    assert!(!fixed.exists());
+    // A temp file under another name (an earlier version's): the next write of a base removes
+    // it; small writes do not scan the directory.
+    let other = dir.path().join(".t.shard.a1B2c3.tmp");
+    std::fs::write(&other, b"partial").unwrap();
+    shard.put_one("c", "3").unwrap();
+    shard.compact().unwrap();
+    assert!(!other.exists());
+    std::fs::write(&other, b"partial").unwrap();
+    shard.clear().unwrap();
+    assert!(!other.exists(), "clear sweeps too");
+    assert_eq!(temp_files(dir.path()), Vec::<String>::new());
 }

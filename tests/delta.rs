@@ -6,6 +6,8 @@ use std::path::Path;
 
 use warmshard::{Health, Options, Shard};
 
+mod common;
+
 fn ino(path: &Path) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.ino())
 }
@@ -186,4 +188,75 @@ fn a_clear_interrupted_between_its_unlinks_reads_as_cleared() {
         "the next write removes the orphaned delta"
     );
     assert_eq!(reader.snapshot().len(), 1);
+}
+
+/// A writer without fsync swaps the new delta with the old one and then unlinks the old one
+/// from the temp name; killed between the two, it leaves the old delta there. Readers never
+/// open the temp name, and the next write removes it.
+#[test]
+fn an_old_delta_left_at_the_temp_name_is_never_read_and_the_next_write_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = shard_with_base(dir.path(), 10);
+    shard.put_one("k", "old").unwrap();
+    let old_delta = std::fs::read(shard.delta_path()).unwrap();
+    let delta_ino = ino(&shard.delta_path());
+    shard.put_one("k", "new").unwrap();
+    assert_ne!(ino(&shard.delta_path()), delta_ino, "a new delta file");
+    assert_eq!(common::temp_files(dir.path()), Vec::<String>::new());
+
+    let temp = dir.path().join(".d.shard.tmp");
+    std::fs::write(&temp, &old_delta).unwrap();
+    let reader = Shard::open(shard.path()).unwrap();
+    assert_eq!(reader.health(), Health::Valid);
+    assert_eq!(reader.get(b"k").as_deref(), Some(&b"new"[..]));
+
+    shard.put_one("x", "y").unwrap();
+    assert!(!temp.exists(), "the next write removed it");
+    let snapshot = Shard::open(shard.path()).unwrap().snapshot();
+    assert_eq!(snapshot.get(b"k"), Some(&b"new"[..]));
+    assert_eq!(snapshot.get(b"x"), Some(&b"y"[..]));
+    assert_eq!(snapshot.len(), 12);
+}
+
+/// What a power loss can leave of a delta written without fsync: an empty file, or one of the
+/// right size whose blocks never reached the disk (zeros). Either is refused by validation,
+/// reads fall back to the base, and the next write publishes a valid delta again.
+#[test]
+fn a_delta_lost_to_power_failure_reads_as_the_base_and_the_next_write_rebuilds_it() {
+    for damage in ["empty", "zeros"] {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = shard_with_base(dir.path(), 10);
+        shard.put_one("recent", "value").unwrap();
+        shard.put_one("base-3", "shadowed").unwrap();
+        let len = std::fs::metadata(shard.delta_path()).unwrap().len() as usize;
+        let bytes = if damage == "empty" {
+            vec![]
+        } else {
+            vec![0; len]
+        };
+        // A new file in its place, as after a power loss (never changed in place: `shard`
+        // maps the delta).
+        let damaged = dir.path().join("damaged");
+        std::fs::write(&damaged, bytes).unwrap();
+        std::fs::rename(&damaged, shard.delta_path()).unwrap();
+
+        let reader = Shard::open(shard.path()).unwrap();
+        assert!(
+            matches!(reader.health(), Health::Corrupt { ref reason } if reason.contains("delta")),
+            "{damage}: {:?}",
+            reader.health()
+        );
+        let snapshot = reader.snapshot();
+        assert_eq!(snapshot.get(b"recent"), None, "{damage}");
+        assert_eq!(snapshot.get(b"base-3"), Some(&[b'b'; 200][..]), "{damage}");
+        assert_eq!(snapshot.len(), 10, "{damage}");
+
+        shard.put_one("next", "write").unwrap();
+        let repaired = Shard::open(shard.path()).unwrap();
+        assert_eq!(repaired.health(), Health::Valid, "{damage}");
+        let snapshot = repaired.snapshot();
+        assert_eq!(snapshot.len(), 11, "{damage}");
+        assert_eq!(snapshot.get(b"next"), Some(&b"write"[..]), "{damage}");
+        assert_eq!(snapshot.verify(), Ok(11), "{damage}");
+    }
 }
