@@ -653,7 +653,7 @@ fn remove_stale_temps(path: &Path, keep: &Path) -> Result<()> {
         // Only files we could have created: a directory or anything else with such a name is
         // not ours to remove, and must not block every write.
         let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-        if is_file && name.starts_with(&prefix) && name.ends_with(TEMP_SUFFIX) {
+        if is_file && is_temp_name(&name, &prefix) {
             let stale = entry.path();
             match fs::remove_file(&stale) {
                 Ok(()) => {}
@@ -665,6 +665,19 @@ fn remove_stale_temps(path: &Path, keep: &Path) -> Result<()> {
     Ok(())
 }
 
+/// True for the names a shard's temp files get: `<prefix>tmp` (the fixed name) and
+/// `<prefix><6 random alphanumerics>.tmp` (what `tempfile` makes). Nothing looser: shard `a` must
+/// not take `.a.b.tmp`, the temp file of a live writer of shard `a.b` (another lock).
+fn is_temp_name(name: &str, prefix: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix) else {
+        return false;
+    };
+    rest == "tmp"
+        || rest.strip_suffix(TEMP_SUFFIX).is_some_and(|random| {
+            random.len() == 6 && random.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -674,6 +687,29 @@ fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_sweeps_only_its_own_temp_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = dir.path().join("a");
+        let names = [
+            (".a.tmp", true),
+            (".a.Xy12Zq.tmp", true),
+            (".a.b.tmp", false),        // shard a.b's fixed temp
+            (".a.b.Xy12Zq.tmp", false), // shard a.b's random temp
+            (".a.Xy1.tmp", false),
+            (".a.Xy12-q.tmp", false),
+            ("a.Xy12Zq.tmp", false),
+        ];
+        for (name, _) in names {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let keep = dir.path().join(".a.keepme.tmp");
+        remove_stale_temps(&shard, &keep).unwrap();
+        for (name, swept) in names {
+            assert_eq!(!dir.path().join(name).exists(), swept, "{name}");
+        }
+    }
 
     #[test]
     fn exchange_swaps_two_files_and_declines_a_missing_target() {

@@ -323,7 +323,7 @@ fn a_directory_named_like_a_temp_file_does_not_block_writes() {
     for squatter in &squatters {
         std::fs::create_dir(squatter).unwrap();
     }
-    let stale = dir.path().join(".t.shard.stale.tmp");
+    let stale = dir.path().join(".t.shard.stale1.tmp"); // tempfile: 6 random characters
     std::fs::write(&stale, b"left by a crash").unwrap();
     shard.put_one("k", "v").unwrap();
     shard.put_one("k2", "v2").unwrap();
