@@ -141,10 +141,11 @@ impl Shard {
     /// refuses it.
     fn identity_on_disk(&self) -> Option<FilesIdentity> {
         use std::os::unix::fs::MetadataExt;
+        let euid = nix::unistd::geteuid().as_raw();
         let identity = |path: &Path| -> Result<Option<(u64, u64)>, ()> {
             match std::fs::symlink_metadata(path) {
                 Ok(meta) => {
-                    crate::trust::check_file(&meta).map_err(|_| ())?;
+                    crate::trust::check_file(&meta, euid).map_err(|_| ())?;
                     Ok(Some((meta.dev(), meta.ino())))
                 }
                 Err(_) => Ok(None),
