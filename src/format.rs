@@ -59,14 +59,14 @@
 //! empty slot holds `u64::MAX` in both fields ([`EMPTY_SLOT`]).
 //!
 //! **Slot table** (no separate index: a key's hash says where its slot is). A key's *home* is
-//! `(hash * C) >> 64` (see [`home_slot`]), with C = [`slot_capacity_for`] the entry count (about
-//! 1.25 slots per entry). Homes are monotone in the hash, so the writer places the slots in hash
+//! `(hash * C) >> 64` (see [`home_slot`]), with C = [`slot_capacity_for`] the entry count (two
+//! slots per entry). Homes are monotone in the hash, so the writer places the slots in hash
 //! order, each at `max(home, previous slot + 1)`, and leaves the positions in between empty; the
 //! table ends after the last slot (it may run a little past C). So every slot sits at or after
 //! its home, every position from a key's home to its slot is occupied, and hashes increase along
 //! the table. A lookup starts at the key's home and scans forward until it finds the hash, meets
 //! a larger hash or an empty slot, or has covered the root's *probe limit* (the largest
-//! `slot − home` in the table): about two slots, in one cache line and one page. The root's
+//! `slot − home` in the table): one or two slots on average, in one cache line and one page. The root's
 //! probe limit bounds the scan whatever the file says.
 //!
 //! **Base and delta.** A shard is one base file plus, optionally, a small delta file
@@ -138,10 +138,13 @@ pub fn delta_limit(base_len: u64) -> u64 {
     (32 * 1024).max(16 * (base_len as f64).sqrt() as u64)
 }
 
-/// The slot capacity C (the range of home positions) for `entries` entries: 1.25 slots per
-/// entry, so that slots sit about one position past their home on average.
+/// The slot capacity C (the range of home positions) for `entries` entries: two slots per
+/// entry. Half the positions are empty, so a slot sits half a position past its home on
+/// average and a miss stops within a slot or two. (At 1.25 slots per entry the file is 1.5%
+/// smaller at N = 16,384, but a lookup of an absent key scans about three slots and measured
+/// 1.2x slower than with the bucket table it replaced; at two per entry it is on par.)
 pub fn slot_capacity_for(entries: u64) -> u64 {
-    entries.saturating_add(entries.div_ceil(4)).max(1)
+    entries.saturating_mul(2).max(1)
 }
 
 /// An arena whose bytes were already streamed to the output; archives as an `ArchivedVec<u8>`
