@@ -86,7 +86,7 @@ impl Peer for PhysicalLimit {
         let value = snap.get(key).ok_or("probe key missing from the shard")?;
         let value_offset = value.as_ptr() as usize - base;
         // Records are back to back from offset 32; the slot table follows the last one. A
-        // key's slot is the first at or after its home slot that holds its hash.
+        // key's slot is the first at or after its home slot that holds its hash's tag.
         let slots = snap
             .iter()
             .map(|(_, v)| v.as_ptr() as usize - base + v.len())
@@ -97,8 +97,8 @@ impl Peer for PhysicalLimit {
         let home = format::home_slot(hash, capacity) as usize;
         let slot_offset = (home..)
             .map(|i| slots + format::SLOT_LEN * i)
-            .take_while(|&at| at + 8 <= file.len())
-            .find(|&at| file[at..at + 8] == hash.to_le_bytes())
+            .take_while(|&at| at + format::SLOT_LEN <= file.len())
+            .find(|&at| file[at..at + 4] == format::slot_tag(hash).to_le_bytes())
             .ok_or("key's slot not found: warmshard's layout changed?")?;
         Ok(Probe {
             key: key.to_vec(),
