@@ -34,39 +34,42 @@ pub(crate) struct ShardFiles {
 }
 
 impl ShardFiles {
-    /// Opens the base at `path` and the delta at `delta_path` as one consistent pair.
+    /// Opens the base at `path` and the delta at `delta_path` as one consistent pair: a state
+    /// the shard was in at some instant during this call.
     ///
-    /// The two opens are not atomic together: a writer may publish a new base between them
-    /// (and then remove or replace the delta). A reader that kept the old base without its
-    /// delta would serve a state older than one it may already have served. Writers only
-    /// remove or orphan a delta after replacing the base, so when the delta is missing or names
-    /// another base, the base is checked again: if it is no longer the file opened, both are
-    /// opened again.
+    /// The two opens are not atomic together, so they go in the order that makes any pair
+    /// consistent without re-checking: **the delta first, then the base**. Writers keep three
+    /// rules: a delta names the base that was current when it was published, a base is never
+    /// published twice (each has a fresh `shard_id`), and a new base is renamed into place
+    /// before the old delta is removed (a new base holds the old delta's entries). So, with the
+    /// delta opened at t1 and the base at t2 > t1:
+    ///
+    /// - the delta names this base: that base was current from before the delta's publication
+    ///   until t2, so at t1 the pair was the state;
+    /// - the delta is absent, or names another (older) base: this base alone was the state
+    ///   at t1 if it was already current then, or the moment it was renamed into place if that
+    ///   came later (every delta on disk then named an older base).
+    ///
+    /// (The other order needs a `stat` of the base after a missing delta, to tell "no delta"
+    /// from "a writer replaced the base and removed its delta in between".)
     pub fn open(path: &Path, delta_path: &Path, policy: &ReadPolicy) -> Result<ShardFiles> {
-        const ATTEMPTS: usize = 64;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let base = Arc::new(Loaded::open(path, policy.clone())?);
-            if !base.health.is_valid() {
-                return Ok(Self::base_only(base, None, None));
+        let mut trust = TrustContext::new(path);
+        let delta = Loaded::open(delta_path, policy.clone(), &mut trust);
+        let base = Arc::new(Loaded::open(path, policy.clone(), &mut trust)?);
+        let delta = match delta {
+            Ok(delta) => delta,
+            Err(e) if base.health.is_valid() => {
+                let problem = Health::Unreadable {
+                    error: format!("delta file: {e}"),
+                };
+                return Ok(Self::base_only(base, Some(problem), None));
             }
-            let delta = match Loaded::open(delta_path, policy.clone()) {
-                Ok(delta) => delta,
-                Err(e) => {
-                    let problem = Health::Unreadable {
-                        error: format!("delta file: {e}"),
-                    };
-                    return Ok(Self::base_only(base, Some(problem), None));
-                }
-            };
-            let extends_base =
-                delta.health.is_valid() && delta.header.base_id == base.header.shard_id;
-            if !extends_base && attempt < ATTEMPTS && base_replaced(path, &base) {
-                continue;
-            }
-            return Ok(Self::pair(base, delta));
+            Err(_) => return Ok(Self::base_only(base, None, None)),
+        };
+        if !base.health.is_valid() {
+            return Ok(Self::base_only(base, None, delta.identity));
         }
+        Ok(Self::pair(base, delta))
     }
 
     /// Combines `base` with `delta`, keeping the delta only if it extends this base.
@@ -182,14 +185,6 @@ impl ShardFiles {
     }
 }
 
-/// True if the file at `path` is no longer the one `base` was loaded from.
-fn base_replaced(path: &Path, base: &Loaded) -> bool {
-    let now = std::fs::symlink_metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino()));
-    now != base.identity
-}
-
 /// What a reader requires of a shard; derived from [`Options`](crate::Options).
 #[derive(Clone, Debug)]
 pub(crate) struct ReadPolicy {
@@ -264,7 +259,7 @@ impl Loaded {
 
     /// Opens the shard at `path`. Fails only when something other than a regular file sits
     /// there; every other problem yields an empty view whose `health` says why.
-    pub fn open(path: &Path, policy: ReadPolicy) -> Result<Loaded> {
+    pub fn open(path: &Path, policy: ReadPolicy, trust: &mut TrustContext) -> Result<Loaded> {
         let file = OpenOptions::new()
             .read(true)
             // O_NONBLOCK: opening a FIFO must not wait for a writer. O_NOFOLLOW: a symlink at
@@ -285,9 +280,9 @@ impl Loaded {
             });
         }
         let identity = (meta.dev(), meta.ino());
-        let mut loaded = if let Err(reason) = trust::check_file(&meta) {
+        let mut loaded = if let Err(reason) = trust::check_file(&meta, trust.euid) {
             Self::empty(Health::Untrusted { reason }, Some(identity), policy)
-        } else if let Err(reason) = check_parent(path) {
+        } else if let Err(reason) = trust.check_parent() {
             Self::empty(Health::Untrusted { reason }, Some(identity), policy)
         } else {
             Self::from_trusted_file(&file, meta.len(), identity, policy)
@@ -422,9 +417,34 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Checks that the directory holding `path` cannot be written by other users.
-pub(crate) fn check_parent(path: &Path) -> Result<(), String> {
-    let dir = parent_dir(path);
-    let meta = std::fs::metadata(dir).map_err(|e| format!("cannot stat {}: {e}", dir.display()))?;
-    trust::check_dir(&meta).map_err(|reason| format!("{}: {reason}", dir.display()))
+/// The trust checks of one [`ShardFiles::open`]: the effective uid, read once, and the verdict
+/// on the directory holding both files, checked at most once (the base and its delta share it).
+pub(crate) struct TrustContext<'p> {
+    euid: u32,
+    dir: &'p Path,
+    dir_verdict: Option<Result<(), String>>,
+}
+
+impl<'p> TrustContext<'p> {
+    /// Checks for the files in the directory holding `path`.
+    pub fn new(path: &'p Path) -> TrustContext<'p> {
+        TrustContext {
+            euid: nix::unistd::geteuid().as_raw(),
+            dir: parent_dir(path),
+            dir_verdict: None,
+        }
+    }
+
+    /// Checks that the directory cannot be written by other users (one `stat`, the first time).
+    fn check_parent(&mut self) -> Result<(), String> {
+        let (dir, euid) = (self.dir, self.euid);
+        self.dir_verdict
+            .get_or_insert_with(|| {
+                let meta = std::fs::metadata(dir)
+                    .map_err(|e| format!("cannot stat {}: {e}", dir.display()))?;
+                trust::check_dir_as(&meta, euid)
+                    .map_err(|reason| format!("{}: {reason}", dir.display()))
+            })
+            .clone()
+    }
 }

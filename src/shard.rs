@@ -34,7 +34,8 @@ pub struct Shard {
     lock_path: PathBuf,
     delta_path: PathBuf,
     options: Options,
-    current: RwLock<Arc<ShardFiles>>,
+    /// The files the last snapshot or write saw; `None` until the first one, which opens them.
+    current: RwLock<Option<Arc<ShardFiles>>>,
 }
 
 impl Shard {
@@ -43,11 +44,15 @@ impl Shard {
         Self::open_with(path, Options::default())
     }
 
-    /// Opens the shard at `path`: maps and validates it if it exists.
+    /// Opens the shard at `path`.
     ///
     /// A missing, corrupt, foreign, oversized or untrusted file is not an error: the shard reads
     /// as empty and [`health`](Shard::health) says why; the next write rebuilds it. The error
-    /// cases are a directory, FIFO, socket or device at `path` (never waited on).
+    /// cases are a directory, FIFO, socket or device at `path` (never opened, never waited on).
+    ///
+    /// This costs one `lstat` of `path`: the files are opened, checked, mapped and validated by
+    /// the first [`snapshot`](Shard::snapshot) (or write), which would otherwise have to `stat`
+    /// both files again to tell whether they were replaced since.
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Shard> {
         let path = path.as_ref().to_path_buf();
         let sidecar = |suffix: &str| {
@@ -57,18 +62,23 @@ impl Shard {
         };
         let lock_path = sidecar(".lock");
         let delta_path = sidecar(".delta");
-        let files = if options.enabled {
-            ShardFiles::open(&path, &delta_path, &options.read_policy())?
+        let current = if options.enabled {
+            refuse_special_file(&path)?;
+            None
         } else {
             let disabled = Loaded::empty(Health::Disabled, None, options.read_policy());
-            ShardFiles::base_only(Arc::new(disabled), None, None)
+            Some(Arc::new(ShardFiles::base_only(
+                Arc::new(disabled),
+                None,
+                None,
+            )))
         };
         Ok(Shard {
             path,
             lock_path,
             delta_path,
             options,
-            current: RwLock::new(Arc::new(files)),
+            current: RwLock::new(current),
         })
     }
 
@@ -106,8 +116,9 @@ impl Shard {
 
     /// A snapshot of the shard as it is now.
     ///
-    /// Costs a `stat` of the shard file and of its delta file: if either was replaced since the
-    /// last snapshot (its device or inode changed), the files are mapped and validated anew;
+    /// The first snapshot of a handle opens, checks, maps and validates the files. Each later
+    /// one costs a `stat` of the shard file and of its delta file: if either was replaced since
+    /// the last snapshot (its device or inode changed), the files are mapped and validated anew;
     /// otherwise the current mappings are shared. Hold the returned snapshot for repeated
     /// lookups.
     pub fn snapshot(&self) -> Snapshot {
@@ -126,8 +137,10 @@ impl Shard {
     /// replaced since it was mapped (published files never change in place), else a fresh one,
     /// which becomes current.
     pub(crate) fn current_files(&self) -> Result<Arc<ShardFiles>> {
-        let current = Arc::clone(&self.current.read());
-        if !self.options.enabled || self.identity_on_disk() == Some(current.identity()) {
+        let current = self.current.read().clone();
+        if let Some(current) = current
+            && (!self.options.enabled || self.identity_on_disk() == Some(current.identity()))
+        {
             return Ok(current);
         }
         let policy = self.options.read_policy();
@@ -141,10 +154,11 @@ impl Shard {
     /// refuses it.
     fn identity_on_disk(&self) -> Option<FilesIdentity> {
         use std::os::unix::fs::MetadataExt;
+        let euid = nix::unistd::geteuid().as_raw();
         let identity = |path: &Path| -> Result<Option<(u64, u64)>, ()> {
             match std::fs::symlink_metadata(path) {
                 Ok(meta) => {
-                    crate::trust::check_file(&meta).map_err(|_| ())?;
+                    crate::trust::check_file(&meta, euid).map_err(|_| ())?;
                     Ok(Some((meta.dev(), meta.ino())))
                 }
                 Err(_) => Ok(None),
@@ -154,7 +168,7 @@ impl Shard {
     }
 
     pub(crate) fn install(&self, files: Arc<ShardFiles>) {
-        *self.current.write() = files;
+        *self.current.write() = Some(files);
     }
 
     /// The value stored under `key`, from a fresh [`snapshot`](Shard::snapshot). The returned
@@ -272,6 +286,22 @@ impl Shard {
             None
         };
         Ok(BulkWriter { tx, mode })
+    }
+}
+
+/// Fails with [`Error::NotAFile`](crate::Error::NotAFile) when a directory, FIFO, socket or
+/// device sits at `path`, judged by `lstat` (so it is never opened). Anything else, including a
+/// missing path, a symlink or an `lstat` error, is left to the first snapshot to report as its
+/// health.
+fn refuse_special_file(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() && !meta.file_type().is_symlink() => {
+            Err(crate::Error::NotAFile {
+                path: path.to_path_buf(),
+                kind: crate::trust::kind_name(&meta),
+            })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -12,9 +12,9 @@
 use std::fs::Metadata;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-/// Checks a shard file's metadata (from `fstat` on the open descriptor).
-pub(crate) fn check_file(meta: &Metadata) -> Result<(), String> {
-    let euid = nix::unistd::geteuid().as_raw();
+/// Checks a shard file's metadata (from `fstat` on the open descriptor) for the effective uid
+/// `euid` (read by the caller, once for several checks).
+pub(crate) fn check_file(meta: &Metadata, euid: u32) -> Result<(), String> {
     if meta.uid() != euid {
         return Err(format!(
             "file is owned by uid {}, not by the current user (uid {euid})",
@@ -33,7 +33,11 @@ pub(crate) fn check_file(meta: &Metadata) -> Result<(), String> {
 
 /// Checks the metadata of the directory that holds a shard.
 pub(crate) fn check_dir(meta: &Metadata) -> Result<(), String> {
-    let euid = nix::unistd::geteuid().as_raw();
+    check_dir_as(meta, nix::unistd::geteuid().as_raw())
+}
+
+/// [`check_dir`] for the effective uid `euid`.
+pub(crate) fn check_dir_as(meta: &Metadata, euid: u32) -> Result<(), String> {
     if meta.uid() != euid && meta.uid() != 0 {
         return Err(format!(
             "directory is owned by uid {}, not by the current user (uid {euid}) or root",

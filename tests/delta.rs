@@ -260,3 +260,29 @@ fn a_delta_lost_to_power_failure_reads_as_the_base_and_the_next_write_rebuilds_i
         assert_eq!(snapshot.verify(), Ok(11), "{damage}");
     }
 }
+
+#[test]
+fn files_replaced_between_open_and_the_first_snapshot_are_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = shard_with_base(dir.path(), 10);
+    // A delta appears after the reader's handle was opened.
+    let reader = Shard::open(writer.path()).unwrap();
+    writer.put_one("recent", "delta").unwrap();
+    assert!(writer.delta_path().exists());
+    let snapshot = reader.snapshot();
+    assert_eq!(snapshot.get(b"recent"), Some(&b"delta"[..]));
+    assert_eq!(snapshot.len(), 11);
+    // A new base (and no delta) replaces both after another handle was opened.
+    let reader = Shard::open(writer.path()).unwrap();
+    writer.replace_all([("only", "base")]).unwrap();
+    assert!(!writer.delta_path().exists());
+    let snapshot = reader.snapshot();
+    assert_eq!(snapshot.get(b"recent"), None);
+    assert_eq!(snapshot.get(b"only"), Some(&b"base"[..]));
+    assert_eq!(snapshot.len(), 1);
+    // A shard created after a handle was opened on a missing path.
+    std::fs::remove_file(writer.path()).unwrap();
+    let reader = Shard::open(writer.path()).unwrap();
+    writer.put_one("back", "again").unwrap();
+    assert_eq!(reader.snapshot().get(b"back"), Some(&b"again"[..]));
+}

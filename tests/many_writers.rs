@@ -101,25 +101,34 @@ fn wait_ok(mut child: Child, stderr: &Path, what: &str) {
 }
 
 /// Reader threads that check every snapshot with `check` until `stop`; returns the number of
-/// snapshots read.
+/// snapshots read. The first thread takes its snapshots from one handle; the second opens a
+/// fresh handle for each (as a program that starts often does), so its first snapshot races
+/// the writers' renames between its opens of the delta and the base. Both carry what they saw
+/// from one snapshot to the next: neither may go back in time.
 fn readers(
     path: &Path,
     stop: &Arc<AtomicBool>,
     check: fn(&Entries, &mut Entries),
 ) -> Vec<std::thread::JoinHandle<u64>> {
     (0..2)
-        .map(|_| {
+        .map(|thread| {
             let (path, stop) = (path.to_path_buf(), Arc::clone(stop));
             std::thread::spawn(move || {
-                let shard = Shard::open_with(&path, options()).unwrap();
+                let fresh_handles = thread == 1;
+                let mut shard = Shard::open_with(&path, options()).unwrap();
                 let mut seen = BTreeMap::new();
                 let mut reads = 0u64;
                 while !stop.load(Ordering::Relaxed) {
+                    if fresh_handles {
+                        shard = Shard::open_with(&path, options()).unwrap();
+                    }
                     let snapshot = shard.snapshot();
                     let entries = read_checked(&snapshot);
                     check(&entries, &mut seen);
                     reads += 1;
-                    std::thread::sleep(Duration::from_millis(2));
+                    if !fresh_handles {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
                 }
                 reads
             })

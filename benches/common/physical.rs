@@ -85,22 +85,20 @@ impl Peer for PhysicalLimit {
         let base = file.as_ptr() as usize;
         let value = snap.get(key).ok_or("probe key missing from the shard")?;
         let value_offset = value.as_ptr() as usize - base;
-        // Records are back to back from offset 32; the bucket table follows the last one.
-        let buckets = snap
+        // Records are back to back from offset 32; the slot table follows the last one. A
+        // key's slot is the first at or after its home slot that holds its hash's tag.
+        let slots = snap
             .iter()
             .map(|(_, v)| v.as_ptr() as usize - base + v.len())
             .max()
             .unwrap_or(format::PREAMBLE_LEN);
-        let bucket_count = format::bucket_count_for(snap.len() as u64);
-        let bucket = format::bucket_of(format::key_hash(key), bucket_count) as usize;
-        let read_u32 = |at: usize| -> Result<usize> {
-            Ok(u32::from_le_bytes(file[at..at + 4].try_into()?) as usize)
-        };
-        let slots = buckets + 4 * (bucket_count as usize + 1);
-        let hash = format::key_hash(key).to_le_bytes();
-        let slot_offset = (read_u32(buckets + 4 * bucket)?..read_u32(buckets + 4 * bucket + 4)?)
+        let hash = format::key_hash(key);
+        let capacity = format::slot_capacity_for(snap.len() as u64);
+        let home = format::home_slot(hash, capacity) as usize;
+        let slot_offset = (home..)
             .map(|i| slots + format::SLOT_LEN * i)
-            .find(|&at| file[at..at + 8] == hash)
+            .take_while(|&at| at + format::SLOT_LEN <= file.len())
+            .find(|&at| file[at..at + 4] == format::slot_tag(hash).to_le_bytes())
             .ok_or("key's slot not found: warmshard's layout changed?")?;
         Ok(Probe {
             key: key.to_vec(),
