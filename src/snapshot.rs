@@ -175,7 +175,8 @@ impl Snapshot {
     }
 
     /// Full verification of every entry (O(size of the shard)): index structure, key hashes,
-    /// slot placement (each slot at or after its home position), unique keys and every value's checksum, in the base and the delta.
+    /// slot placement (each slot at or after its home position), unique keys and every value's
+    /// checksum, in the base and the delta.
     /// Opening a shard checks only what is needed to read it safely; this is the expensive
     /// check, run when you want it.
     ///
