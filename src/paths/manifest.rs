@@ -340,8 +340,9 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
             })
             .collect();
 
+        // A listing that was not read came from the cache: no need to look it up again.
         listing_key(&mut key, dir.rel);
-        let cached_listing = view.get(&key).is_some();
+        let cached_listing = !dir.read || view.get(&key).is_some();
         let fresh_listing = (listing_cache
             && dir.read
             && dir.cacheable
