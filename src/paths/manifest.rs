@@ -10,7 +10,6 @@
 //! the directory's handle and stream them through a fixed buffer per thread. The shard is
 //! rewritten only if an entry changed or a file or directory disappeared.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -81,12 +80,6 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    fn push(&mut self, path: &[u8], sha256: [u8; 32]) {
-        self.paths.extend_from_slice(path);
-        self.ends.push(self.paths.len());
-        self.hashes.push(sha256);
-    }
-
     /// Number of files.
     pub fn len(&self) -> usize {
         self.hashes.len()
@@ -147,7 +140,10 @@ impl ManifestLine<'_> {
     /// a backslash, newline or carriage return, a leading `\` with those escaped as `\\`, `\n`,
     /// `\r`.
     pub fn write_sha256sum(&self, out: &mut Vec<u8>) {
-        let escape = self.path.iter().any(|b| matches!(b, b'\\' | b'\n' | b'\r'));
+        // No early exit, so the scan vectorizes: names are short and almost never escaped.
+        let escape = self.path.iter().fold(false, |found, &b| {
+            found | (b == b'\\') | (b == b'\n') | (b == b'\r')
+        });
         if escape {
             out.push(b'\\');
         }
@@ -177,11 +173,20 @@ impl ManifestLine<'_> {
 }
 
 fn push_hex(out: &mut Vec<u8>, bytes: &[u8; 32]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    /// The two hex digits of every byte value.
+    const PAIRS: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut pairs = [[0u8; 2]; 256];
+        let mut b = 0;
+        while b < 256 {
+            pairs[b] = [HEX[b >> 4], HEX[b & 15]];
+            b += 1;
+        }
+        pairs
+    };
     let mut text = [0u8; 64];
     for (pair, &b) in text.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 15)];
+        pair.copy_from_slice(&PAIRS[usize::from(b)]);
     }
     out.extend_from_slice(&text);
 }
@@ -487,13 +492,13 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
     })
 }
 
-/// Depth-first traversal of the listed directories in manifest order: calls `f(path, dir,
-/// entry index)` for every file with a known hash.
+/// Depth-first traversal of the listed directories in manifest order: calls `f(dir path, file
+/// name, dir, entry index)` for every file with a known hash.
 fn for_each_file<'d>(
     dirs: &'d [(Vec<u8>, DirResult)],
-    mut f: impl FnMut(&[u8], &'d DirResult, usize),
+    mut f: impl FnMut(&'d [u8], &'d [u8], &'d DirResult, usize),
 ) {
-    let by_rel: HashMap<&[u8], usize> = dirs
+    let by_rel: hashbrown::HashMap<&[u8], usize> = dirs
         .iter()
         .enumerate()
         .map(|(d, (rel, _))| (rel.as_slice(), d))
@@ -501,21 +506,26 @@ fn for_each_file<'d>(
     let Some(&root) = by_rel.get(&b""[..]) else {
         return;
     };
+    // (directory, next entry): the path from the root down to the directory being listed.
     let mut stack = vec![(root, 0usize)];
-    let mut path = Vec::new();
-    while let Some((d, i)) = stack.pop() {
+    let mut child_path = Vec::new();
+    while let Some((d, start)) = stack.pop() {
         let (rel, dir) = &dirs[d];
-        let Some((name, kind)) = dir.listing.entries.get(i) else {
-            continue;
-        };
-        stack.push((d, i + 1));
-        join_rel(&mut path, rel, dir.listing.name(name));
-        match kind {
-            Listed::File(_) if dir.known[i].is_some() => f(&path, dir, i),
-            Listed::File(_) => {}
-            Listed::Dir => {
-                if let Some(&child) = by_rel.get(path.as_slice()) {
-                    stack.push((child, 0));
+        for (i, (range, kind)) in dir.listing.entries.iter().enumerate().skip(start) {
+            let name = dir.listing.name(range);
+            match kind {
+                Listed::File(_) => {
+                    if dir.known[i].is_some() {
+                        f(rel, name, dir, i);
+                    }
+                }
+                Listed::Dir => {
+                    join_rel(&mut child_path, rel, name);
+                    if let Some(&child) = by_rel.get(child_path.as_slice()) {
+                        stack.push((d, i + 1));
+                        stack.push((child, 0));
+                        break;
+                    }
                 }
             }
         }
@@ -538,9 +548,15 @@ fn assemble(dirs: &[(Vec<u8>, DirResult)]) -> Manifest {
         ends: Vec::with_capacity(files),
         hashes: Vec::with_capacity(files),
     };
-    for_each_file(dirs, |path, dir, i| {
+    for_each_file(dirs, |rel, name, dir, i| {
         if let Some(sha256) = dir.known[i] {
-            manifest.push(path, sha256);
+            if !rel.is_empty() {
+                manifest.paths.extend_from_slice(rel);
+                manifest.paths.push(b'/');
+            }
+            manifest.paths.extend_from_slice(name);
+            manifest.ends.push(manifest.paths.len());
+            manifest.hashes.push(sha256);
         }
     });
     manifest
@@ -553,10 +569,12 @@ fn cache_entries<'v>(
     value: impl Fn(&[u8], Option<&'v [u8]>) -> Option<&'v [u8]>,
 ) -> Vec<(Vec<u8>, &'v [u8])> {
     let mut out = Vec::new();
-    for_each_file(dirs, |path, dir, i| {
+    let mut path = Vec::new();
+    for_each_file(dirs, |rel, name, dir, i| {
         let fresh = dir.fresh.get(i).and_then(Option::as_deref);
-        if let Some(v) = value(path, fresh) {
-            out.push((path.to_vec(), v));
+        join_rel(&mut path, rel, name);
+        if let Some(v) = value(&path, fresh) {
+            out.push((path.clone(), v));
         }
     });
     let mut key = Vec::new();
