@@ -119,9 +119,11 @@ impl Listing {
             return None;
         }
         let mut body = &rest[STAMP_LEN..];
+        // One NUL per entry; counting them first sizes the entries once.
+        let count = body.iter().filter(|&&b| b == 0).count();
         let mut listing = Listing {
             names: Vec::with_capacity(body.len()),
-            entries: Vec::new(),
+            entries: Vec::with_capacity(count),
         };
         let mut previous: Option<(Range<u32>, bool)> = None;
         while let Some((&kind, after)) = body.split_first() {

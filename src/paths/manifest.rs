@@ -309,16 +309,20 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
     let visit = visit_fn(|dir: VisitedDir<'_>, spawner: &Spawner<'_, '_>| {
         let listing = dir.listing;
         // All keys of the directory, looked up in one batch.
-        let mut key_bytes = Vec::new();
+        let mut key_bytes =
+            Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir.rel.len() + 1));
         let mut key_ends = Vec::with_capacity(listing.entries.len());
-        let mut key = Vec::new();
         for (name, kind) in &listing.entries {
             if let Listed::File(_) = kind {
-                join_rel(&mut key, dir.rel, listing.name(name));
-                key_bytes.extend_from_slice(&key);
+                if !dir.rel.is_empty() {
+                    key_bytes.extend_from_slice(dir.rel);
+                    key_bytes.push(b'/');
+                }
+                key_bytes.extend_from_slice(listing.name(name));
                 key_ends.push(key_bytes.len());
             }
         }
+        let mut key = Vec::new();
         let mut keys = Vec::with_capacity(key_ends.len());
         let mut start = 0;
         for end in key_ends {
