@@ -39,7 +39,7 @@ pub(crate) enum Listed {
 }
 
 /// The regular files and subdirectories of one directory, in manifest order.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Listing {
     /// Every name followed by a NUL byte (so a name is also a C string).
     pub(crate) names: Vec<u8>,

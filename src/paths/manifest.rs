@@ -12,6 +12,7 @@
 
 use std::ffi::OsStr;
 use std::io::Read;
+use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -71,97 +72,147 @@ impl Default for HashTreeOptions {
 }
 
 /// The manifest of a tree: every regular file's path (relative to the root, `/`-separated,
-/// sorted by bytes) and SHA-256, stored compactly.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// sorted by bytes) and SHA-256. It keeps the walk's directory listings and goes through them in
+/// manifest order when asked, so building it copies no path.
+#[derive(Clone, Debug, Default)]
 pub struct Manifest {
-    paths: Vec<u8>,
-    ends: Vec<usize>,
-    hashes: Vec<[u8; 32]>,
+    /// The listed directories.
+    dirs: Vec<ManifestDir>,
+    /// Number of lines.
+    len: usize,
+}
+
+/// One directory of a [`Manifest`].
+#[derive(Clone, Debug, Default)]
+struct ManifestDir {
+    /// Path relative to the root.
+    rel: Vec<u8>,
+    listing: Listing,
+    /// Per entry of `listing`, the file's hash (`None` for subdirectories and unreadable files).
+    known: Vec<Option<[u8; 32]>>,
+}
+
+impl ManifestDir {
+    /// The lines of the files among `entries`.
+    fn lines(&self, entries: Range<usize>) -> impl Iterator<Item = ManifestLine<'_>> {
+        entries.filter_map(move |i| {
+            Some(ManifestLine {
+                dir: &self.rel,
+                name: self.listing.name(&self.listing.entries[i].0),
+                sha256: self.known[i].as_ref()?,
+            })
+        })
+    }
 }
 
 impl Manifest {
     /// Number of files.
     pub fn len(&self) -> usize {
-        self.hashes.len()
+        self.len
     }
 
     /// True when the tree has no regular file.
     pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
+        self.len == 0
     }
 
     /// The lines in order.
     pub fn iter(&self) -> impl Iterator<Item = ManifestLine<'_>> {
-        (0..self.len()).map(|i| {
-            let start = if i == 0 { 0 } else { self.ends[i - 1] };
-            ManifestLine {
-                path: &self.paths[start..self.ends[i]],
-                sha256: &self.hashes[i],
-            }
-        })
+        let mut runs = Vec::new();
+        self.for_each_run(|dir, entries| runs.push((dir, entries)));
+        runs.into_iter()
+            .flat_map(|(dir, entries)| dir.lines(entries))
     }
 
     /// Appends the whole manifest as GNU `sha256sum` prints it.
     pub fn write_sha256sum(&self, out: &mut Vec<u8>) {
-        out.reserve(self.paths.len() + self.len() * 68);
-        for line in self.iter() {
-            line.write_sha256sum(out);
-        }
+        self.for_each_run(|dir, entries| {
+            let escape_dir = needs_escape(&dir.rel);
+            for line in dir.lines(entries) {
+                push_line(out, line.dir, escape_dir, line.name, line.sha256);
+            }
+        });
     }
 
     /// Writes the whole manifest as GNU `sha256sum` prints it to `out`, in chunks of about
-    /// 64 KiB (no copy of the whole text in memory).
+    /// 64 KiB (no copy of the whole text in memory), and flushes it.
     pub fn write_sha256sum_to(&self, mut out: impl std::io::Write) -> std::io::Result<()> {
         const CHUNK: usize = 64 * 1024;
         let mut buffer = Vec::with_capacity(CHUNK + 4096);
-        for line in self.iter() {
-            line.write_sha256sum(&mut buffer);
-            if buffer.len() >= CHUNK {
-                out.write_all(&buffer)?;
-                buffer.clear();
+        let mut written = Ok(());
+        self.for_each_run(|dir, entries| {
+            if written.is_err() {
+                return;
             }
-        }
+            let escape_dir = needs_escape(&dir.rel);
+            for line in dir.lines(entries) {
+                push_line(&mut buffer, line.dir, escape_dir, line.name, line.sha256);
+                if buffer.len() >= CHUNK {
+                    written = out.write_all(&buffer);
+                    buffer.clear();
+                    if written.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        written?;
         out.write_all(&buffer)?;
         out.flush()
     }
+
+    /// Calls `f(directory, entries)` for each run of a directory's entries in manifest order.
+    fn for_each_run<'m>(&'m self, mut f: impl FnMut(&'m ManifestDir, Range<usize>)) {
+        in_manifest_order(
+            &self.dirs,
+            |dir| (&dir.rel, &dir.listing),
+            |d, entries| f(&self.dirs[d], entries),
+        );
+    }
 }
 
-/// One line of a [`Manifest`].
+impl PartialEq for Manifest {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Manifest {}
+
+/// One line of a [`Manifest`]: a file's directory, name and SHA-256.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ManifestLine<'a> {
-    /// Path relative to the root, `/`-separated, as bytes (names need not be UTF-8).
-    pub path: &'a [u8],
+    /// Path of the file's directory relative to the root, `/`-separated, as bytes (names need
+    /// not be UTF-8); empty for the root itself.
+    pub dir: &'a [u8],
+    /// The file's name.
+    pub name: &'a [u8],
     /// SHA-256 of the file's content.
     pub sha256: &'a [u8; 32],
 }
 
-impl ManifestLine<'_> {
-    /// Appends the line as GNU `sha256sum` prints it: `<hex>  <name>\n`, and when the name holds
+impl<'a> ManifestLine<'a> {
+    /// The file's path relative to the root: `dir/name`, or `name` in the root.
+    pub fn path(&self) -> std::borrow::Cow<'a, [u8]> {
+        if self.dir.is_empty() {
+            return std::borrow::Cow::Borrowed(self.name);
+        }
+        let mut path = Vec::with_capacity(self.dir.len() + 1 + self.name.len());
+        join_rel(&mut path, self.dir, self.name);
+        std::borrow::Cow::Owned(path)
+    }
+
+    /// Appends the line as GNU `sha256sum` prints it: `<hex>  <path>\n`, and when the path holds
     /// a backslash, newline or carriage return, a leading `\` with those escaped as `\\`, `\n`,
     /// `\r`.
     pub fn write_sha256sum(&self, out: &mut Vec<u8>) {
-        // No early exit, so the scan vectorizes: names are short and almost never escaped.
-        let escape = self.path.iter().fold(false, |found, &b| {
-            found | (b == b'\\') | (b == b'\n') | (b == b'\r')
-        });
-        if escape {
-            out.push(b'\\');
-        }
-        push_hex(out, self.sha256);
-        out.extend_from_slice(b"  ");
-        if escape {
-            for &b in self.path {
-                match b {
-                    b'\\' => out.extend_from_slice(b"\\\\"),
-                    b'\n' => out.extend_from_slice(b"\\n"),
-                    b'\r' => out.extend_from_slice(b"\\r"),
-                    _ => out.push(b),
-                }
-            }
-        } else {
-            out.extend_from_slice(self.path);
-        }
-        out.push(b'\n');
+        push_line(
+            out,
+            self.dir,
+            needs_escape(self.dir),
+            self.name,
+            self.sha256,
+        );
     }
 
     /// The SHA-256 as 64 lowercase hex digits.
@@ -172,7 +223,63 @@ impl ManifestLine<'_> {
     }
 }
 
-fn push_hex(out: &mut Vec<u8>, bytes: &[u8; 32]) {
+/// Whether GNU `sha256sum` escapes a path holding these bytes.
+fn needs_escape(bytes: &[u8]) -> bool {
+    // No early exit, so the scan vectorizes: names are short and almost never escaped.
+    bytes.iter().fold(false, |found, &b| {
+        found | (b == b'\\') | (b == b'\n') | (b == b'\r')
+    })
+}
+
+/// Appends the `sha256sum` line of the file `name` in directory `dir` (`""` for the root);
+/// `escape_dir` is `needs_escape(dir)`, computed once per directory by the caller.
+fn push_line(out: &mut Vec<u8>, dir: &[u8], escape_dir: bool, name: &[u8], sha256: &[u8; 32]) {
+    if escape_dir || needs_escape(name) {
+        push_escaped_line(out, dir, name, sha256);
+        return;
+    }
+    // `<64 hex>  <dir>/<name>\n`, written in place: one bounds check per part, not per byte.
+    let dir_len = if dir.is_empty() { 0 } else { dir.len() + 1 };
+    let start = out.len();
+    out.resize(start + 66 + dir_len + name.len() + 1, b' ');
+    let line = &mut out[start..];
+    let (hex, rest) = line.split_at_mut(64);
+    write_hex(hex, sha256);
+    let path = &mut rest[2..];
+    if dir_len > 0 {
+        path[..dir.len()].copy_from_slice(dir);
+        path[dir.len()] = b'/';
+    }
+    let (name_out, newline) = path[dir_len..].split_at_mut(name.len());
+    name_out.copy_from_slice(name);
+    newline[0] = b'\n';
+}
+
+/// [`push_line`] for a path GNU `sha256sum` escapes: a leading `\`, and backslash, newline and
+/// carriage return written as `\\`, `\n`, `\r`.
+#[cold]
+fn push_escaped_line(out: &mut Vec<u8>, dir: &[u8], name: &[u8], sha256: &[u8; 32]) {
+    out.push(b'\\');
+    push_hex(out, sha256);
+    out.extend_from_slice(b"  ");
+    let parts: &[&[u8]] = if dir.is_empty() {
+        &[name]
+    } else {
+        &[dir, b"/", name]
+    };
+    for &b in parts.iter().copied().flatten() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+    out.push(b'\n');
+}
+
+/// Writes the 64 lowercase hex digits of `bytes` into `out`.
+fn write_hex(out: &mut [u8], bytes: &[u8; 32]) {
     /// The two hex digits of every byte value.
     const PAIRS: [[u8; 2]; 256] = {
         const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -184,10 +291,14 @@ fn push_hex(out: &mut Vec<u8>, bytes: &[u8; 32]) {
         }
         pairs
     };
-    let mut text = [0u8; 64];
-    for (pair, &b) in text.chunks_exact_mut(2).zip(bytes) {
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&PAIRS[usize::from(b)]);
     }
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8; 32]) {
+    let mut text = [0u8; 64];
+    write_hex(&mut text, bytes);
     out.extend_from_slice(&text);
 }
 
@@ -234,6 +345,8 @@ pub fn shard_path_for_root(canonical_root: &Path) -> Result<PathBuf> {
 struct DirResult {
     listing: Listing,
     known: Vec<Option<[u8; 32]>>,
+    /// How many entries of `known` are set.
+    files_known: usize,
     fresh: Vec<Option<Vec<u8>>>,
     /// Results of the hashing tasks this directory queued: (entry index, result).
     hashed: Arc<Mutex<Vec<(usize, HashResult)>>>,
@@ -408,6 +521,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         let n = seen.fetch_add(files, Ordering::Relaxed);
         report_progress(n + files, bytes_hashed.load(Ordering::Relaxed));
         DirResult {
+            files_known: known.iter().filter(|k| k.is_some()).count(),
             known,
             fresh: Vec::new(),
             hashed,
@@ -446,6 +560,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                     join_rel(&mut path, rel, dir.listing.name(&dir.listing.entries[i].0));
                     changed |= view.get(&path) != Some(value.as_slice());
                     dir.known[i] = Some(sha256);
+                    dir.files_known += 1;
                     dir.fresh[i] = Some(value);
                     hashed_ok += 1;
                 }
@@ -459,7 +574,6 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
     errors.sort();
     changed |= dirs.iter().any(|(_, dir)| dir.fresh_listing.is_some());
 
-    let manifest = assemble(&dirs);
     // Rewrite only if an entry changed, or the cache holds an entry of a file or directory that
     // is gone.
     let still_there: usize = dirs
@@ -482,11 +596,14 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         let outcome = shard.merge_in(cache_entries(&dirs, |_, fresh| fresh))?;
         shard_written = matches!(outcome, crate::WriteOutcome::Committed { .. });
     }
+    let dirs_read = dirs.iter().filter(|(_, dir)| dir.read).count() as u64;
+    let dirs_found = dirs.len() as u64;
+    let manifest = assemble(dirs);
     Ok(HashTreeReport {
         files: manifest.len() as u64,
         hashed: hashed_ok,
-        dirs: dirs.len() as u64,
-        dirs_read: dirs.iter().filter(|(_, dir)| dir.read).count() as u64,
+        dirs: dirs_found,
+        dirs_read,
         bytes_hashed: bytes_hashed.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         errors,
@@ -496,16 +613,19 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
     })
 }
 
-/// Depth-first traversal of the listed directories in manifest order: calls `f(dir path, file
-/// name, dir, entry index)` for every file with a known hash.
-fn for_each_file<'d>(
-    dirs: &'d [(Vec<u8>, DirResult)],
-    mut f: impl FnMut(&'d [u8], &'d [u8], &'d DirResult, usize),
+/// Depth-first traversal of the listed directories in manifest order: calls `f(directory,
+/// entries)` for each run of a directory's entries that lies between two of its listed
+/// subdirectories, which are visited in between. `parts` gives a directory's path relative to the
+/// root and its listing.
+fn in_manifest_order<D>(
+    dirs: &[D],
+    parts: impl Fn(&D) -> (&[u8], &Listing),
+    mut f: impl FnMut(usize, Range<usize>),
 ) {
     let by_rel: hashbrown::HashMap<&[u8], usize> = dirs
         .iter()
         .enumerate()
-        .map(|(d, (rel, _))| (rel.as_slice(), d))
+        .map(|(d, dir)| (parts(dir).0, d))
         .collect();
     let Some(&root) = by_rel.get(&b""[..]) else {
         return;
@@ -513,57 +633,56 @@ fn for_each_file<'d>(
     // (directory, next entry): the path from the root down to the directory being listed.
     let mut stack = vec![(root, 0usize)];
     let mut child_path = Vec::new();
-    while let Some((d, start)) = stack.pop() {
-        let (rel, dir) = &dirs[d];
-        for (i, (range, kind)) in dir.listing.entries.iter().enumerate().skip(start) {
-            let name = dir.listing.name(range);
-            match kind {
-                Listed::File(_) => {
-                    if dir.known[i].is_some() {
-                        f(rel, name, dir, i);
-                    }
-                }
-                Listed::Dir => {
-                    join_rel(&mut child_path, rel, name);
-                    if let Some(&child) = by_rel.get(child_path.as_slice()) {
-                        stack.push((d, i + 1));
-                        stack.push((child, 0));
-                        break;
-                    }
+    'dirs: while let Some((d, start)) = stack.pop() {
+        let (rel, listing) = parts(&dirs[d]);
+        for (i, (range, kind)) in listing.entries.iter().enumerate().skip(start) {
+            if let Listed::Dir = kind {
+                join_rel(&mut child_path, rel, listing.name(range));
+                if let Some(&child) = by_rel.get(child_path.as_slice()) {
+                    f(d, start..i);
+                    stack.push((d, i + 1));
+                    stack.push((child, 0));
+                    continue 'dirs;
                 }
             }
         }
+        f(d, start..listing.entries.len());
     }
 }
 
-fn assemble(dirs: &[(Vec<u8>, DirResult)]) -> Manifest {
-    // Sized up front: growing these by doubling costs more than filling them.
-    let (mut files, mut path_bytes) = (0, 0);
-    for (rel, dir) in dirs {
-        for ((name, _), known) in dir.listing.entries.iter().zip(&dir.known) {
-            if known.is_some() {
-                files += 1;
-                path_bytes += rel.len() + 1 + name.len();
+/// Calls `f(directory path, file name, directory, entry index)` for every file with a known
+/// hash, in manifest order.
+fn for_each_file<'d>(
+    dirs: &'d [(Vec<u8>, DirResult)],
+    mut f: impl FnMut(&'d [u8], &'d [u8], &'d DirResult, usize),
+) {
+    in_manifest_order(
+        dirs,
+        |(rel, dir)| (rel, &dir.listing),
+        |d, entries| {
+            let (rel, dir) = &dirs[d];
+            for i in entries {
+                if dir.known[i].is_some() {
+                    f(rel, dir.listing.name(&dir.listing.entries[i].0), dir, i);
+                }
             }
-        }
+        },
+    );
+}
+
+/// The manifest of the walked directories, which it takes over.
+fn assemble(dirs: Vec<(Vec<u8>, DirResult)>) -> Manifest {
+    Manifest {
+        len: dirs.iter().map(|(_, dir)| dir.files_known).sum(),
+        dirs: dirs
+            .into_iter()
+            .map(|(rel, dir)| ManifestDir {
+                rel,
+                listing: dir.listing,
+                known: dir.known,
+            })
+            .collect(),
     }
-    let mut manifest = Manifest {
-        paths: Vec::with_capacity(path_bytes),
-        ends: Vec::with_capacity(files),
-        hashes: Vec::with_capacity(files),
-    };
-    for_each_file(dirs, |rel, name, dir, i| {
-        if let Some(sha256) = dir.known[i] {
-            if !rel.is_empty() {
-                manifest.paths.extend_from_slice(rel);
-                manifest.paths.push(b'/');
-            }
-            manifest.paths.extend_from_slice(name);
-            manifest.ends.push(manifest.paths.len());
-            manifest.hashes.push(sha256);
-        }
-    });
-    manifest
 }
 
 /// The cache entries to write: every file and directory listing of the tree, with
@@ -653,4 +772,60 @@ fn hash_file_at(
         }
     }
     Ok((*listed, hasher.finalize().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// GNU `sha256sum`'s line, written the plain way.
+    fn reference_line(path: &[u8], sha256: &[u8; 32]) -> Vec<u8> {
+        let escape = path.iter().any(|b| matches!(b, b'\\' | b'\n' | b'\r'));
+        let mut out = Vec::new();
+        if escape {
+            out.push(b'\\');
+        }
+        for b in sha256 {
+            out.extend_from_slice(format!("{b:02x}").as_bytes());
+        }
+        out.extend_from_slice(b"  ");
+        for &b in path {
+            match b {
+                b'\\' if escape => out.extend_from_slice(b"\\\\"),
+                b'\n' if escape => out.extend_from_slice(b"\\n"),
+                b'\r' if escape => out.extend_from_slice(b"\\r"),
+                _ => out.push(b),
+            }
+        }
+        out.push(b'\n');
+        out
+    }
+
+    #[test]
+    fn lines_are_written_as_gnu_sha256sum_writes_them() {
+        let dirs: [&[u8]; 5] = [b"", b"a", b"a/b c", b"back\\slash", b"new\nline"];
+        let names: [&[u8]; 6] = [b"f", b"x.txt", b"\xff\xfe", b"cr\r", b"tab\t", b"\\"];
+        let mut sha256 = [0u8; 32];
+        for (i, byte) in sha256.iter_mut().enumerate() {
+            *byte = (i * 37 + 5) as u8;
+        }
+        for dir in dirs {
+            for name in names {
+                let line = ManifestLine {
+                    dir,
+                    name,
+                    sha256: &sha256,
+                };
+                let mut written = b"previous".to_vec();
+                line.write_sha256sum(&mut written);
+                let mut expected = b"previous".to_vec();
+                expected.extend(reference_line(&line.path(), &sha256));
+                assert_eq!(
+                    String::from_utf8_lossy(&written),
+                    String::from_utf8_lossy(&expected)
+                );
+                assert_eq!(line.hex().as_bytes(), &reference_line(b"", &sha256)[..64]);
+            }
+        }
+    }
 }
