@@ -22,9 +22,22 @@ const RACY: u32 = 1;
 
 /// Encodes an entry value: stamp, racy flag and `(name, payload)` dimensions.
 pub(crate) fn encode_entry(stamp: &Stamp, racy: bool, dimensions: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_entry_into(&mut out, stamp, racy, dimensions);
+    out
+}
+
+/// [`encode_entry`] into `out`, which it clears first (so a caller can reuse one buffer).
+pub(crate) fn encode_entry_into(
+    out: &mut Vec<u8>,
+    stamp: &Stamp,
+    racy: bool,
+    dimensions: &[(&str, &[u8])],
+) {
     let size: usize = dimensions.iter().map(|(n, p)| 5 + n.len() + p.len()).sum();
-    let mut out = Vec::with_capacity(STAMP_LEN + FLAGS_LEN + size);
-    stamp.encode(&mut out);
+    out.clear();
+    out.reserve(STAMP_LEN + FLAGS_LEN + size);
+    stamp.encode(out);
     out.extend_from_slice(&(if racy { RACY } else { 0 }).to_le_bytes());
     for (name, payload) in dimensions {
         let name = &name.as_bytes()[..name.len().min(255)];
@@ -33,7 +46,6 @@ pub(crate) fn encode_entry(stamp: &Stamp, racy: bool, dimensions: &[(&str, &[u8]
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         out.extend_from_slice(payload);
     }
-    out
 }
 
 /// One decoded entry of a [`PathCache`], borrowed from the shard's mapping.

@@ -25,11 +25,11 @@ use nix::sys::stat::Mode;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use super::cache::{PathEntry, encode_entry};
+use super::cache::{PathEntry, encode_entry_into};
 use super::listing::{Listed, Listing, listing_key};
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
 use super::walk::{Excluded, Spawner, VisitedDir, Visitor, join_rel, visit_fn, walk};
-use crate::{Error, Health, Options, Result, Shard};
+use crate::{BulkMode, Error, Health, Options, Result, Shard, Snapshot, WriteOutcome};
 
 /// Producer string of hash-tree shards.
 const PRODUCER: &str = "warmshard hash-tree 1";
@@ -347,7 +347,8 @@ struct DirResult {
     known: Vec<Option<[u8; 32]>>,
     /// How many entries of `known` are set.
     files_known: usize,
-    fresh: Vec<Option<Vec<u8>>>,
+    /// Per entry, the stamp (and whether it is racy) of a file hashed this run.
+    fresh: Vec<Option<(Stamp, bool)>>,
     /// Results of the hashing tasks this directory queued: (entry index, result).
     hashed: Arc<Mutex<Vec<(usize, HashResult)>>>,
     /// How many of its files have an entry in the cache (valid or not).
@@ -360,7 +361,22 @@ struct DirResult {
     read: bool,
 }
 
-type HashResult = std::result::Result<(Stamp, bool, [u8; 32]), String>;
+/// A file a hashing task reads: its entry index, name, stamp when listed, and the value the
+/// cache holds for it (if any).
+type ToHash = (usize, std::ffi::CString, Stamp, Option<Box<[u8]>>);
+
+/// What hashing one file gave.
+struct Hashed {
+    /// The stamp its content is stored under.
+    stamp: Stamp,
+    /// Whether that stamp is racy.
+    racy: bool,
+    sha256: [u8; 32],
+    /// Whether its cache entry differs from the one the cache holds.
+    changed: bool,
+}
+
+type HashResult = std::result::Result<Hashed, String>;
 
 /// Files of one directory hashed by one task: few small files, or one large one.
 const BATCH_FILES: usize = 64;
@@ -445,7 +461,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         let mut values = Vec::new();
         view.get_many(&keys, &mut values);
         let cached_files = values.iter().filter(|v| v.is_some()).count();
-        let mut values = values.into_iter();
+        let mut file_values = values.iter();
         let known: Vec<Option<[u8; 32]>> = listing
             .entries
             .iter()
@@ -453,8 +469,9 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                 let Listed::File(stamp) = kind else {
                     return None;
                 };
-                values
+                file_values
                     .next()
+                    .copied()
                     .flatten()
                     .and_then(PathEntry::decode)
                     .and_then(|e| e.valid_for(stamp, DIMENSION))
@@ -475,17 +492,32 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         let hashed = Arc::new(Mutex::new(Vec::new()));
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
-        let queue_batch = |batch: Vec<(usize, std::ffi::CString, Stamp)>| {
+        let queue_batch = |batch: Vec<ToHash>| {
             let handle = dir.handle.clone();
             let hashed = hashed.clone();
             let (bytes_hashed, seen, report_progress) = (&bytes_hashed, &seen, &report_progress);
             spawner.spawn(Box::new(move || {
                 let mut results = Vec::with_capacity(batch.len());
+                let mut value = Vec::new();
                 READ_BUFFER.with_borrow_mut(|buffer| {
                     buffer.resize(READ_BUFFER_LEN, 0);
-                    for (i, name, stamp) in batch {
+                    for (i, name, stamp, old_value) in batch {
                         let result = hash_file_at(&handle, &name, &stamp, buffer, bytes_hashed)
-                            .map(|(stamp, sha)| (stamp, stamp.is_racy(taken_at, racy_margin), sha))
+                            .map(|(stamp, sha256)| {
+                                let racy = stamp.is_racy(taken_at, racy_margin);
+                                encode_entry_into(
+                                    &mut value,
+                                    &stamp,
+                                    racy,
+                                    &[(DIMENSION, &sha256)],
+                                );
+                                Hashed {
+                                    stamp,
+                                    racy,
+                                    sha256,
+                                    changed: old_value.as_deref() != Some(value.as_slice()),
+                                }
+                            })
                             .map_err(|e| format!("{}: {e}", name.to_string_lossy()));
                         results.push((i, result));
                     }
@@ -497,8 +529,10 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                 hashed.lock().append(&mut results);
             }));
         };
+        let mut file_values = values.iter();
         for (i, (name, kind)) in listing.entries.iter().enumerate() {
             let Listed::File(stamp) = kind else { continue };
+            let old_value = file_values.next().copied().flatten();
             if known[i].is_some() {
                 continue;
             }
@@ -506,7 +540,9 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
             else {
                 continue;
             };
-            batch.push((i, c_name.to_owned(), *stamp));
+            // The cache's current value, to tell whether the new one differs (rarely any: a cold
+            // run finds none, a partial one only for the files that changed).
+            batch.push((i, c_name.to_owned(), *stamp, old_value.map(Box::from)));
             batch_bytes += stamp.size;
             if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
                 queue_batch(std::mem::take(&mut batch));
@@ -546,7 +582,6 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
     // Take in what was hashed.
     let mut hashed_ok = 0u64;
     let mut changed = false;
-    let mut path = Vec::new();
     for (rel, dir) in &mut dirs {
         let results = std::mem::take(&mut *dir.hashed.lock());
         if results.is_empty() {
@@ -555,13 +590,11 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         dir.fresh.resize(dir.listing.entries.len(), None);
         for (i, result) in results {
             match result {
-                Ok((stamp, racy, sha256)) => {
-                    let value = encode_entry(&stamp, racy, &[(DIMENSION, &sha256)]);
-                    join_rel(&mut path, rel, dir.listing.name(&dir.listing.entries[i].0));
-                    changed |= view.get(&path) != Some(value.as_slice());
-                    dir.known[i] = Some(sha256);
+                Ok(hashed) => {
+                    changed |= hashed.changed;
+                    dir.known[i] = Some(hashed.sha256);
                     dir.files_known += 1;
-                    dir.fresh[i] = Some(value);
+                    dir.fresh[i] = Some((hashed.stamp, hashed.racy));
                     hashed_ok += 1;
                 }
                 Err(e) => {
@@ -582,18 +615,16 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         .sum();
     let vanished = still_there != view.len();
     let mut shard_written = false;
-    if vanished {
-        // The whole cache is rewritten without what is gone. Files hashed and directories read
-        // this run get their new value; the others keep their old one.
-        let entries = cache_entries(&dirs, |key, fresh| match fresh {
-            Some(value) => Some(value),
-            None => view.get(key),
-        });
-        let outcome = shard.replace_all(entries)?;
-        shard_written = matches!(outcome, crate::WriteOutcome::Committed { .. });
-    } else if changed {
-        // Only changes and additions: a merge, which a small change turns into a small write.
-        let outcome = shard.merge_in(cache_entries(&dirs, |_, fresh| fresh))?;
+    if vanished || changed {
+        // Gone entries: the whole cache is rewritten without them (files hashed and directories
+        // read this run get their new value, the others keep theirs). Otherwise only changes and
+        // additions: a merge, which a small change turns into a small write.
+        let mode = if vanished {
+            BulkMode::Replace
+        } else {
+            BulkMode::Merge
+        };
+        let outcome = write_cache(&shard, &view, &dirs, mode)?;
         shard_written = matches!(outcome, crate::WriteOutcome::Committed { .. });
     }
     let dirs_read = dirs.iter().filter(|(_, dir)| dir.read).count() as u64;
@@ -685,29 +716,49 @@ fn assemble(dirs: Vec<(Vec<u8>, DirResult)>) -> Manifest {
     }
 }
 
-/// The cache entries to write: every file and directory listing of the tree, with
-/// `value(key, value computed this run)` deciding what to store (`None` leaves it out).
-fn cache_entries<'v>(
-    dirs: &'v [(Vec<u8>, DirResult)],
-    value: impl Fn(&[u8], Option<&'v [u8]>) -> Option<&'v [u8]>,
-) -> Vec<(Vec<u8>, &'v [u8])> {
-    let mut out = Vec::new();
-    let mut path = Vec::new();
+/// Writes the tree's cache entries: the files hashed and directories read this run and, with
+/// [`BulkMode::Replace`], every other file and listing still there with its current value.
+/// Entries stream to the writer through two reused buffers.
+fn write_cache(
+    shard: &Shard,
+    view: &Snapshot,
+    dirs: &[(Vec<u8>, DirResult)],
+    mode: BulkMode,
+) -> Result<WriteOutcome> {
+    let keep_others = matches!(mode, BulkMode::Replace);
+    let mut writer = shard.bulk_writer(mode)?;
+    let mut added = Ok(());
+    let (mut key, mut value) = (Vec::new(), Vec::new());
     for_each_file(dirs, |rel, name, dir, i| {
-        let fresh = dir.fresh.get(i).and_then(Option::as_deref);
-        join_rel(&mut path, rel, name);
-        if let Some(v) = value(&path, fresh) {
-            out.push((path.clone(), v));
+        if added.is_err() {
+            return;
+        }
+        join_rel(&mut key, rel, name);
+        let new_value = match (dir.fresh.get(i).copied().flatten(), dir.known[i]) {
+            (Some((stamp, racy)), Some(sha256)) => {
+                encode_entry_into(&mut value, &stamp, racy, &[(DIMENSION, &sha256)]);
+                Some(value.as_slice())
+            }
+            _ if keep_others => view.get(&key),
+            _ => None,
+        };
+        if let Some(new_value) = new_value {
+            added = writer.add(&key, new_value);
         }
     });
-    let mut key = Vec::new();
+    added?;
     for (rel, dir) in dirs {
         listing_key(&mut key, rel);
-        if let Some(v) = value(&key, dir.fresh_listing.as_deref()) {
-            out.push((key.clone(), v));
+        let new_value = match &dir.fresh_listing {
+            Some(listing) => Some(listing.as_slice()),
+            None if keep_others => view.get(&key),
+            None => None,
+        };
+        if let Some(new_value) = new_value {
+            writer.add(&key, new_value)?;
         }
     }
-    out
+    writer.commit()
 }
 
 /// The cache's own files (shard, lock, temp files), excluded when they sit inside the tree.
