@@ -31,10 +31,11 @@ use std::ops::Range;
 
 use super::stamp::{STAMP_LEN, Stamp};
 
-/// One entry of a [`Listing`]: a regular file with its stamp, or a subdirectory.
+/// One entry of a [`Listing`]: a regular file with its stamp (`None` until one is taken), or a
+/// subdirectory.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Listed {
-    File(Stamp),
+    File(Option<Stamp>),
     Dir,
 }
 
@@ -49,16 +50,6 @@ pub(crate) struct Listing {
 
 /// Tag and version at the start of a cached listing.
 const TAG: &[u8; 2] = b"L1";
-
-/// A stamp that matches no file, for entries whose stamp is yet to be taken.
-const NO_STAMP: Stamp = Stamp {
-    dev: 0,
-    ino: 0,
-    size: 0,
-    mtime_ns: 0,
-    ctime_ns: 0,
-    mode: 0,
-};
 
 impl Listing {
     /// The name of an entry.
@@ -109,7 +100,7 @@ impl Listing {
     }
 
     /// Decodes a cached listing if it was taken at exactly `dir_stamp` and is well formed.
-    /// Files come with a placeholder stamp, to be replaced by a fresh `lstat`.
+    /// Files come without a stamp, to be taken by a fresh `lstat`.
     pub fn decode(value: &[u8], dir_stamp: &Stamp) -> Option<Listing> {
         if u32::try_from(value.len()).is_err() {
             return None; // name ranges are u32
@@ -128,7 +119,7 @@ impl Listing {
         let mut previous: Option<(Range<u32>, bool)> = None;
         while let Some((&kind, after)) = body.split_first() {
             let kind = match kind {
-                b'f' => Listed::File(NO_STAMP),
+                b'f' => Listed::File(None),
                 b'd' => Listed::Dir,
                 _ => return None,
             };
@@ -221,11 +212,7 @@ mod tests {
             (b"c", false),
         ] {
             let range = listing.push_name(name);
-            let kind = if dir {
-                Listed::Dir
-            } else {
-                Listed::File(NO_STAMP)
-            };
+            let kind = if dir { Listed::Dir } else { Listed::File(None) };
             listing.entries.push((range, kind));
         }
         listing.sort();

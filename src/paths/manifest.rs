@@ -10,7 +10,7 @@
 //! the directory's handle and stream them through a fixed buffer per thread. The shard is
 //! rewritten only if an entry changed or a file or directory disappeared.
 
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
 use std::io::Read;
 use std::ops::Range;
 use std::os::fd::OwnedFd;
@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use parking_lot::Mutex;
@@ -361,9 +362,9 @@ struct DirResult {
     read: bool,
 }
 
-/// A file a hashing task reads: its entry index, name, stamp when listed, and the value the
-/// cache holds for it (if any).
-type ToHash = (usize, std::ffi::CString, Stamp, Option<Box<[u8]>>);
+/// A file a hashing task reads: its entry index, name, stamp if the walk took one, and the value
+/// the cache holds for it (if any).
+type ToHash = (usize, std::ffi::CString, Option<Stamp>, Option<Box<[u8]>>);
 
 /// What hashing one file gave.
 struct Hashed {
@@ -376,11 +377,14 @@ struct Hashed {
     changed: bool,
 }
 
-type HashResult = std::result::Result<Hashed, String>;
+/// `Ok(None)`: the file turned out not to be a regular file, or was gone, when opened.
+type HashResult = std::result::Result<Option<Hashed>, String>;
 
 /// Files of one directory hashed by one task: few small files, or one large one.
 const BATCH_FILES: usize = 64;
 const BATCH_BYTES: u64 = 4 << 20;
+/// Files of unknown size (not stamped yet) one task takes at most.
+const UNSTAMPED_PER_BATCH: u64 = 16;
 
 thread_local! {
     /// Read buffer of a hashing thread: memory stays flat whatever the file size.
@@ -436,7 +440,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
     };
     let racy_margin = options.racy_margin;
     let visit = visit_fn(|dir: VisitedDir<'_>, spawner: &Spawner<'_, '_>| {
-        let listing = dir.listing;
+        let mut listing = dir.listing;
         // All keys of the directory, looked up in one batch.
         let mut key_bytes =
             Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir.rel.len() + 1));
@@ -461,23 +465,6 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         let mut values = Vec::new();
         view.get_many(&keys, &mut values);
         let cached_files = values.iter().filter(|v| v.is_some()).count();
-        let mut file_values = values.iter();
-        let known: Vec<Option<[u8; 32]>> = listing
-            .entries
-            .iter()
-            .map(|(_, kind)| {
-                let Listed::File(stamp) = kind else {
-                    return None;
-                };
-                file_values
-                    .next()
-                    .copied()
-                    .flatten()
-                    .and_then(PathEntry::decode)
-                    .and_then(|e| e.valid_for(stamp, DIMENSION))
-                    .and_then(|h| <[u8; 32]>::try_from(h).ok())
-            })
-            .collect();
 
         // A listing that was not read came from the cache: no need to look it up again.
         listing_key(&mut key, dir.rel);
@@ -502,8 +489,9 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                 READ_BUFFER.with_borrow_mut(|buffer| {
                     buffer.resize(READ_BUFFER_LEN, 0);
                     for (i, name, stamp, old_value) in batch {
-                        let result = hash_file_at(&handle, &name, &stamp, buffer, bytes_hashed)
-                            .map(|(stamp, sha256)| {
+                        let result = hash_file_at(&handle, &name, stamp, buffer, bytes_hashed)
+                            .map(|hashed| {
+                                let (stamp, sha256) = hashed?;
                                 let racy = stamp.is_racy(taken_at, racy_margin);
                                 encode_entry_into(
                                     &mut value,
@@ -511,12 +499,12 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                                     racy,
                                     &[(DIMENSION, &sha256)],
                                 );
-                                Hashed {
+                                Some(Hashed {
                                     stamp,
                                     racy,
                                     sha256,
                                     changed: old_value.as_deref() != Some(value.as_slice()),
-                                }
+                                })
                             })
                             .map_err(|e| format!("{}: {e}", name.to_string_lossy()));
                         results.push((i, result));
@@ -529,21 +517,53 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                 hashed.lock().append(&mut results);
             }));
         };
+        // Each file's hash from the cache if its entry holds for its stamp; the rest is queued.
+        let mut known = Vec::with_capacity(listing.entries.len());
         let mut file_values = values.iter();
-        for (i, (name, kind)) in listing.entries.iter().enumerate() {
-            let Listed::File(stamp) = kind else { continue };
-            let old_value = file_values.next().copied().flatten();
-            if known[i].is_some() {
-                continue;
-            }
-            let Ok(c_name) = std::ffi::CStr::from_bytes_with_nul(listing.name_with_nul(name))
-            else {
+        let Listing { names, entries } = &mut listing;
+        for (i, (range, kind)) in entries.iter_mut().enumerate() {
+            let Listed::File(stamp) = kind else {
+                known.push(None);
                 continue;
             };
-            // The cache's current value, to tell whether the new one differs (rarely any: a cold
-            // run finds none, a partial one only for the files that changed).
-            batch.push((i, c_name.to_owned(), *stamp, old_value.map(Box::from)));
-            batch_bytes += stamp.size;
+            let old_value = file_values.next().copied().flatten();
+            let Ok(name) =
+                CStr::from_bytes_with_nul(&names[range.start as usize..=range.end as usize])
+            else {
+                known.push(None);
+                continue;
+            };
+            if old_value.is_some() && stamp.is_none() {
+                // Known to the cache but not stamped by the walk: stamp it now.
+                match stamp_file_at(dir.handle, name) {
+                    Ok(Some(fresh)) => *stamp = Some(fresh),
+                    Ok(None) => {
+                        // Gone, or no longer a regular file, since the directory was read.
+                        known.push(None);
+                        continue;
+                    }
+                    Err(e) => {
+                        let error = format!("{}: {e}", name.to_string_lossy());
+                        hashed.lock().push((i, Err(error)));
+                        known.push(None);
+                        continue;
+                    }
+                }
+            }
+            let hit = old_value.zip(*stamp).and_then(|(value, stamp)| {
+                PathEntry::decode(value)?
+                    .valid_for(&stamp, DIMENSION)
+                    .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            });
+            known.push(hit);
+            if hit.is_some() {
+                continue;
+            }
+            // The cache's current value goes along, to tell whether the new one differs (rarely
+            // any: a cold run finds none, a partial one only for the files that changed).
+            batch.push((i, name.to_owned(), *stamp, old_value.map(Box::from)));
+            // A file without a stamp has an unknown size: count it as a large one.
+            batch_bytes += stamp.map_or(BATCH_BYTES / UNSTAMPED_PER_BATCH, |s| s.size);
             if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
                 queue_batch(std::mem::take(&mut batch));
                 batch_bytes = 0;
@@ -590,7 +610,8 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         dir.fresh.resize(dir.listing.entries.len(), None);
         for (i, result) in results {
             match result {
-                Ok(hashed) => {
+                Ok(None) => {}
+                Ok(Some(hashed)) => {
                     changed |= hashed.changed;
                     dir.known[i] = Some(hashed.sha256);
                     dir.files_known += 1;
@@ -782,19 +803,47 @@ fn cache_files(shard: &Shard) -> Excluded {
     }
 }
 
-/// Hashes one file of an open directory, streaming. `listed` is the stamp the walk took before
-/// opening it, and the stamp the content is stored under: if the file changes during the read,
-/// its next stamp differs from `listed`, or — within one clock tick — `listed` is racy and is
-/// not trusted anyway (the caller applies the racy rule). So no stamp is taken after the read.
+/// The stamp of the file `name` of an open directory (`lstat`); `None` if it is gone or is not
+/// a regular file.
+fn stamp_file_at(dir: &OwnedFd, name: &CStr) -> nix::Result<Option<Stamp>> {
+    match nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(stat) => Ok(Some(Stamp::from_stat(&stat)).filter(Stamp::is_file)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(errno) => Err(errno),
+    }
+}
+
+/// Hashes one file of an open directory, streaming; `Ok(None)` if it is no longer a regular file.
+///
+/// `listed` is the stamp the walk took before opening it, if it took one; otherwise the stamp is
+/// taken by `fstat` once the file is open, still before any byte is read. That stamp is the one
+/// the content is stored under: if the file changes during the read, its next stamp differs, or
+/// — within one clock tick — the stamp is racy and is not trusted anyway (the caller applies the
+/// racy rule). So no stamp is taken after the read.
 fn hash_file_at(
     dir: &OwnedFd,
-    name: &std::ffi::CStr,
-    listed: &Stamp,
+    name: &CStr,
+    listed: Option<Stamp>,
     buffer: &mut [u8],
     bytes_hashed: &AtomicU64,
-) -> std::io::Result<(Stamp, [u8; 32])> {
+) -> std::io::Result<Option<(Stamp, [u8; 32])>> {
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-    let file = nix::fcntl::openat(dir, name, flags, Mode::empty())?;
+    let file = match nix::fcntl::openat(dir, name, flags, Mode::empty()) {
+        Ok(file) => file,
+        // Listed as a regular file but never stamped: removed, or replaced by a symlink, since.
+        Err(Errno::ENOENT | Errno::ELOOP) if listed.is_none() => return Ok(None),
+        Err(errno) => return Err(errno.into()),
+    };
+    let listed = match listed {
+        Some(stamp) => stamp,
+        None => {
+            let stamp = Stamp::from_stat(&nix::sys::stat::fstat(&file)?);
+            if !stamp.is_file() {
+                return Ok(None);
+            }
+            stamp
+        }
+    };
     let mut file = std::fs::File::from(file);
     let mut hasher = Sha256::new();
     let mut total = 0u64;
@@ -822,7 +871,7 @@ fn hash_file_at(
             checked = true;
         }
     }
-    Ok((*listed, hasher.finalize().into()))
+    Ok(Some((listed, hasher.finalize().into())))
 }
 
 #[cfg(test)]
@@ -877,6 +926,63 @@ mod tests {
                 );
                 assert_eq!(line.hex().as_bytes(), &reference_line(b"", &sha256)[..64]);
             }
+        }
+    }
+
+    fn hash_unstamped(
+        dir: &std::path::Path,
+        name: &CStr,
+    ) -> std::io::Result<Option<(Stamp, [u8; 32])>> {
+        let handle = nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())?;
+        let mut buffer = vec![0; 16];
+        hash_file_at(&handle, name, None, &mut buffer, &AtomicU64::new(0))
+    }
+
+    #[test]
+    fn an_unstamped_file_is_stamped_once_open_and_anything_else_is_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let content = b"more than one buffer of sixteen bytes";
+        std::fs::write(dir.join("file"), content).unwrap();
+        std::os::unix::fs::symlink("file", dir.join("link")).unwrap();
+        nix::unistd::mkfifo(&dir.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::create_dir(dir.join("subdir")).unwrap();
+
+        let (stamp, sha256) = hash_unstamped(dir, c"file").unwrap().unwrap();
+        let lstat = Stamp::from_metadata(&std::fs::symlink_metadata(dir.join("file")).unwrap());
+        assert_eq!(stamp, lstat);
+        assert_eq!(sha256, <[u8; 32]>::from(Sha256::digest(content)));
+        // Never followed, never read (a FIFO would block a read), never an error.
+        for name in [c"link", c"fifo", c"subdir", c"gone"] {
+            assert_eq!(hash_unstamped(dir, name).unwrap(), None, "{name:?}");
+        }
+        // A stamped file that is gone is an error: the walk saw it a moment ago.
+        let handle =
+            nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let mut buffer = vec![0; 16];
+        let gone = hash_file_at(
+            &handle,
+            c"gone",
+            Some(lstat),
+            &mut buffer,
+            &AtomicU64::new(0),
+        );
+        assert!(gone.is_err());
+    }
+
+    #[test]
+    fn stamping_by_name_skips_what_is_not_a_regular_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(dir.join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink("file", dir.join("link")).unwrap();
+        std::fs::create_dir(dir.join("subdir")).unwrap();
+        let handle =
+            nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let lstat = Stamp::from_metadata(&std::fs::symlink_metadata(dir.join("file")).unwrap());
+        assert_eq!(stamp_file_at(&handle, c"file").unwrap(), Some(lstat));
+        for name in [c"link", c"subdir", c"gone"] {
+            assert_eq!(stamp_file_at(&handle, name).unwrap(), None, "{name:?}");
         }
     }
 }

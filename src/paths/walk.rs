@@ -51,7 +51,8 @@ pub(crate) struct VisitedDir<'a> {
     pub handle: &'a Arc<OwnedFd>,
     /// The directory's own stamp, taken before it was listed.
     pub stamp: Stamp,
-    /// Its regular files (with fresh stamps) and subdirectories, in manifest order.
+    /// Its regular files and subdirectories, in manifest order. Files of a cached listing have a
+    /// fresh stamp; those of a listing read this run mostly have none yet (see `read_listing`).
     pub listing: Listing,
     /// True if the listing was read from the directory, false if a cached one was used.
     pub read: bool,
@@ -314,10 +315,11 @@ fn stat_cached_files(handle: &OwnedFd, listing: &mut Listing) -> bool {
         };
         match nix::sys::stat::fstatat(handle, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(stat) => {
-                *stamp = Stamp::from_stat(&stat);
-                if !stamp.is_file() {
+                let fresh = Stamp::from_stat(&stat);
+                if !fresh.is_file() {
                     return false;
                 }
+                *stamp = Some(fresh);
             }
             Err(_) => return false,
         }
@@ -325,7 +327,8 @@ fn stat_cached_files(handle: &OwnedFd, listing: &mut Listing) -> bool {
     true
 }
 
-/// Reads the directory: its regular files (stamped) and subdirectories, in manifest order.
+/// Reads the directory: its regular files and subdirectories, in manifest order. Files are
+/// stamped only where the directory entry does not give their type.
 fn read_listing(
     handle: &OwnedFd,
     excluded: Option<&Excluded>,
@@ -362,16 +365,18 @@ fn read_listing(
         if name == b"." || name == b".." || excluded.is_some_and(|e| e.matches(name)) {
             continue;
         }
-        let is_dir = match entry.file_type() {
-            Some(Type::Directory) => true,
-            Some(Type::File) | None => false, // None is DT_UNKNOWN: the stat decides
-            Some(_) => continue,              // symlink, FIFO, socket, device: never opened
+        let kind = match entry.file_type() {
+            Some(Type::Directory) => Some(Listed::Dir),
+            // Stamped later, and only if the cache knows the file: one that must be hashed
+            // anyway is stamped by `fstat` once open.
+            Some(Type::File) => Some(Listed::File(None)),
+            None => None,        // DT_UNKNOWN: the stat decides
+            Some(_) => continue, // symlink, FIFO, socket, device: never opened
         };
         let range = listing.push_name(name);
-        if is_dir {
-            listing.entries.push((range, Listed::Dir));
-        } else {
-            to_stat.push(range);
+        match kind {
+            Some(kind) => listing.entries.push((range, kind)),
+            None => to_stat.push(range),
         }
     }
     drop(reader);
@@ -383,7 +388,7 @@ fn read_listing(
             Ok(stat) => {
                 let stamp = Stamp::from_stat(&stat);
                 if stamp.is_file() {
-                    listing.entries.push((range, Listed::File(stamp)));
+                    listing.entries.push((range, Listed::File(Some(stamp))));
                 } else if stamp.mode & nix::libc::S_IFMT == nix::libc::S_IFDIR {
                     listing.entries.push((range, Listed::Dir));
                 }
