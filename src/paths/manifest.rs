@@ -3,12 +3,15 @@
 //! The cache shard holds one [`PathCache`](super::PathCache) entry per regular file, keyed by its
 //! path relative to the root, with a `sha256` dimension, and one cached listing per directory
 //! (keyed by a NUL byte and the directory's path; see `listing.rs`). A run walks the tree in
-//! parallel, reuses the listing of every directory whose stamp is unchanged instead of reading
-//! it, takes each file's stamp, answers unchanged files from the shard without reading them, and
-//! hashes the rest while the walk goes on: each directory queues its stale files as tasks (a few
-//! small files or one large one each) for the same worker threads, which open them relative to
-//! the directory's handle and stream them through a fixed buffer per thread. The shard is
-//! rewritten only if an entry changed or a file or directory disappeared.
+//! parallel and reuses the listing of every directory whose stamp is unchanged instead of reading
+//! it. A file the cache knows is stamped (`lstat` relative to its directory's handle) and, while
+//! its entry holds for that stamp, answered without being read. The rest is hashed while the walk
+//! goes on: each directory queues its stale files as tasks (a few small files or one large one
+//! each) for the same worker threads, which open them relative to the directory's handle and
+//! stream them through a fixed buffer per thread; a file the cache does not know is stamped by
+//! `fstat` once open, before any byte is read, so it costs one path lookup, not two. The shard is
+//! rewritten only if an entry changed or a file or directory disappeared. The [`Manifest`] keeps
+//! the walk's listings and is printed straight from them, in order, with no path copied.
 
 use std::ffi::{CStr, OsStr};
 use std::io::Read;
