@@ -32,7 +32,9 @@ use sha2::{Digest, Sha256};
 use super::cache::{PathEntry, encode_entry_into};
 use super::listing::{Listed, Listing, listing_key};
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
-use super::walk::{Excluded, Spawner, VisitedDir, Visitor, join_rel, visit_fn, walk};
+use super::walk::{
+    Excluded, Spawner, VisitedDir, Visitor, join_rel, stamp_file_at, visit_fn, walk,
+};
 use crate::{BulkMode, Error, Health, Options, Result, Shard, Snapshot, WriteOutcome};
 
 /// Producer string of hash-tree shards.
@@ -803,16 +805,6 @@ fn cache_files(shard: &Shard) -> Excluded {
         dir,
         names: vec![name, lock],
         prefix,
-    }
-}
-
-/// The stamp of the file `name` of an open directory (`lstat`); `None` if it is gone or is not
-/// a regular file.
-fn stamp_file_at(dir: &OwnedFd, name: &CStr) -> nix::Result<Option<Stamp>> {
-    match nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(stat) => Ok(Some(Stamp::from_stat(&stat)).filter(Stamp::is_file)),
-        Err(Errno::ENOENT) => Ok(None),
-        Err(errno) => Err(errno),
     }
 }
 

@@ -301,6 +301,16 @@ fn open_and_list(
     })
 }
 
+/// The stamp of the file `name` of an open directory (`lstat`); `None` if it is gone or is not
+/// a regular file.
+pub(crate) fn stamp_file_at(dir: &OwnedFd, name: &CStr) -> nix::Result<Option<Stamp>> {
+    match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(stat) => Ok(Some(Stamp::from_stat(&stat)).filter(Stamp::is_file)),
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
+        Err(errno) => Err(errno),
+    }
+}
+
 /// Takes a fresh stamp of every file of a cached listing. False if one is no longer a regular
 /// file (the directory changed after all: it must be read again).
 fn stat_cached_files(handle: &OwnedFd, listing: &mut Listing) -> bool {
@@ -313,15 +323,9 @@ fn stat_cached_files(handle: &OwnedFd, listing: &mut Listing) -> bool {
         else {
             return false;
         };
-        match nix::sys::stat::fstatat(handle, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(stat) => {
-                let fresh = Stamp::from_stat(&stat);
-                if !fresh.is_file() {
-                    return false;
-                }
-                *stamp = Some(fresh);
-            }
-            Err(_) => return false,
+        match stamp_file_at(handle, name) {
+            Ok(Some(fresh)) => *stamp = Some(fresh),
+            _ => return false,
         }
     }
     true
