@@ -274,67 +274,14 @@ fn pick_files(tree: &Path, n: usize) -> Vec<PathBuf> {
     all.into_iter().step_by(step).take(n).collect()
 }
 
-/// The walk + lstat limit: every directory listed, every regular file lstat()ed, nothing else.
-fn walk_lstat(root: &Path, threads: usize) -> u64 {
-    let queue = parking_lot::Mutex::new((vec![root.to_path_buf()], 0usize));
+/// Runs `work` on `first` and on every job it adds, with `threads` workers sharing one stack of
+/// jobs; returns once all are done.
+fn share_jobs<J: Send>(threads: usize, first: J, work: impl Fn(J, &mut Vec<J>) + Sync) {
+    let queue = parking_lot::Mutex::new((vec![first], 0usize));
     let wake = parking_lot::Condvar::new();
-    let files = AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
-                loop {
-                    let dir = {
-                        let mut q = queue.lock();
-                        loop {
-                            if let Some(d) = q.0.pop() {
-                                q.1 += 1;
-                                break Some(d);
-                            }
-                            if q.1 == 0 {
-                                break None;
-                            }
-                            wake.wait(&mut q);
-                        }
-                    };
-                    let Some(dir) = dir else { break };
-                    let mut subdirs = Vec::new();
-                    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                        match entry.file_type() {
-                            Ok(t) if t.is_dir() => subdirs.push(entry.path()),
-                            Ok(t) if t.is_file() && entry.metadata().is_ok() => {
-                                files.fetch_add(1, Ordering::Relaxed);
-                            }
-                            _ => {}
-                        }
-                    }
-                    let mut q = queue.lock();
-                    q.0.extend(subdirs);
-                    q.1 -= 1;
-                    wake.notify_all();
-                }
-            });
-        }
-    });
-    files.into_inner()
-}
-
-/// The floor of a cold run that reads files with read(2): every directory listed, every regular
-/// file opened by path, read through a 256 KiB buffer (a short read ends it) and hashed,
-/// directories and files shared by `threads` workers; no stamps, no cache, no output. Returns
-/// the bytes hashed.
-fn walk_read_sha256(root: &Path, threads: usize) -> u64 {
-    use std::io::Read;
-    enum Job {
-        Dir(PathBuf),
-        File(PathBuf),
-    }
-    let queue = parking_lot::Mutex::new((vec![Job::Dir(root.to_path_buf())], 0usize));
-    let wake = parking_lot::Condvar::new();
-    let bytes = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let mut buffer = vec![0u8; 256 * 1024];
                 loop {
                     let job = {
                         let mut q = queue.lock();
@@ -351,31 +298,7 @@ fn walk_read_sha256(root: &Path, threads: usize) -> u64 {
                     };
                     let Some(job) = job else { break };
                     let mut found = Vec::new();
-                    match job {
-                        Job::Dir(dir) => {
-                            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                                match entry.file_type() {
-                                    Ok(t) if t.is_dir() => found.push(Job::Dir(entry.path())),
-                                    Ok(t) if t.is_file() => found.push(Job::File(entry.path())),
-                                    _ => {}
-                                }
-                            }
-                        }
-                        Job::File(path) => {
-                            if let Ok(mut file) = std::fs::File::open(&path) {
-                                let mut h = sha2::Sha256::new();
-                                // A short read of a regular file is its end.
-                                while let Ok(n @ 1..) = file.read(&mut buffer) {
-                                    h.update(&buffer[..n]);
-                                    bytes.fetch_add(n as u64, Ordering::Relaxed);
-                                    if n < buffer.len() {
-                                        break;
-                                    }
-                                }
-                                std::hint::black_box(h.finalize());
-                            }
-                        }
-                    }
+                    work(job, &mut found);
                     let mut q = queue.lock();
                     q.0.extend(found);
                     q.1 -= 1;
@@ -384,6 +307,71 @@ fn walk_read_sha256(root: &Path, threads: usize) -> u64 {
             });
         }
     });
+}
+
+/// The walk + lstat limit: every directory listed, every regular file lstat()ed, nothing else.
+fn walk_lstat(root: &Path, threads: usize) -> u64 {
+    let files = AtomicU64::new(0);
+    share_jobs(threads, root.to_path_buf(), |dir, subdirs| {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => subdirs.push(entry.path()),
+                Ok(t) if t.is_file() && entry.metadata().is_ok() => {
+                    files.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    });
+    files.into_inner()
+}
+
+/// The floor of a cold run that reads files with read(2): every directory listed, every regular
+/// file opened by path, read through a 256 KiB buffer (a short read ends it) and hashed,
+/// directories and files shared by `threads` workers; no stamps, no cache, no output. Returns
+/// the bytes hashed.
+fn walk_read_sha256(root: &Path, threads: usize) -> u64 {
+    use std::io::Read;
+    enum Job {
+        Dir(PathBuf),
+        File(PathBuf),
+    }
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 256 * 1024]);
+    }
+    let bytes = AtomicU64::new(0);
+    share_jobs(
+        threads,
+        Job::Dir(root.to_path_buf()),
+        |job, found| match job {
+            Job::Dir(dir) => {
+                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    match entry.file_type() {
+                        Ok(t) if t.is_dir() => found.push(Job::Dir(entry.path())),
+                        Ok(t) if t.is_file() => found.push(Job::File(entry.path())),
+                        _ => {}
+                    }
+                }
+            }
+            Job::File(path) => {
+                let Ok(mut file) = std::fs::File::open(&path) else {
+                    return;
+                };
+                BUFFER.with_borrow_mut(|buffer| {
+                    let mut h = sha2::Sha256::new();
+                    // A short read of a regular file is its end.
+                    while let Ok(n @ 1..) = file.read(buffer) {
+                        h.update(&buffer[..n]);
+                        bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        if n < buffer.len() {
+                            break;
+                        }
+                    }
+                    std::hint::black_box(h.finalize());
+                });
+            }
+        },
+    );
     bytes.into_inner()
 }
 
