@@ -11,13 +11,13 @@
 //! only what the stamps say changed.
 
 mod cache;
+mod hash_tree;
 mod listing;
 mod manifest;
 mod stamp;
 mod walk;
 
 pub use cache::{PathCache, PathEntry, PathView};
-pub use manifest::{
-    HashTreeOptions, HashTreeReport, Manifest, ManifestLine, hash_tree, shard_path_for_root,
-};
+pub use hash_tree::{HashTreeOptions, HashTreeReport, hash_tree, shard_path_for_root};
+pub use manifest::{Manifest, ManifestLine};
 pub use stamp::{DEFAULT_RACY_MARGIN, Stamp};
