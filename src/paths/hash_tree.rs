@@ -16,6 +16,7 @@
 
 use std::ffi::{CStr, OsStr};
 use std::io::Read;
+use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -296,20 +297,23 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         let mut known = Vec::with_capacity(listing.entries.len());
         let mut file_values = values.iter();
         let Listing { names, entries } = &mut listing;
+        // Names are NUL-terminated in `names` and hold no other NUL (see `Listing`); only files
+        // stamped or hashed here need theirs as a C string.
+        let c_name = |range: &Range<u32>| {
+            CStr::from_bytes_with_nul(&names[range.start as usize..=range.end as usize]).ok()
+        };
         for (i, (range, kind)) in entries.iter_mut().enumerate() {
             let Listed::File(stamp) = kind else {
                 known.push(None);
                 continue;
             };
             let old_value = file_values.next().copied().flatten();
-            let Ok(name) =
-                CStr::from_bytes_with_nul(&names[range.start as usize..=range.end as usize])
-            else {
-                known.push(None);
-                continue;
-            };
             if old_value.is_some() && stamp.is_none() {
                 // Known to the cache but not stamped by the walk: stamp it now.
+                let Some(name) = c_name(range) else {
+                    known.push(None);
+                    continue;
+                };
                 match stamp_file_at(dir.handle, name) {
                     Ok(Some(fresh)) => *stamp = Some(fresh),
                     Ok(None) => {
@@ -331,9 +335,9 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                     .and_then(|h| <[u8; 32]>::try_from(h).ok())
             });
             known.push(hit);
-            if hit.is_some() {
+            let (None, Some(name)) = (hit, c_name(range)) else {
                 continue;
-            }
+            };
             // The cache's current value goes along, to tell whether the new one differs (rarely
             // any: a cold run finds none, a partial one only for the files that changed).
             batch.push((i, name.to_owned(), *stamp, old_value.map(Box::from)));
