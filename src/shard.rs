@@ -55,13 +55,9 @@ impl Shard {
     /// both files again to tell whether they were replaced since.
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Shard> {
         let path = path.as_ref().to_path_buf();
-        let sidecar = |suffix: &str| {
-            let mut name = path.clone().into_os_string();
-            name.push(suffix);
-            PathBuf::from(name)
-        };
-        let lock_path = sidecar(".lock");
-        let delta_path = sidecar(".delta");
+        let sidecar = |suffix| PathBuf::from(crate::names::sidecar(path.as_os_str(), suffix));
+        let lock_path = sidecar(crate::names::LOCK_SUFFIX);
+        let delta_path = sidecar(crate::names::DELTA_SUFFIX);
         let current = if options.enabled {
             refuse_special_file(&path)?;
             None

@@ -53,6 +53,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::error::{Error, Result};
 use crate::format::{self, Encoder, Record, Slot, Summary};
 use crate::map::{self, Loaded, ShardFiles};
+use crate::names;
 use crate::shard::Shard;
 use crate::trust;
 
@@ -487,17 +488,6 @@ impl<'s> Transaction<'s> {
     }
 }
 
-const TEMP_SUFFIX: &str = ".tmp";
-
-/// `.<name>.`: the start of every temp file name of the shard `<name>`.
-fn temp_prefix(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    format!(".{name}.")
-}
-
 /// The new file of a write, under a temp name in the shard's directory; unlinked on drop unless
 /// it was renamed into place.
 ///
@@ -518,7 +508,8 @@ struct TempFile {
 
 impl TempFile {
     fn create(dir: &Path, shard: &Path) -> Result<TempFile> {
-        let fixed = dir.join(format!("{}tmp", temp_prefix(shard)));
+        let name = shard.file_name().unwrap_or_default();
+        let fixed = dir.join(names::fixed_temp(name));
         let create = || {
             OpenOptions::new()
                 .read(true)
@@ -551,8 +542,9 @@ impl TempFile {
         }
         remove_stale_temps(shard, &fixed)?;
         let (file, path) = tempfile::Builder::new()
-            .prefix(&temp_prefix(shard))
-            .suffix(TEMP_SUFFIX)
+            .prefix(&names::temp_prefix(name))
+            .suffix(names::TEMP_SUFFIX)
+            .rand_bytes(names::RANDOM_LEN)
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .tempfile_in(dir)
             .and_then(|t| t.keep().map_err(|e| e.error))
@@ -641,7 +633,7 @@ pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
 /// that died mid-write. Only called under the lock, when no live writer can own a temp file.
 fn remove_stale_temps(path: &Path, keep: &Path) -> Result<()> {
     let dir = map::parent_dir(path);
-    let prefix = temp_prefix(path);
+    let shard = path.file_name().unwrap_or_default();
     let keep = keep.file_name();
     let entries = fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
     for entry in entries.flatten() {
@@ -649,11 +641,10 @@ fn remove_stale_temps(path: &Path, keep: &Path) -> Result<()> {
         if Some(name.as_os_str()) == keep {
             continue;
         }
-        let name = name.to_string_lossy();
         // Only files we could have created: a directory or anything else with such a name is
         // not ours to remove, and must not block every write.
         let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-        if is_file && is_temp_name(&name, &prefix) {
+        if is_file && names::is_temp_name(shard, &name) {
             let stale = entry.path();
             match fs::remove_file(&stale) {
                 Ok(()) => {}
@@ -663,19 +654,6 @@ fn remove_stale_temps(path: &Path, keep: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// True for the names a shard's temp files get: `<prefix>tmp` (the fixed name) and
-/// `<prefix><6 random alphanumerics>.tmp` (what `tempfile` makes). Nothing looser: shard `a` must
-/// not take `.a.b.tmp`, the temp file of a live writer of shard `a.b` (another lock).
-fn is_temp_name(name: &str, prefix: &str) -> bool {
-    let Some(rest) = name.strip_prefix(prefix) else {
-        return false;
-    };
-    rest == "tmp"
-        || rest.strip_suffix(TEMP_SUFFIX).is_some_and(|random| {
-            random.len() == 6 && random.bytes().all(|b| b.is_ascii_alphanumeric())
-        })
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

@@ -230,6 +230,22 @@ fn the_cache_files_inside_the_tree_are_excluded() {
     assert_eq!(second.files, 3);
     assert_eq!(second.hashed, 0);
     assert!(!String::from_utf8_lossy(&second.manifest).contains("hash-cache"));
+    // A run that changes a few files publishes a delta beside the shard; the next run must not
+    // list it (nor any other file of the shard: `warmshard::is_shard_file` is the one rule).
+    settle();
+    std::fs::write(root.join("d1/f1.txt"), "changed\n").unwrap();
+    settle();
+    let third = hash_tree(&root, &shard);
+    assert_eq!(third.hashed, 1);
+    let mut delta = shard.clone().into_os_string();
+    delta.push(".delta");
+    assert!(
+        Path::new(&delta).exists(),
+        "a small change publishes a delta"
+    );
+    let fourth = hash_tree(&root, &shard);
+    assert_eq!(fourth.files, 3);
+    assert!(!String::from_utf8_lossy(&fourth.manifest).contains("hash-cache"));
 }
 
 #[test]

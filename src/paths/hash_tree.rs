@@ -523,24 +523,14 @@ fn write_cache(
     writer.commit()
 }
 
-/// The cache's own files (shard, lock, temp files), excluded when they sit inside the tree.
+/// The cache's own files (see `crate::names`), excluded when they sit inside the tree.
 fn cache_files(shard: &Shard) -> Excluded {
     let path = shard.path();
     let dir = crate::map::parent_dir(path);
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let name = path
-        .file_name()
-        .map(|n| n.as_bytes().to_vec())
-        .unwrap_or_default();
-    let mut lock = name.clone();
-    lock.extend_from_slice(b".lock");
-    let mut prefix = b".".to_vec();
-    prefix.extend_from_slice(&name);
-    prefix.push(b'.');
     Excluded {
         dir,
-        names: vec![name, lock],
-        prefix,
+        shard_name: path.file_name().unwrap_or_default().to_os_string(),
     }
 }
 

@@ -33,13 +33,14 @@ pub(crate) struct WalkError {
 /// Names in one directory that must not be reported (the cache's own files).
 pub(crate) struct Excluded {
     pub dir: PathBuf,
-    pub names: Vec<Vec<u8>>,
-    pub prefix: Vec<u8>,
+    /// The shard's file name; every file that belongs to it is excluded (see `crate::names`).
+    pub shard_name: std::ffi::OsString,
 }
 
 impl Excluded {
     fn matches(&self, name: &[u8]) -> bool {
-        self.names.iter().any(|n| n == name) || name.starts_with(&self.prefix)
+        use std::os::unix::ffi::OsStrExt;
+        crate::names::is_shard_file(&self.shard_name, std::ffi::OsStr::from_bytes(name))
     }
 }
 
