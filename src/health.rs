@@ -44,12 +44,16 @@ pub enum Health {
         /// Version this build reads.
         supported: u32,
     },
-    /// The archive was written with another pointer width or endianness.
+    /// The archive was written with another rkyv layout (pointer width, endianness or
+    /// alignment: rkyv's format features) than this build's; see
+    /// [`ArchiveLayout`](crate::format::ArchiveLayout).
     IncompatibleLayout {
         /// Pointer width (bits) recorded in the file.
         pointer_width_bits: u8,
-        /// Endianness code recorded in the file (1 = little).
+        /// Endianness code recorded in the file (1 = little, 2 = big).
         endianness: u8,
+        /// Alignment of an archived u64 recorded in the file (8 = aligned, 1 = unaligned).
+        alignment: u8,
     },
     /// The file is shorter or longer than its preamble declares.
     Truncated {
@@ -113,11 +117,20 @@ impl fmt::Display for Health {
             Health::IncompatibleLayout {
                 pointer_width_bits,
                 endianness,
-            } => write!(
-                f,
-                "shard written with pointer width {pointer_width_bits} and endianness code {endianness}, \
-                 this build uses 64 and 1 (little); the next write rebuilds it"
-            ),
+                alignment,
+            } => {
+                let found = crate::format::ArchiveLayout {
+                    pointer_width_bits: *pointer_width_bits,
+                    endianness: *endianness,
+                    alignment: *alignment,
+                };
+                write!(
+                    f,
+                    "shard written with another rkyv layout ({found}), this build uses {} \
+                     (rkyv's format features differ); the next write rebuilds it",
+                    crate::format::ArchiveLayout::of_this_build()
+                )
+            }
             Health::Truncated { declared, actual } => write!(
                 f,
                 "shard is {actual} bytes but was written as {declared} bytes (truncated or extended); the next write rebuilds it"

@@ -26,6 +26,8 @@
 //!   producing a complete new file renamed over the old one.
 //! - [`Snapshot`] is a validated read view that stays valid while held.
 //! - [`Health`] says why a shard reads as empty (missing, corrupt, foreign, untrusted...).
+//! - Typed entries: [`Shard::put_typed`] stores an rkyv-archivable value and
+//!   [`Snapshot::get_typed`] reads it in place as `&T::Archived`, validating that value only.
 //! - The on-disk layout is documented in the [`format`](mod@format) module.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -42,6 +44,7 @@ mod options;
 mod shard;
 mod snapshot;
 mod trust;
+mod typed;
 mod write;
 
 pub use error::{Error, Result};
@@ -49,8 +52,12 @@ pub use health::Health;
 pub use location::{ENV_SWITCH, default_dir, default_path, enabled_by_env};
 pub use names::is_shard_file;
 pub use options::{DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_SIZE, Options};
+/// The rkyv this crate archives typed entries with (`#[rkyv(crate = warmshard::rkyv)]` lets a
+/// crate derive without its own rkyv dependency).
+pub use rkyv;
 pub use shard::{BulkMode, BulkWriter, Shard};
 pub use snapshot::{Snapshot, Stats, Value, VerifyError};
+pub use typed::{InvalidValue, ReadTyped, WriteTyped};
 pub use write::{DEFAULT_PRODUCER, WriteOutcome};
 
 /// The README's Rust examples, compiled by `cargo test` so they cannot go stale.
