@@ -759,12 +759,18 @@ impl<W: Write> Encoder<W> {
         Ok(offset)
     }
 
-    /// Appends a record copied verbatim from another shard ([`Record::raw`]); it starts at a
-    /// multiple of [`VALUE_ALIGN`] as it did there, so its value stays aligned.
+    /// Appends a record copied from another shard ([`Record::raw`]): header, key and value
+    /// verbatim (checksum and generation included), the padding before the value rewritten as
+    /// zeros (so damage there is not carried forward). It starts at a multiple of
+    /// [`VALUE_ALIGN`] as it did there, so its value stays aligned.
     pub fn copy_record(&mut self, record: &Record<'_>) -> io::Result<u64> {
         self.pad()?;
         let offset = self.records_len();
-        self.out.write_all(record.raw)?;
+        let key_end = RECORD_HEADER_LEN + record.key.len();
+        let value_at = record.raw.len() - record.value.len();
+        self.out.write_all(&record.raw[..key_end])?;
+        self.out.write_all(&[0u8; VALUE_ALIGN][..value_at - key_end])?;
+        self.out.write_all(record.value)?;
         self.pos += record.raw.len() as u64;
         Ok(offset)
     }

@@ -145,6 +145,10 @@ fn write_seeds() {
         .merge_in((0..12).map(|i| (format!("key{i}"), vec![i as u8; i * 3])))
         .unwrap();
     shards.push(std::fs::read(&path).unwrap());
+    let typed: (u64, String, Vec<u8>) = (7, "typed".into(), vec![1, 2, 3]);
+    let _ = shard.put_typed("typed", &typed).unwrap();
+    let _ = shard.compact().unwrap();
+    shards.push(std::fs::read(&path).unwrap());
     let out = root.join("open_get");
     std::fs::create_dir_all(&out).unwrap();
     for (i, bytes) in shards.iter().enumerate() {

@@ -7,6 +7,10 @@
 //! rebuilds a shard that passes `verify` and keeps exactly the entries a checked read
 //! (`verify_values`) served, plus the new one. (A small write lands in the delta file and
 //! leaves a damaged base alone; `compact` is the rewrite that drops what fails.)
+//!
+//! Every value found is also read as typed entries (`get_typed`/`try_get_typed` as a few rkyv
+//! types, the tuple the seeds store among them): validation of arbitrary value bytes never
+//! panics, a typed hit lies inside the mapping, and the two calls agree.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,15 +53,59 @@ fn options(verify_values: bool) -> Options {
 
 /// Asserts that `part` lies inside one of the snapshot's mapped files (shard or delta).
 fn inside(snapshot: &Snapshot, part: &[u8]) {
-    let (start, stop) = (part.as_ptr() as usize, part.as_ptr() as usize + part.len());
+    if !part.is_empty() {
+        let start = part.as_ptr() as usize;
+        within_maps(snapshot, start, start + part.len());
+    }
+}
+
+/// Asserts that the addresses `start..stop` lie inside one of the snapshot's mapped files.
+fn within_maps(snapshot: &Snapshot, start: usize, stop: usize) {
     let within = |file: &[u8]| {
         let (base, end) = (file.as_ptr() as usize, file.as_ptr() as usize + file.len());
         base <= start && stop <= end
     };
     assert!(
-        part.is_empty() || within(snapshot.file_bytes()) || within(snapshot.delta_file_bytes()),
+        within(snapshot.file_bytes()) || within(snapshot.delta_file_bytes()),
         "a returned slice lies outside the mapped files"
     );
+}
+
+/// The tuple the hand-made seeds store as a typed entry (see `write_seeds`).
+type Seeded = (u64, String, Vec<u8>);
+
+/// Reads the value under `key` as several archived types: never a panic, a hit lies inside the
+/// mapping, and `get_typed` agrees with `try_get_typed`.
+fn check_typed(snapshot: &Snapshot, key: &[u8]) {
+    fn agree<'s, T: warmshard::ReadTyped>(
+        snapshot: &'s Snapshot,
+        key: &[u8],
+    ) -> Option<&'s T::Archived> {
+        let plain = snapshot
+            .get_typed::<T>(key)
+            .map(|v| v as *const T::Archived);
+        let reasoned = snapshot.try_get_typed::<T>(key);
+        if let Err(e) = &reasoned {
+            assert!(!e.reason.is_empty(), "a refused value without a reason");
+        }
+        let reasoned = reasoned.ok().flatten();
+        assert_eq!(plain, reasoned.map(|v| v as *const T::Archived));
+        reasoned
+    }
+    if let Some(n) = agree::<u64>(snapshot, key) {
+        let at = n as *const _ as usize;
+        within_maps(snapshot, at, at + std::mem::size_of_val(n));
+    }
+    if let Some(s) = agree::<String>(snapshot, key) {
+        inside(snapshot, s.as_bytes());
+    }
+    if let Some(v) = agree::<Vec<u8>>(snapshot, key) {
+        inside(snapshot, v.as_slice());
+    }
+    if let Some(t) = agree::<Seeded>(snapshot, key) {
+        inside(snapshot, t.1.as_bytes());
+        inside(snapshot, t.2.as_slice());
+    }
 }
 
 /// Keys to look up: a few windows of the input, the empty key, and every key the shard lists.
@@ -94,6 +142,7 @@ fn check(snapshot: &Snapshot, data: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
         if let Some(value) = snapshot.get(&key) {
             inside(snapshot, value);
             assert!(snapshot.contains(&key));
+            check_typed(snapshot, &key);
         }
     }
     if !health.is_valid() {
