@@ -46,7 +46,7 @@
 //! the Unix epoch), the entry count, the total value bytes, the slot capacity C and probe limit
 //! of the slot table, the oldest entry generation, the file's random `shard_id` and, for a
 //! delta file, the `base_id` of the base it extends. Nothing in the root grows with the shard,
-//! so validation costs the same for 10 entries as for 10 million, optimised or not. [`parse`]
+//! so validation costs the same for 10 entries as for 10 million, optimised or not. Opening
 //! then checks by hand that the arenas lie after the preamble, in order, without overlap and
 //! before the root, and that the records arena starts at a multiple of 16. Every lookup slices
 //! the arenas with bounds checks, so a lying offset produces a miss, never an out-of-bounds read.
@@ -248,7 +248,7 @@ struct Root {
 
 /// Header fields of a validated shard (everything except the arenas).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// Format version read from the preamble.
     pub format_version: u32,
     /// Byte range of the producer string inside the file.
@@ -271,7 +271,7 @@ pub struct Header {
 
 /// Byte ranges of a validated shard's arenas: all a lookup needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Layout {
+pub(crate) struct Layout {
     records: Range<usize>,
     slots: Range<usize>,
     slot_capacity: u64,
@@ -282,7 +282,7 @@ pub struct Layout {
 
 /// One record read from the records arena, bounds-checked.
 #[derive(Clone, Copy, Debug)]
-pub struct Record<'a> {
+pub(crate) struct Record<'a> {
     /// Generation the entry was written under.
     pub generation: u64,
     /// Stored checksum of the value.
@@ -328,7 +328,7 @@ fn value_offset(key_len: usize) -> Option<usize> {
 /// Parses a record at `offset` of the records arena; `None` if it does not fit or does not
 /// start at a multiple of [`VALUE_ALIGN`].
 #[inline]
-pub fn record_at(records: &[u8], offset: u64) -> Option<Record<'_>> {
+pub(crate) fn record_at(records: &[u8], offset: u64) -> Option<Record<'_>> {
     let start = usize::try_from(offset).ok()?;
     if start % VALUE_ALIGN != 0 {
         return None;
@@ -380,7 +380,7 @@ fn record_with_key<'a>(records: &'a [u8], offset: u64, key: &[u8]) -> Option<Rec
 /// Reads and checks the preamble, then validates the rkyv root with `check_bytes`.
 ///
 /// This is O(1): it never looks at individual records.
-pub fn parse(file: &[u8]) -> Result<(Header, Layout), Health> {
+pub(crate) fn parse(file: &[u8]) -> Result<(Header, Layout), Health> {
     if file.is_empty() {
         return Err(Health::EmptyFile);
     }
@@ -669,7 +669,7 @@ impl Layout {
 
 /// Writes a shard to `out` in one forward pass: preamble, records as they arrive, then the
 /// tables and the root. The caller supplies slots (hash, record offset) for the live records.
-pub struct Encoder<W: Write> {
+pub(crate) struct Encoder<W: Write> {
     out: W,
     pos: u64,
     producer: String,
@@ -677,7 +677,7 @@ pub struct Encoder<W: Write> {
 
 /// One index slot: a key hash and the offset of its record in the records arena.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Slot {
+pub(crate) struct Slot {
     /// Key hash ([`key_hash`]).
     pub hash: u64,
     /// Offset of the record from the start of the records arena.
@@ -685,7 +685,7 @@ pub struct Slot {
 }
 
 /// Summary values for the root.
-pub struct Summary {
+pub(crate) struct Summary {
     /// Build time, ns since the Unix epoch.
     pub build_time_ns: u64,
     /// Sum of the live values' lengths.
@@ -769,7 +769,8 @@ impl<W: Write> Encoder<W> {
         let key_end = RECORD_HEADER_LEN + record.key.len();
         let value_at = record.raw.len() - record.value.len();
         self.out.write_all(&record.raw[..key_end])?;
-        self.out.write_all(&[0u8; VALUE_ALIGN][..value_at - key_end])?;
+        self.out
+            .write_all(&[0u8; VALUE_ALIGN][..value_at - key_end])?;
         self.out.write_all(record.value)?;
         self.pos += record.raw.len() as u64;
         Ok(offset)
@@ -836,7 +837,7 @@ impl<W: Write> Encoder<W> {
 }
 
 /// Writes the preamble returned by [`Encoder::finish`] at the start of a finished shard.
-pub fn patch_header(file: &std::fs::File, header: &[u8]) -> io::Result<()> {
+pub(crate) fn patch_header(file: &std::fs::File, header: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     file.write_all_at(header, 0)
 }

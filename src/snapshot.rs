@@ -218,8 +218,10 @@ impl fmt::Debug for Snapshot {
 #[error("shard failed verification: {0}")]
 pub struct VerifyError(pub String);
 
-/// Figures about one shard, from [`Snapshot::stats`].
+/// Figures about one shard, from [`Snapshot::stats`]. More fields may be added in later
+/// releases (`#[non_exhaustive]`), so it is read, not built, outside this crate.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Stats {
     /// Entries that read as hits.
     pub entries: u64,
