@@ -12,6 +12,7 @@ mod physical;
 mod redb;
 mod rkyv_map;
 mod sqlite;
+mod typed;
 mod warmshard;
 
 use std::fs::{self, File};
@@ -23,6 +24,7 @@ pub use self::physical::PhysicalLimit;
 pub use self::redb::Redb;
 pub use self::rkyv_map::{RkyvFull, RkyvInPlace};
 pub use self::sqlite::Sqlite;
+pub use self::typed::{RkyvFullTyped, WarmshardTyped};
 pub use self::warmshard::Warmshard;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -114,6 +116,8 @@ pub const ENGINES: &[&str] = &[
     PhysicalLimit::NAME,
     RkyvInPlace::NAME,
     RkyvFull::NAME,
+    WarmshardTyped::NAME,
+    RkyvFullTyped::NAME,
     Lmdb::NAME,
     Redb::NAME,
     Sqlite::NAME,
@@ -126,6 +130,8 @@ pub fn open_get_by_name(engine: &str, dir: &Path, probe: &Probe) -> Result<Optio
         PhysicalLimit::NAME => PhysicalLimit::open_get(dir, probe),
         RkyvInPlace::NAME => RkyvInPlace::open_get(dir, probe),
         RkyvFull::NAME => RkyvFull::open_get(dir, probe),
+        WarmshardTyped::NAME => WarmshardTyped::open_get(dir, probe),
+        RkyvFullTyped::NAME => RkyvFullTyped::open_get(dir, probe),
         Lmdb::NAME => Lmdb::open_get(dir, probe),
         Redb::NAME => Redb::open_get(dir, probe),
         Sqlite::NAME => Sqlite::open_get(dir, probe),
@@ -141,6 +147,8 @@ pub fn prewarm_by_name(engine: &str, dir: &Path, n: u64) -> Result<()> {
         PhysicalLimit::NAME => PhysicalLimit::prewarm(dir, entries, true),
         RkyvInPlace::NAME => RkyvInPlace::prewarm(dir, entries, true),
         RkyvFull::NAME => RkyvFull::prewarm(dir, entries, true),
+        WarmshardTyped::NAME => WarmshardTyped::prewarm(dir, entries, true),
+        RkyvFullTyped::NAME => RkyvFullTyped::prewarm(dir, entries, true),
         Lmdb::NAME => Lmdb::prewarm(dir, entries, true),
         Redb::NAME => Redb::prewarm(dir, entries, true),
         Sqlite::NAME => Sqlite::prewarm(dir, entries, true),
