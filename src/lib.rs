@@ -51,7 +51,7 @@ pub use names::is_shard_file;
 pub use options::{DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_SIZE, Options};
 pub use shard::{BulkMode, BulkWriter, Shard};
 pub use snapshot::{Snapshot, Stats, Value, VerifyError};
-pub use write::{DEFAULT_PRODUCER, WriteOutcome};
+pub use write::{DEFAULT_PRODUCER, DropReason, Dropped, Published, WriteOutcome};
 
 /// The README's Rust examples, compiled by `cargo test` so they cannot go stale.
 #[cfg(doctest)]

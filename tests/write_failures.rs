@@ -365,3 +365,145 @@ fn child_process_entry_point() {
         Err(other) => println!("RESULT ERR 0 {other}"),
     }
 }
+
+/// What identifies the shard file on disk: writers always rename a new file into place, so an
+/// unchanged (device, inode, size, mtime) means the file was not replaced.
+fn identity(path: &Path) -> (u64, u64, u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).unwrap();
+    (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec())
+}
+
+/// A shard of `n` entries of `size` bytes each, written by `replace_all`.
+fn make_big_shard(path: &Path, n: usize, size: usize) {
+    let shard = Shard::open_with(path, options()).unwrap();
+    let _ = shard
+        .replace_all((0..n).map(|i| (format!("file{i:03}"), vec![i as u8; size])))
+        .unwrap();
+}
+
+/// #11.1: a size limit below the shard's size is not a reason to rebuild over it. Seen before
+/// the fix: `put` exited 0 leaving 1 entry, `compact` left 0.
+#[test]
+fn a_write_that_cannot_read_the_shard_under_its_size_limit_fails_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("limited.shard");
+    make_big_shard(&path, 50, 20_000); // ~1 MB, as `import --replace` of 50 files
+    let before = std::fs::read(&path).unwrap();
+    let value = dir.path().join("value");
+    std::fs::write(&value, b"v").unwrap();
+    let shard_arg = path.to_str().unwrap();
+    for args in [vec!["put", "k", value.to_str().unwrap()], vec!["compact"]] {
+        let out = Command::new(common::warmshard_bin())
+            .args(["--shard", shard_arg, "--max-size", "500000"])
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(stderr.contains(shard_arg), "names the path: {stderr}");
+        assert!(
+            stderr.contains("500000-byte limit"),
+            "names the cause: {stderr}"
+        );
+        assert!(
+            stderr.contains("Nothing was written"),
+            "says what happened: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "{args:?} changed the shard"
+        );
+    }
+    // The library: every write that keeps entries fails the same way.
+    let limited = Shard::open_with(&path, options().max_size(500_000)).unwrap();
+    for (what, result) in [
+        ("put_one", limited.put_one("k", "v")),
+        ("merge_in", limited.merge_in([("k", "v")])),
+        ("compact", limited.compact()),
+    ] {
+        match result {
+            Err(Error::CurrentUnreadable { path: p, health }) => {
+                assert_eq!(p, path, "{what}");
+                assert!(
+                    matches!(health, Health::TooLarge { .. }),
+                    "{what}: {health:?}"
+                );
+            }
+            other => panic!("{what}: expected CurrentUnreadable, got {other:?}"),
+        }
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(Shard::open(&path).unwrap().snapshot().verify(), Ok(50));
+    // Replacing everything needs nothing from the current shard: allowed, and small.
+    let _ = limited.replace_all([("k", "v")]).unwrap();
+    assert_eq!(limited.snapshot().verify(), Ok(1));
+}
+
+/// #11.1: a memory limit that makes mapping the shard fail is not a reason to rebuild over it.
+/// Seen before the fix: `ulimit -v 100000; warmshard put k v` on a 120 MB shard went from 3
+/// entries to 1, exit 0.
+#[test]
+fn a_write_that_cannot_map_the_shard_under_ulimit_v_fails_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mapped.shard");
+    make_big_shard(&path, 3, 40 << 20); // 120 MB
+    let before = identity(&path);
+    let script = format!(
+        "ulimit -v 100000 && echo v | \"$WARMSHARD_BIN\" --shard '{}' put k",
+        path.display()
+    );
+    let out = common::sh(None, &script);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr.contains("mmap failed"), "names the cause: {stderr}");
+    assert!(
+        stderr.contains(&path.display().to_string()),
+        "names the path: {stderr}"
+    );
+    assert_eq!(identity(&path), before, "the shard was replaced");
+    let snapshot = Shard::open(&path).unwrap().snapshot();
+    assert_eq!(snapshot.len(), 3);
+    assert_eq!(snapshot.get(b"k"), None);
+}
+
+/// #11.1: a shard its owner cannot open (mode 000; root ignores modes, so a second user runs
+/// the write) is not a reason to rebuild over it.
+#[test]
+fn a_write_that_cannot_open_the_shard_fails_and_keeps_it() {
+    let Some(user) = common::second_user("an unreadable shard") else {
+        return;
+    };
+    let dir = common::sticky_dir();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    nix::unistd::chown(&home, Some(user.0.into()), Some(user.1.into())).unwrap();
+    let path = home.join("locked.shard");
+    let p = path.display();
+    let setup = common::sh(
+        Some(user),
+        &format!(
+            "umask 077 && echo 1 | \"$WARMSHARD_BIN\" --shard '{p}' put a && \
+             echo 2 | \"$WARMSHARD_BIN\" --shard '{p}' put b && chmod 000 '{p}'"
+        ),
+    );
+    assert!(setup.status.success(), "{setup:?}");
+    let before = std::fs::read(&path).unwrap();
+    let out = common::sh(
+        Some(user),
+        &format!("echo 3 | \"$WARMSHARD_BIN\" --shard '{p}' put c"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr.contains("Permission denied"),
+        "names the cause: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the shard was replaced"
+    );
+}
