@@ -637,3 +637,66 @@ fn a_rebuild_over_another_producers_or_generations_entries_reports_what_it_dropp
     assert!(stderr.contains("dropped 4 entries"), "{stderr}");
     assert!(stderr.contains("old 1.0"), "{stderr}");
 }
+
+/// #11.4: in a shared sticky directory another user plants files at the shard's temp names
+/// (`.<name>.tmp`, `.<name>.XXXXXX.tmp`): every write still succeeds, the planted files are left
+/// alone (not ours to remove), and no temp file of ours stays behind. Before the fix every write
+/// failed with "removing stale temporary file … Operation not permitted".
+#[test]
+fn temp_names_planted_by_another_user_never_block_a_write() {
+    let Some(user) = common::second_user("planted temp names") else {
+        return;
+    };
+    let dir = common::sticky_dir();
+    let path = dir.path().join("s.shard");
+    let p = path.display();
+    let run = |script: &str| {
+        let out = common::sh(Some(user), script);
+        assert!(out.status.success(), "{script}: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    run(&format!("echo 1 | \"$WARMSHARD_BIN\" --shard '{p}' put a"));
+    // Root plays the other user: its files in a sticky directory are not the writer's to remove.
+    let planted = [".s.shard.tmp", ".s.shard.AbC123.tmp"];
+    for name in planted {
+        std::fs::write(dir.path().join(name), b"planted").unwrap();
+    }
+    let files = dir.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    std::fs::write(files.join("f"), vec![b'f'; 100_000]).unwrap();
+    nix::unistd::chown(&files, Some(user.0.into()), None).unwrap();
+    nix::unistd::chown(&files.join("f"), Some(user.0.into()), None).unwrap();
+    for write in [
+        "echo 2 | \"$WARMSHARD_BIN\" --shard '{p}' put b",
+        "head -c 200000 /dev/zero | \"$WARMSHARD_BIN\" --shard '{p}' put big",
+        "\"$WARMSHARD_BIN\" --shard '{p}' import '{files}'",
+        "\"$WARMSHARD_BIN\" --shard '{p}' compact",
+        "\"$WARMSHARD_BIN\" --shard '{p}' clear",
+        "echo 3 | \"$WARMSHARD_BIN\" --shard '{p}' put c",
+    ] {
+        let script = write
+            .replace("{p}", &p.to_string())
+            .replace("{files}", &files.display().to_string());
+        run(&script);
+    }
+    let got = common::sh(
+        Some(user),
+        &format!("\"$WARMSHARD_BIN\" --shard '{p}' get c"),
+    );
+    assert_eq!(got.stdout, b"3\n", "{got:?}");
+    for name in planted {
+        assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), b"planted");
+    }
+    let ours: Vec<String> = common::temp_files(dir.path())
+        .into_iter()
+        .filter(|n| {
+            let meta = std::fs::symlink_metadata(dir.path().join(n)).unwrap();
+            meta.uid() == user.0
+        })
+        .collect();
+    assert_eq!(
+        ours,
+        Vec::<String>::new(),
+        "temp files of the writer left behind"
+    );
+}
