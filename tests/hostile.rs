@@ -700,3 +700,59 @@ fn temp_names_planted_by_another_user_never_block_a_write() {
         "temp files of the writer left behind"
     );
 }
+
+/// #11.7: umasks that take owner bits away (177, 277, 777) still give directories 0700 and
+/// files 0600, and every later write works, under any umask; a lock file an earlier umask left
+/// 0400 is repaired. Run as a second user, for whom the modes matter (root ignores them); as
+/// root when there is none (the modes are still checked). Before the fix, umask 277 made new
+/// directories 0500 and the lock file 0400, and writes failed from then on.
+#[test]
+fn umasks_that_take_owner_bits_still_give_0700_directories_and_0600_files() {
+    let user = common::second_user("umasks as a non-root user (checking modes as root)");
+    let dir = common::sticky_dir();
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    for umask in ["177", "277", "777"] {
+        let home = dir.path().join(format!("home{umask}"));
+        std::fs::create_dir(&home).unwrap();
+        if let Some((uid, gid)) = user {
+            nix::unistd::chown(&home, Some(uid.into()), Some(gid.into())).unwrap();
+        }
+        let path = home.join("a/b/new.shard");
+        let p = path.display();
+        for (mask, key) in [(umask, "k1"), (umask, "k2"), ("022", "k3")] {
+            let script =
+                format!("umask {mask} && echo {key} | \"$WARMSHARD_BIN\" --shard '{p}' put {key}");
+            let out = common::sh(user, &script);
+            assert!(out.status.success(), "umask {umask}, {script}: {out:?}");
+        }
+        for sub in ["a", "a/b"] {
+            assert_eq!(mode(&home.join(sub)), 0o700, "umask {umask}: {sub}");
+        }
+        for file in ["new.shard", "new.shard.lock"] {
+            assert_eq!(
+                mode(&home.join("a/b").join(file)),
+                0o600,
+                "umask {umask}: {file}"
+            );
+        }
+        let delta = home.join("a/b/new.shard.delta");
+        if delta.exists() {
+            assert_eq!(mode(&delta), 0o600, "umask {umask}: delta");
+        }
+        let got = common::sh(user, &format!("\"$WARMSHARD_BIN\" --shard '{p}' get k1"));
+        assert_eq!(got.stdout, b"k1\n", "umask {umask}: {got:?}");
+    }
+    // A lock file left 0400 (by an older version under umask 277) is repaired by the next write.
+    let lock = dir.path().join("home277/a/b/new.shard.lock");
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let p = dir.path().join("home277/a/b/new.shard");
+    let out = common::sh(
+        user,
+        &format!(
+            "echo x | \"$WARMSHARD_BIN\" --shard '{}' put k4",
+            p.display()
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mode(&lock), 0o600, "lock file repaired");
+}
