@@ -197,6 +197,8 @@ impl WriteLock {
                     .read(true)
                     .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
                     .open(path)
+                    // No file to lock that way either: the first error says why.
+                    .map_err(|_| e)
             })
             .map_err(|e| Error::io("opening lock file", path, e))?;
         repair_mode(&file, 0o600, path)?;

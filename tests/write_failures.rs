@@ -25,19 +25,6 @@ fn options() -> Options {
     Options::new().durable(false)
 }
 
-/// Runs this file's tests one at a time. The full-filesystem test counts free space on a small
-/// tmpfs, and a process spawned meanwhile by another test holds copies of every open descriptor
-/// until it execs, so a file unlinked in that window keeps its blocks a little longer: the
-/// filler or a failed write's temp file then frees its space late, and a write the test expects
-/// to fail for lack of space succeeds, or the reverse (seen 3 times in about 45 runs while the
-/// machine was loaded).
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// A shard at `dir/name` with a few entries; returns its path and bytes.
 fn make_shard(dir: &Path, name: &str) -> (PathBuf, Vec<u8>) {
     let path = dir.join(name);
@@ -123,7 +110,6 @@ fn put_big_with_limit(path: &Path, limit: u64) -> String {
 
 #[test]
 fn a_write_past_the_file_size_limit_fails_cleanly_at_every_stage() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     // The size the new shard will have, measured on a copy without a limit.
     let (probe, _) = make_shard(dir.path(), "probe.shard");
@@ -162,7 +148,6 @@ fn a_write_past_the_file_size_limit_fails_cleanly_at_every_stage() {
 
 #[test]
 fn the_cli_reports_a_file_size_failure_and_keeps_the_shard() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (path, before) = make_shard(dir.path(), "cli.shard");
     let value = dir.path().join("value");
@@ -229,21 +214,44 @@ fn fill(dir: &Path, free: u64) -> PathBuf {
     filler
 }
 
+/// The full-filesystem check counts free space to the page, so it runs in a child process of its
+/// own (see [`fill_and_write`]): in this multi-threaded test process, a child that another test
+/// forks gets a copy of every open descriptor (the filler's, a failed write's temp file's) and
+/// holds it until it execs, so a file unlinked in that window frees its blocks only later. The
+/// next `fill` then measured space that was about to come free, and a write expected to fail
+/// for lack of space succeeded (3 times in about 45 runs on a loaded machine, which is why this
+/// file's tests used to run one at a time). The child has one thread and forks nothing, so its
+/// files free their space when it unlinks them.
 #[test]
 fn a_write_to_a_full_filesystem_fails_cleanly() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let Some(_mount) = mount(&["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"], &mnt) else {
         return;
     };
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_process_entry_point", "--nocapture"])
+        .env(ROLE, "full-fs")
+        .env("FAILURES_MNT", &mnt)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("RESULT OK"),
+        "the full-filesystem child failed: {out:?}"
+    );
+}
+
+/// The body of [`a_write_to_a_full_filesystem_fails_cleanly`], in its own process.
+fn fill_and_write(mnt: &Path) {
     let shards = mnt.join("cache");
     let (path, before) = make_shard(&shards, "full.shard");
     let shard = Shard::open_with(&path, options()).unwrap();
     // Free space from none at all to most of what the new shard needs.
     for free in [0, 4096, 65_536, 200_000, 290_000] {
-        let filler = fill(&mnt, free);
+        let filler = fill(mnt, free);
         let result = shard.put_one("big", big_value());
         assert_eq!(io_kind(result), ErrorKind::StorageFull, "{free} bytes free");
         assert_intact(&path, &before, &format!("{free} bytes free"));
@@ -252,7 +260,6 @@ fn a_write_to_a_full_filesystem_fails_cleanly() {
     // With room again, the same write succeeds.
     let _ = shard.put_one("big", big_value()).unwrap();
     assert_eq!(shard.snapshot().verify(), Ok(51));
-    drop(shard);
 }
 
 /// A `chattr +i` that is undone when dropped.
@@ -279,7 +286,6 @@ fn immutable(path: &Path) -> Option<Immutable> {
 
 #[test]
 fn a_write_into_an_immutable_directory_fails_cleanly() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let shards = dir.path().join("cache");
     let (path, before) = make_shard(&shards, "frozen.shard");
@@ -302,7 +308,6 @@ fn a_write_into_an_immutable_directory_fails_cleanly() {
 
 #[test]
 fn a_refused_rename_removes_the_temp_file() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (path, before) = make_shard(dir.path(), "pinned.shard");
     let shard = Shard::open_with(&path, options()).unwrap();
@@ -321,7 +326,6 @@ fn a_refused_rename_removes_the_temp_file() {
 
 #[test]
 fn a_read_only_filesystem_refuses_writes_and_still_serves_reads() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let shards = dir.path().join("cache");
     let (path, before) = make_shard(&shards, "ro.shard");
@@ -352,8 +356,14 @@ fn a_read_only_filesystem_refuses_writes_and_still_serves_reads() {
 /// The entry point of the child processes; does nothing unless `WARMSHARD_FAILURES_ROLE` is set.
 #[test]
 fn child_process_entry_point() {
-    if std::env::var(ROLE).as_deref() != Ok("put-big") {
-        return;
+    match std::env::var(ROLE).as_deref() {
+        Ok("put-big") => {}
+        Ok("full-fs") => {
+            fill_and_write(Path::new(&std::env::var_os("FAILURES_MNT").unwrap()));
+            println!("RESULT OK");
+            return;
+        }
+        _ => return,
     }
     let path = PathBuf::from(std::env::var("FAILURES_SHARD").unwrap());
     let shard = Shard::open_with(&path, options()).unwrap();
