@@ -70,6 +70,32 @@ pub enum Error {
     /// A key or value cannot be stored (longer than 4 GiB).
     #[error("{0}")]
     InvalidInput(String),
+    /// A write that keeps the current entries could not read them for a cause other than their
+    /// content (permissions, memory limits, I/O, a size limit below the file's size). Writing
+    /// anyway would drop them, so nothing was written: the shard is as it was.
+    #[error(
+        "cannot read the current shard {path}: {health}. Nothing was written, since the write \
+         would drop its entries: fix the cause (permissions, memory limit such as `ulimit -v`, \
+         size limit) and retry, or replace or clear the shard to start over"
+    )]
+    CurrentUnreadable {
+        /// The file that could not be read (the shard file or its delta file).
+        path: PathBuf,
+        /// Why it could not be read.
+        health: crate::Health,
+    },
+    /// The write lock was busy and the write was asked not to wait
+    /// ([`Shard::try_put_one`](crate::Shard::try_put_one), or a zero
+    /// [`Options::lock_timeout`](crate::Options::lock_timeout)).
+    #[error("{path} is locked by another writer; the write was skipped (nothing was written)")]
+    LockBusy {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// An I/O error from the caller's own code, converted by `?` (warmshard's own I/O errors
+    /// are [`Error::Io`], which names the operation and the path).
+    #[error(transparent)]
+    Os(#[from] io::Error),
 }
 
 impl Error {

@@ -4,9 +4,13 @@ use std::fmt;
 
 /// The state of the shard file behind a [`Snapshot`](crate::Snapshot).
 ///
-/// Anything but [`Health::Valid`] means the snapshot reads as empty; the next write through a
-/// [`Shard`](crate::Shard) rebuilds the file from scratch (except [`Health::Disabled`], where
-/// writes do nothing). Obtain it with [`Snapshot::health`](crate::Snapshot::health).
+/// Anything but [`Health::Valid`] means the snapshot reads as empty. A file rejected for its
+/// *content* (empty, corrupt, foreign, another producer's, untrusted) is rebuilt from scratch by
+/// the next write, which reports what it dropped in its [`WriteOutcome`](crate::WriteOutcome).
+/// A file that could not be read for another cause ([`Health::TooLarge`],
+/// [`Health::Unreadable`]: see [`Health::blocks_writes`]) is never written over by a write that
+/// keeps entries: that write fails and leaves the file as it was. [`Health::Disabled`]: writes
+/// do nothing. Obtain it with [`Snapshot::health`](crate::Snapshot::health).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Health {
@@ -14,6 +18,12 @@ pub enum Health {
     Valid,
     /// No file exists at the shard path yet.
     Missing,
+    /// The directory that should hold the shard does not exist (a typo in the path, or nothing
+    /// was ever written there); the first write creates it.
+    DirectoryMissing {
+        /// The missing directory.
+        dir: std::path::PathBuf,
+    },
     /// The cache is disabled by [`Options::enabled`](crate::Options::enabled) or `WARMSHARD=0`.
     Disabled,
     /// The file is zero bytes long.
@@ -82,9 +92,19 @@ impl Health {
         matches!(self, Health::Valid)
     }
 
+    /// True when the file could not be read for a cause other than its content (permissions,
+    /// memory, I/O, a size limit below the file's size): its entries are unknown rather than
+    /// bad, so a write that keeps the current entries fails instead of rebuilding over them.
+    pub fn blocks_writes(&self) -> bool {
+        matches!(self, Health::TooLarge { .. } | Health::Unreadable { .. })
+    }
+
     /// True when a file exists but was ignored (anything but valid, missing or disabled).
     pub fn is_ignored_file(&self) -> bool {
-        !matches!(self, Health::Valid | Health::Missing | Health::Disabled)
+        !matches!(
+            self,
+            Health::Valid | Health::Missing | Health::DirectoryMissing { .. } | Health::Disabled
+        )
     }
 }
 
@@ -93,6 +113,11 @@ impl fmt::Display for Health {
         match self {
             Health::Valid => write!(f, "valid"),
             Health::Missing => write!(f, "no shard file yet"),
+            Health::DirectoryMissing { dir } => write!(
+                f,
+                "the shard's directory {} does not exist (check the path; the first write creates it)",
+                dir.display()
+            ),
             Health::Disabled => {
                 write!(f, "cache disabled (WARMSHARD=0 or Options::enabled(false))")
             }
@@ -102,10 +127,13 @@ impl fmt::Display for Health {
             ),
             Health::TooLarge { size, max } => write!(
                 f,
-                "shard file is {size} bytes, over the {max}-byte limit; raise Options::max_size or let the next write rebuild it"
+                "shard file is {size} bytes, over the {max}-byte limit; raise the size limit (Options::max_size, --max-size) to read it (writes that keep entries fail until then; replace or clear it to start over)"
             ),
             Health::Untrusted { reason } => write!(f, "shard refused: {reason}"),
-            Health::Unreadable { error } => write!(f, "shard unreadable: {error}"),
+            Health::Unreadable { error } => write!(
+                f,
+                "shard unreadable: {error} (writes that keep entries fail until it can be read)"
+            ),
             Health::NotAShard => write!(
                 f,
                 "not a warmshard file (bad magic); the next write replaces it"

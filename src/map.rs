@@ -30,6 +30,13 @@ pub(crate) struct ShardFiles {
     pub delta_problem: Option<Health>,
     /// Identity of the delta file on disk, used or not (so a replaced delta is noticed).
     pub delta_identity: Option<Identity>,
+    /// Why the delta file could not be read for a cause other than its content (permissions,
+    /// memory, the size limit): its entries are unknown, so a write that keeps the current
+    /// entries must not go on (see [`Health::blocks_writes`]).
+    pub delta_unreadable: Option<Health>,
+    /// Something that is not a file (a directory, a FIFO) sits at the delta path: it is not
+    /// ours, reads ignore it, and writes publish a base instead of renaming a delta over it.
+    pub delta_squatted: bool,
     live_count: OnceCell<u64>,
 }
 
@@ -58,14 +65,30 @@ impl ShardFiles {
         let base = Arc::new(Loaded::open(path, policy.clone(), &mut trust)?);
         let delta = match delta {
             Ok(delta) => delta,
-            Err(e) if base.health.is_valid() => {
+            Err(Error::NotAFile { kind, .. }) => {
+                let problem = Health::Corrupt {
+                    reason: format!("a {kind} sits at the delta path; it is ignored"),
+                };
+                let mut files = Self::base_only(base, Some(problem), None);
+                files.delta_squatted = true;
+                return Ok(files);
+            }
+            Err(e) => {
                 let problem = Health::Unreadable {
                     error: format!("delta file: {e}"),
                 };
-                return Ok(Self::base_only(base, Some(problem), None));
+                let mut files = Self::base_only(base, Some(problem.clone()), None);
+                files.delta_unreadable = Some(problem);
+                return Ok(files);
             }
-            Err(_) => return Ok(Self::base_only(base, None, None)),
         };
+        if delta.health.blocks_writes() {
+            let identity = delta.identity;
+            let problem = delta.health.clone();
+            let mut files = Self::base_only(base, Some(problem.clone()), identity);
+            files.delta_unreadable = Some(problem);
+            return Ok(files);
+        }
         if !base.health.is_valid() {
             return Ok(Self::base_only(base, None, delta.identity));
         }
@@ -82,6 +105,8 @@ impl ShardFiles {
                 delta: Some(Arc::new(delta)),
                 delta_problem: None,
                 delta_identity: identity,
+                delta_unreadable: None,
+                delta_squatted: false,
                 live_count: OnceCell::new(),
             },
             // A delta of an older base: left by a writer that folded it into a new base and died
@@ -106,6 +131,8 @@ impl ShardFiles {
             delta: None,
             delta_problem,
             delta_identity,
+            delta_unreadable: None,
+            delta_squatted: false,
             live_count: OnceCell::new(),
         }
     }
@@ -217,6 +244,9 @@ pub(crate) struct Loaded {
     pub health: Health,
     pub validation_time: Duration,
     pub policy: ReadPolicy,
+    /// Entries of a valid file this view ignores as a whole (another producer's): what a
+    /// write over it drops.
+    pub ignored_entries: Option<u64>,
     live_count: OnceCell<u64>,
 }
 
@@ -232,6 +262,7 @@ impl Loaded {
             health,
             validation_time: Duration::ZERO,
             policy,
+            ignored_entries: None,
             live_count: OnceCell::new(),
         }
     }
@@ -377,7 +408,9 @@ impl Loaded {
                     found: String::from_utf8_lossy(found).into_owned(),
                     expected: expected.clone(),
                 };
-                return Self::empty(health, Some(identity), policy);
+                let mut ignored = Self::empty(health, Some(identity), policy);
+                ignored.ignored_entries = Some(layout.entry_count());
+                return ignored;
             }
         }
         Loaded {
@@ -389,6 +422,7 @@ impl Loaded {
             health: Health::Valid,
             validation_time,
             policy,
+            ignored_entries: None,
             live_count: OnceCell::new(),
         }
     }

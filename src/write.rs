@@ -61,19 +61,109 @@ use crate::trust;
 pub const DEFAULT_PRODUCER: &str = "warmshard";
 
 /// What a write did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WriteOutcome {
-    /// A new shard file was committed.
+    /// The write was committed: readers see it from now on.
+    #[non_exhaustive]
     Committed {
-        /// Entries in the new shard.
+        /// Entries the shard holds after the write.
         entries: u64,
-        /// Size of the new shard file.
+        /// Size in bytes of the file this write published: the delta file when `published` is
+        /// [`Published::Delta`] (a small write), the shard file when it is [`Published::Base`],
+        /// 0 when the files were removed. (The shard's total size is in
+        /// [`Snapshot::stats`](crate::Snapshot::stats).)
         file_bytes: u64,
+        /// Which file the write published.
+        published: Published,
+        /// Entries the write dropped from the current shard without being asked to, and why
+        /// (a rebuild over a file of another producer or format, entries of an older
+        /// generation, values that fail their checksum). Empty in the usual case.
+        dropped: Vec<Dropped>,
+        /// Clean-up steps that failed after the write was committed (e.g. an old delta file
+        /// that could not be removed). The write happened; these only say what was left over.
+        warnings: Vec<String>,
     },
     /// Nothing needed to change (e.g. removing absent keys); the file was not rewritten.
     Unchanged,
     /// The cache is disabled: nothing was written.
     Disabled,
+}
+
+impl WriteOutcome {
+    /// The entries dropped by a committed write (empty otherwise); see
+    /// [`WriteOutcome::Committed`].
+    pub fn dropped(&self) -> &[Dropped] {
+        match self {
+            WriteOutcome::Committed { dropped, .. } => dropped,
+            _ => &[],
+        }
+    }
+
+    /// The clean-up warnings of a committed write (empty otherwise).
+    pub fn warnings(&self) -> &[String] {
+        match self {
+            WriteOutcome::Committed { warnings, .. } => warnings,
+            _ => &[],
+        }
+    }
+}
+
+/// Which file a committed write published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Published {
+    /// A new shard file (and the delta file was removed).
+    Base,
+    /// A new delta file beside the unchanged shard file.
+    Delta,
+    /// No file: the shard's files were removed (`clear`).
+    Removed,
+}
+
+/// Entries a write dropped from the current shard without being asked to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Dropped {
+    /// How many entries, when known (a corrupt or foreign file cannot be counted).
+    pub entries: Option<u64>,
+    /// Why they were dropped.
+    pub reason: DropReason,
+}
+
+/// Why a write dropped entries; see [`Dropped`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The shard file was rejected for its content (corrupt, another format, another
+    /// producer, untrusted owner or mode): the write rebuilt the shard over it.
+    ShardFile(crate::Health),
+    /// The delta file was rejected for its content and its entries were not carried over.
+    DeltaFile(crate::Health),
+    /// Entries written under a generation older than this handle's.
+    OlderGeneration {
+        /// The handle's generation.
+        floor: u64,
+    },
+    /// Values whose bytes no longer match their checksum (bit rot).
+    BadChecksum,
+}
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.entries {
+            Some(n) => write!(f, "dropped {n} entries: ")?,
+            None => write!(f, "dropped the entries (if any) of ")?,
+        }
+        match &self.reason {
+            DropReason::ShardFile(health) => write!(f, "the shard file ({health})"),
+            DropReason::DeltaFile(health) => write!(f, "the delta file ({health})"),
+            DropReason::OlderGeneration { floor } => {
+                write!(f, "written under a generation older than {floor}")
+            }
+            DropReason::BadChecksum => write!(f, "values failing their checksum"),
+        }
+    }
 }
 
 /// An exclusive `flock` on a shard's lock file, released on drop.
@@ -82,17 +172,36 @@ pub(crate) struct WriteLock {
 }
 
 impl WriteLock {
-    /// Takes the lock, polling with capped exponential backoff until `timeout` has passed.
+    /// Takes the lock, polling with capped exponential backoff until `timeout` has passed. A
+    /// zero `timeout` tries once and fails with [`Error::LockBusy`] at once.
+    ///
+    /// The lock file is opened read-only (`flock` needs no more), so a lock file whose mode an
+    /// odd umask left at 0400 still works; its mode is then set to 0600 (`fchmod` on the open
+    /// descriptor, only when it is ours and wrong), so what a umask took away is repaired.
     pub fn acquire(path: &Path, timeout: Duration) -> Result<WriteLock> {
         let mut file = OpenOptions::new()
             .read(true)
-            .write(true)
             .create(true)
-            .truncate(false)
+            // `create` needs write or append access in std's checks; O_CREAT with O_RDONLY
+            // is valid for the system, so ask for append, which writes nothing here.
+            .append(true)
             .mode(0o600)
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
             .open(path)
+            .or_else(|e| {
+                // An existing lock file left 0400 by a umask: open it read-only to lock it.
+                if e.kind() != std::io::ErrorKind::PermissionDenied {
+                    return Err(e);
+                }
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+                    .open(path)
+                    // No file to lock that way either: the first error says why.
+                    .map_err(|_| e)
+            })
             .map_err(|e| Error::io("opening lock file", path, e))?;
+        repair_mode(&file, 0o600, path)?;
         let started = Instant::now();
         let mut pause = Duration::from_micros(50);
         loop {
@@ -102,6 +211,11 @@ impl WriteLock {
                 Err((_, errno)) => return Err(Error::io("locking", path, errno.into())),
             }
             let waited = started.elapsed();
+            if timeout.is_zero() {
+                return Err(Error::LockBusy {
+                    path: path.to_path_buf(),
+                });
+            }
             if waited >= timeout {
                 return Err(Error::LockTimeout {
                     path: path.to_path_buf(),
@@ -113,6 +227,21 @@ impl WriteLock {
             pause = (pause * 2).min(Duration::from_millis(4));
         }
     }
+}
+
+/// Sets the mode of a file or directory we just created or own to `mode` when it differs (a
+/// umask such as 277 or 777 takes bits away from the mode asked at creation). A file of another
+/// user is left alone: the trust checks judge it.
+fn repair_mode(file: &File, mode: u32, path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("reading metadata of", path, e))?;
+    if meta.permissions().mode() & 0o7777 == mode || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Ok(());
+    }
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("setting the mode of", path, e))
 }
 
 /// A random identity for a new shard file.
@@ -195,12 +324,23 @@ impl Builder {
 }
 
 /// A write in progress: holds the lock, the shard as read under it, and the temp file.
+///
+/// The lock is the **last field**: fields drop in declaration order, and the lock must be
+/// released only after every file operation of the transaction, including the unlink of its
+/// temp file on drop. Released earlier, the next writer would create its own temp file at the
+/// fixed name and this drop would unlink it, failing that writer's rename (#11.2).
 pub(crate) struct Transaction<'s> {
     shard: &'s Shard,
-    _lock: WriteLock,
     pub current: Arc<ShardFiles>,
     temp: TempFile,
     builder: Builder,
+    /// Entries kept out of the new shard by the generation floor or a failed checksum.
+    older_generation: u64,
+    bad_checksum: u64,
+    /// What was dropped wholesale (a rebuild over a file rejected for its content).
+    dropped: Vec<Dropped>,
+    warnings: Vec<String>,
+    lock: WriteLock,
 }
 
 /// Which file a commit publishes.
@@ -220,7 +360,8 @@ impl<'s> Transaction<'s> {
         // Re-read under the lock: a concurrent writer may have published since this handle
         // last looked; unchanged files are reused, not mapped again.
         let current = shard.current_files()?;
-        let temp = TempFile::create(dir, path)?;
+        let mut warnings = Vec::new();
+        let temp = TempFile::create(dir, path, &mut warnings)?;
         let out = temp
             .file
             .try_clone()
@@ -236,9 +377,13 @@ impl<'s> Transaction<'s> {
             .map_err(|e| Error::io("writing", &temp.path, e))?;
         Ok(Transaction {
             shard,
-            _lock: lock,
+            lock,
             current,
             temp,
+            older_generation: 0,
+            bad_checksum: 0,
+            dropped: Vec::new(),
+            warnings,
             builder: Builder {
                 encoder,
                 slots: Vec::new(),
@@ -274,11 +419,57 @@ impl<'s> Transaction<'s> {
     /// not already added, verbatim (checksum included); see [`keep`](Transaction::keep) for what
     /// is left behind.
     pub fn keep_current(&mut self, drop_key: impl Fn(&[u8]) -> bool) -> Result<()> {
+        self.require_readable()?;
+        self.note_rebuild();
         let current = Arc::clone(&self.current);
         for record in current.records() {
             self.keep(&record, &drop_key)?;
         }
         Ok(())
+    }
+
+    /// Fails when the current entries could not be read for a cause other than their content
+    /// (see [`Health::blocks_writes`](crate::Health::blocks_writes)): keeping "the current
+    /// entries" would then silently keep none. Called before anything reads them.
+    fn require_readable(&self) -> Result<()> {
+        let current = &self.current;
+        if current.base.health.blocks_writes() {
+            return Err(Error::CurrentUnreadable {
+                path: self.shard.path().to_path_buf(),
+                health: current.base.health.clone(),
+            });
+        }
+        if let Some(health) = &current.delta_unreadable {
+            return Err(Error::CurrentUnreadable {
+                path: self.shard.delta_path(),
+                health: health.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records what a rebuild over files rejected for their content drops (reported in the
+    /// outcome; the rebuild itself is by design). Called once, where the current entries are
+    /// first read.
+    fn note_rebuild(&mut self) {
+        if !self.dropped.is_empty() {
+            return;
+        }
+        let base = &self.current.base.health;
+        if base.is_ignored_file() {
+            self.dropped.push(Dropped {
+                entries: self.current.base.ignored_entries,
+                reason: DropReason::ShardFile(base.clone()),
+            });
+        }
+        if let Some(problem) = &self.current.delta_problem
+            && !self.current.delta_squatted
+        {
+            self.dropped.push(Dropped {
+                entries: None,
+                reason: DropReason::DeltaFile(problem.clone()),
+            });
+        }
     }
 
     /// Copies one current record unless it was already added, is of an older generation, is
@@ -296,12 +487,15 @@ impl<'s> Transaction<'s> {
                 .find(record.key)
                 .is_some_and(|found| std::ptr::eq(found.raw.as_ptr(), record.raw.as_ptr()))
         };
-        if record.generation < floor
-            || drop_key(record.key)
-            || self.builder.contains(record.key)
-            || format::value_checksum(record.value) != record.checksum
-            || !served(record)
-        {
+        if drop_key(record.key) || self.builder.contains(record.key) || !served(record) {
+            return Ok(());
+        }
+        if record.generation < floor {
+            self.older_generation += 1;
+            return Ok(());
+        }
+        if format::value_checksum(record.value) != record.checksum {
+            self.bad_checksum += 1;
             return Ok(());
         }
         self.copy(record)
@@ -335,9 +529,13 @@ impl<'s> Transaction<'s> {
     /// Commits what was added as a merge into the current entries: as a new delta file when
     /// the result stays small, else as a new base.
     pub fn commit_merge(mut self) -> Result<WriteOutcome> {
+        self.require_readable()?;
         let current = Arc::clone(&self.current);
         let floor = self.shard.options().generation;
-        if !current.base.health.is_valid() || current.base.header.oldest_generation < floor {
+        if !current.base.health.is_valid()
+            || current.base.header.oldest_generation < floor
+            || current.delta_squatted
+        {
             // No base to extend, or one holding entries of an older generation that this write
             // must drop: the merge result becomes the whole shard.
             self.keep_current(|_| false)?;
@@ -363,91 +561,42 @@ impl<'s> Transaction<'s> {
         self.commit_as(Target::Base)
     }
 
-    /// Step 5: finishes the file, makes it durable and renames it into place.
+    /// Step 5: finishes the file, makes it durable and renames it into place. The lock is
+    /// released only after everything else the transaction holds, the temp file included, is
+    /// dropped (see the struct's doc).
     fn commit_as(self, target: Target) -> Result<WriteOutcome> {
         let Transaction {
+            lock,
             shard,
-            _lock,
             current,
             temp,
             builder,
+            older_generation,
+            bad_checksum,
+            mut dropped,
+            mut warnings,
         } = self;
-        let Builder {
-            encoder,
-            mut slots,
-            value_bytes,
-            oldest_generation,
-            ..
-        } = builder;
-        slots.sort_unstable_by_key(|s| s.hash);
-        let summary = Summary {
-            build_time_ns: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0),
-            value_bytes,
-            oldest_generation,
-            shard_id: new_shard_id(),
-            base_id: match target {
-                Target::Delta => current.base.header.shard_id,
-                Target::Base => 0,
-            },
-        };
-        let io = |e| Error::io("writing", &temp.path, e);
-        let (out, len, header) = encoder.finish(&slots, &summary).map_err(io)?;
-        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
-        drop(file);
-        let max = shard.options().max_size;
-        if len > max {
-            return Err(Error::TooLarge { size: len, max });
-        }
-        format::patch_header(&temp.file, &header).map_err(io)?;
-        let durable = shard.options().durable;
-        if durable {
-            temp.file.sync_data().map_err(io)?;
-        }
-        let delta_path = shard.delta_path();
-        let destination = match target {
-            Target::Base => shard.path().to_path_buf(),
-            Target::Delta => delta_path.clone(),
-        };
-        if target == Target::Base {
-            // Writing a base costs O(shard) anyway: the moment to sweep the directory for temp
-            // files under names this version does not use (see `TempFile`).
-            remove_stale_temps(shard.path(), &temp.path)?;
-        }
-        // A delta written without fsync replaces a regular file by exchange (see
-        // `TempFile::publish`); losing it to a power failure loses only the recent small writes.
-        // A base keeps the rename, and with it ext4's safeguard for the whole cache.
-        let exchange = !durable && target == Target::Delta && current.delta_identity.is_some();
-        let mut temp = temp;
-        temp.publish(&destination, exchange)?;
-        let file = &temp.file;
-        if target == Target::Base {
-            // The new base holds the delta's entries; the old delta no longer matches it.
-            match fs::remove_file(&delta_path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("removing", &delta_path, e)),
+        let floor = shard.options().generation;
+        for (entries, reason) in [
+            (older_generation, DropReason::OlderGeneration { floor }),
+            (bad_checksum, DropReason::BadChecksum),
+        ] {
+            if entries > 0 {
+                dropped.push(Dropped {
+                    entries: Some(entries),
+                    reason,
+                });
             }
         }
-        if durable {
-            sync_dir(map::parent_dir(&destination))?;
-        }
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io("reading metadata of", &destination, e))?;
-        let policy = shard.options().read_policy();
-        let loaded = Loaded::from_trusted_file(file, len, (meta.dev(), meta.ino()), policy);
-        let files = match target {
-            Target::Base => ShardFiles::base_only(Arc::new(loaded), None, None),
-            Target::Delta => ShardFiles::pair(Arc::clone(&current.base), loaded),
-        };
-        let entries = files.live_count();
-        shard.install(Arc::new(files));
+        let result = publish(shard, &current, temp, builder, target, &mut warnings);
+        drop(lock);
+        let (published, file_bytes, entries) = result?;
         Ok(WriteOutcome::Committed {
             entries,
-            file_bytes: len,
+            file_bytes,
+            published,
+            dropped,
+            warnings,
         })
     }
 
@@ -456,31 +605,47 @@ impl<'s> Transaction<'s> {
     /// The shard file goes first: without it the shard reads as empty whatever delta remains
     /// (the state being committed), and the next write removes that delta. The other order
     /// would let a crash between the two unlinks expose the base without its delta, an older
-    /// state that was never committed.
+    /// state that was never committed. Once the shard file is gone the write has happened: a
+    /// delta that cannot be removed (a directory at its name, a file not ours to remove) is a
+    /// warning in the outcome, and readers ignore it (a delta whose base is gone is unused).
     pub fn remove_files(self) -> Result<WriteOutcome> {
-        remove_stale_temps(self.shard.path(), &self.temp.path)?;
-        let mut removed = false;
-        for path in [self.shard.path().to_path_buf(), self.shard.delta_path()] {
-            match fs::remove_file(&path) {
-                Ok(()) => removed = true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("removing", &path, e)),
+        let Transaction {
+            lock,
+            shard,
+            temp,
+            mut warnings,
+            ..
+        } = self;
+        let result = (|| {
+            sweep_stale_temps(shard.path(), &temp.path, &mut warnings);
+            let path = shard.path();
+            let removed = match fs::remove_file(path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(Error::io("removing", path, e)),
+            };
+            remove_old_delta(&shard.delta_path(), &mut warnings);
+            if removed && shard.options().durable {
+                sync_dir_after_commit(map::parent_dir(path), &mut warnings);
             }
-        }
-        if removed && self.shard.options().durable {
-            sync_dir(map::parent_dir(self.shard.path()))?;
-        }
-        let policy = self.shard.options().read_policy();
-        let missing = Loaded::empty(crate::Health::Missing, None, policy);
-        self.shard.install(Arc::new(ShardFiles::base_only(
-            Arc::new(missing),
-            None,
-            None,
-        )));
-        Ok(if removed {
+            let policy = shard.options().read_policy();
+            let missing = Loaded::empty(crate::Health::Missing, None, policy);
+            shard.install(Arc::new(ShardFiles::base_only(
+                Arc::new(missing),
+                None,
+                None,
+            )));
+            Ok(removed)
+        })();
+        drop(temp);
+        drop(lock);
+        Ok(if result? {
             WriteOutcome::Committed {
                 entries: 0,
                 file_bytes: 0,
+                published: Published::Removed,
+                dropped: Vec::new(),
+                warnings,
             }
         } else {
             WriteOutcome::Unchanged
@@ -488,17 +653,141 @@ impl<'s> Transaction<'s> {
     }
 }
 
+/// Finishes the new file, makes it durable, renames it into place and installs the new view in
+/// `shard`; returns which file was published, its size and the entries the shard now holds. The temp file is dropped (unlinked if
+/// it was not renamed) before this returns, so before the caller releases the lock.
+///
+/// Everything before the rename can fail the write (the old shard is then untouched); nothing
+/// after it does: the write is committed, and a clean-up that fails is a warning.
+fn publish(
+    shard: &Shard,
+    current: &ShardFiles,
+    mut temp: TempFile,
+    builder: Builder,
+    target: Target,
+    warnings: &mut Vec<String>,
+) -> Result<(Published, u64, u64)> {
+    let Builder {
+        encoder,
+        mut slots,
+        value_bytes,
+        oldest_generation,
+        ..
+    } = builder;
+    slots.sort_unstable_by_key(|s| s.hash);
+    let summary = Summary {
+        build_time_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+        value_bytes,
+        oldest_generation,
+        shard_id: new_shard_id(),
+        base_id: match target {
+            Target::Delta => current.base.header.shard_id,
+            Target::Base => 0,
+        },
+    };
+    let temp_path = temp.path.clone();
+    let io = |e| Error::io("writing", &temp_path, e);
+    let (out, len, header) = encoder.finish(&slots, &summary).map_err(io)?;
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    drop(file);
+    let max = shard.options().max_size;
+    if len > max {
+        return Err(Error::TooLarge { size: len, max });
+    }
+    format::patch_header(&temp.file, &header).map_err(io)?;
+    let durable = shard.options().durable;
+    if durable {
+        temp.file.sync_data().map_err(io)?;
+    }
+    let delta_path = shard.delta_path();
+    let destination = match target {
+        Target::Base => shard.path().to_path_buf(),
+        Target::Delta => delta_path.clone(),
+    };
+    if target == Target::Base {
+        // Writing a base costs O(shard) anyway: the moment to sweep the directory for temp
+        // files under names this version does not use (see `TempFile`).
+        sweep_stale_temps(shard.path(), &temp.path, warnings);
+    }
+    // A delta written without fsync replaces a regular file by exchange (see
+    // `TempFile::publish`); losing it to a power failure loses only the recent small writes.
+    // A base keeps the rename, and with it ext4's safeguard for the whole cache.
+    let exchange = !durable && target == Target::Delta && current.delta_identity.is_some();
+    temp.publish(&destination, exchange)?;
+    // Committed: from here on nothing fails the write.
+    if target == Target::Base {
+        // The new base holds the delta's entries; the old delta no longer matches it (readers
+        // ignore a delta whose base_id is not the base's), so failing to remove it only leaves
+        // a file behind.
+        remove_old_delta(&delta_path, warnings);
+    }
+    if durable {
+        sync_dir_after_commit(map::parent_dir(&destination), warnings);
+    }
+    let policy = shard.options().read_policy();
+    // (0, 0) if fstat fails: no file on disk has it, so the next snapshot maps the files anew.
+    let identity = temp
+        .file
+        .metadata()
+        .map_or((0, 0), |meta| (meta.dev(), meta.ino()));
+    let loaded = Loaded::from_trusted_file(&temp.file, len, identity, policy);
+    let files = match target {
+        Target::Base => ShardFiles::base_only(Arc::new(loaded), None, None),
+        Target::Delta => ShardFiles::pair(Arc::clone(&current.base), loaded),
+    };
+    let entries = files.live_count();
+    shard.install(Arc::new(files));
+    drop(temp);
+    let published = match target {
+        Target::Base => Published::Base,
+        Target::Delta => Published::Delta,
+    };
+    Ok((published, len, entries))
+}
+
+/// Removes the delta file a new base replaced (or `clear` removed the base of). The write is
+/// committed already: a failure is a warning.
+fn remove_old_delta(delta_path: &Path, warnings: &mut Vec<String>) {
+    match fs::remove_file(delta_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warnings.push(format!(
+            "the write was committed, but the old delta file {} could not be removed ({e}); \
+             readers ignore it (it does not belong to the new shard file); remove it by hand",
+            delta_path.display()
+        )),
+    }
+}
+
+/// Syncs the directory after a committed rename; a failure means the write may not survive a
+/// power loss, which is a warning (the write is visible and will not be undone).
+fn sync_dir_after_commit(dir: &Path, warnings: &mut Vec<String>) {
+    if let Err(e) = sync_dir(dir) {
+        warnings.push(format!(
+            "the write was committed, but it may not survive a power loss: {e}"
+        ));
+    }
+}
+
 /// The new file of a write, under a temp name in the shard's directory; unlinked on drop unless
 /// it was renamed into place.
 ///
 /// The name is fixed, `.<name>.tmp`: temp files exist only under the lock, so at most one write
-/// owns it, and a file found there when the lock is taken was left by a writer that died. It is
-/// unlinked (never truncated: it may be a published file a reader still maps) and created anew,
-/// so every write removes what a killed writer left, in one `unlink` instead of a directory scan.
-/// When something that is not ours to remove (a directory) squats the fixed name, the write
-/// falls back to a random name `.<name>.<random>.tmp` and sweeps the directory for stale ones.
-/// Random names (that fallback, or earlier versions of warmshard) are also swept whenever a
-/// base is written, so they go away eventually.
+/// owns it, and a file of ours found there when the lock is taken was left by a writer that
+/// died. It is unlinked (never truncated: it may be a published file a reader still maps) and
+/// created anew, so every write removes what a killed writer left, in one `unlink` instead of a
+/// directory scan.
+///
+/// A writer never depends on a name another user can take: when the fixed name holds anything
+/// that is not a regular file of ours (another user's file planted in a shared sticky
+/// directory, a directory), it is left alone and the write creates a fresh random name
+/// `.<name>.<random>.tmp` with `O_EXCL`. Random names are swept whenever a base is written,
+/// skipping files that are not ours, so ours go away eventually and others' never block a write.
+///
+/// The file's mode is set to 0600 after creation (`fchmod`), whatever the umask.
 struct TempFile {
     path: PathBuf,
     file: File,
@@ -507,7 +796,7 @@ struct TempFile {
 }
 
 impl TempFile {
-    fn create(dir: &Path, shard: &Path) -> Result<TempFile> {
+    fn create(dir: &Path, shard: &Path, warnings: &mut Vec<String>) -> Result<TempFile> {
         let name = shard.file_name().unwrap_or_default();
         let fixed = dir.join(names::fixed_temp(name));
         let create = || {
@@ -519,28 +808,32 @@ impl TempFile {
                 .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
                 .open(&fixed)
         };
-        // Usually nothing is there: try first, unlink what a dead writer left only if needed.
+        // Usually nothing is there: try first, unlink what a dead writer left only if needed,
+        // and only if it is a file of ours.
         let mut opened = create();
         if matches!(&opened, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
+            && is_own_file(&fixed)
             && fs::remove_file(&fixed).is_ok()
         {
             opened = create();
         }
         match opened {
             Ok(file) => {
-                return Ok(TempFile {
+                let temp = TempFile {
                     path: fixed,
                     file,
                     linked: true,
-                });
+                };
+                repair_mode(&temp.file, 0o600, &temp.path)?;
+                return Ok(temp);
             }
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                 return Err(Error::io("creating temporary file", &fixed, e));
             }
-            // Not ours to remove (a directory): another name.
+            // Not ours to remove: another name.
             Err(_) => {}
         }
-        remove_stale_temps(shard, &fixed)?;
+        sweep_stale_temps(shard, &fixed, warnings);
         let (file, path) = tempfile::Builder::new()
             .prefix(&names::temp_prefix(name))
             .suffix(names::TEMP_SUFFIX)
@@ -549,11 +842,13 @@ impl TempFile {
             .tempfile_in(dir)
             .and_then(|t| t.keep().map_err(|e| e.error))
             .map_err(|e| Error::io("creating temporary file in", dir, e))?;
-        Ok(TempFile {
+        let temp = TempFile {
             path,
             file,
             linked: true,
-        })
+        };
+        repair_mode(&temp.file, 0o600, &temp.path)?;
+        Ok(temp)
     }
 
     /// Renames the file over `destination`.
@@ -603,16 +898,23 @@ impl Drop for TempFile {
     }
 }
 
+/// True when `path` is a regular file owned by the effective user (`lstat`): the only kind of
+/// file a writer ever removes from the shard's directory.
+fn is_own_file(path: &Path) -> bool {
+    fs::symlink_metadata(path)
+        .is_ok_and(|m| m.file_type().is_file() && m.uid() == nix::unistd::geteuid().as_raw())
+}
+
 /// Creates `dir` and its missing parents with mode 0700 and checks that others cannot write it.
+///
+/// Each directory this creates gets its mode set to 0700 after `mkdir`, since the umask may
+/// have taken bits away (umask 277 makes `mkdir(0700)` give 0500, and nothing could then be
+/// created in it).
 pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
     let meta = match fs::metadata(dir) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| Error::io("creating directory", dir, e))?;
+            create_private_dirs(dir)?;
             fs::metadata(dir).map_err(|e| Error::io("reading metadata of", dir, e))?
         }
         Err(e) => return Err(Error::io("reading metadata of", dir, e)),
@@ -629,31 +931,67 @@ pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
     })
 }
 
+/// `mkdir -p` with mode 0700 for every directory it creates, whatever the umask.
+fn create_private_dirs(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_private_dirs(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("setting the mode of", dir, e)),
+        // Another writer created it meanwhile: judged by the caller's checks.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("creating directory", dir, e)),
+    }
+}
+
 /// Removes every temp file of the shard at `path` but `keep` (the caller's own): left by writers
 /// that died mid-write. Only called under the lock, when no live writer can own a temp file.
-fn remove_stale_temps(path: &Path, keep: &Path) -> Result<()> {
+///
+/// Only regular files owned by the effective user are removed: a file another user planted
+/// under such a name in a shared directory is not ours to remove and is skipped, as is a
+/// directory. A removal that fails anyway is a warning, never a failed write: a stale temp file
+/// costs only its space.
+fn sweep_stale_temps(path: &Path, keep: &Path, warnings: &mut Vec<String>) {
     let dir = map::parent_dir(path);
     let shard = path.file_name().unwrap_or_default();
     let keep = keep.file_name();
-    let entries = fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            warnings.push(format!(
+                "could not list {} for stale temporary files: {e}",
+                dir.display()
+            ));
+            return;
+        }
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if Some(name.as_os_str()) == keep {
+        if Some(name.as_os_str()) == keep || !names::is_temp_name(shard, &name) {
             continue;
         }
-        // Only files we could have created: a directory or anything else with such a name is
-        // not ours to remove, and must not block every write.
-        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-        if is_file && names::is_temp_name(shard, &name) {
-            let stale = entry.path();
-            match fs::remove_file(&stale) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("removing stale temporary file", stale, e)),
-            }
+        let ours = entry
+            .metadata()
+            .is_ok_and(|m| m.file_type().is_file() && m.uid() == euid);
+        if !ours {
+            continue;
+        }
+        let stale = entry.path();
+        match fs::remove_file(&stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warnings.push(format!(
+                "could not remove stale temporary file {}: {e}",
+                stale.display()
+            )),
         }
     }
-    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -683,7 +1021,9 @@ mod tests {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
         let keep = dir.path().join(".a.keepme.tmp");
-        remove_stale_temps(&shard, &keep).unwrap();
+        let mut warnings = Vec::new();
+        sweep_stale_temps(&shard, &keep, &mut warnings);
+        assert!(warnings.is_empty(), "{warnings:?}");
         for (name, swept) in names {
             assert_eq!(!dir.path().join(name).exists(), swept, "{name}");
         }
@@ -718,7 +1058,7 @@ mod tests {
         let shard = dir.path().join("s.shard");
         let delta = dir.path().join("s.shard.delta");
         fs::write(&delta, b"old delta").unwrap();
-        let mut temp = TempFile::create(dir.path(), &shard).unwrap();
+        let mut temp = TempFile::create(dir.path(), &shard, &mut Vec::new()).unwrap();
         assert_eq!(temp.path, dir.path().join(".s.shard.tmp"));
         std::io::Write::write_all(&mut temp.file, b"new delta").unwrap();
         temp.publish(&delta, true).unwrap();
@@ -728,7 +1068,7 @@ mod tests {
         assert!(!path.exists(), "the old file is unlinked");
         // Without an old file to swap with, publishing renames.
         fs::remove_file(&delta).unwrap();
-        let mut temp = TempFile::create(dir.path(), &shard).unwrap();
+        let mut temp = TempFile::create(dir.path(), &shard, &mut Vec::new()).unwrap();
         std::io::Write::write_all(&mut temp.file, b"first").unwrap();
         temp.publish(&delta, true).unwrap();
         drop(temp);

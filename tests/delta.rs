@@ -286,3 +286,67 @@ fn files_replaced_between_open_and_the_first_snapshot_are_seen() {
     writer.put_one("back", "again").unwrap();
     assert_eq!(reader.snapshot().get(b"back"), Some(&b"again"[..]));
 }
+
+/// #11.3: a write that committed reports success even when the old delta cannot be removed
+/// afterwards (here a directory squats `<shard>.delta`): the failed clean-up is a warning in the
+/// outcome and on stderr, and reads still serve the right state. Before the fix `put`, `import`
+/// and `clear` exited 2 although the write had happened.
+#[test]
+fn a_delta_that_cannot_be_removed_after_a_commit_is_a_warning_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = shard_with_base(dir.path(), 20);
+    let squat = shard.delta_path();
+    std::fs::create_dir(&squat).unwrap();
+    std::fs::write(squat.join("inside"), b"x").unwrap();
+    // Reads ignore it.
+    let reader = Shard::open(shard.path()).unwrap();
+    assert_eq!(reader.snapshot().len(), 20);
+    assert_eq!(reader.get(b"base-3").as_deref(), Some(&[b'b'; 200][..]));
+
+    // The library: committed, with the clean-up as a warning.
+    let outcome = shard.put_one("new", "1").unwrap();
+    assert!(
+        matches!(
+            outcome,
+            warmshard::WriteOutcome::Committed { entries: 21, .. }
+        ),
+        "{outcome:?}"
+    );
+    assert!(
+        outcome
+            .warnings()
+            .iter()
+            .any(|w| w.contains("d.shard.delta")),
+        "{outcome:?}"
+    );
+    assert_eq!(reader.get(b"new").as_deref(), Some(&b"1"[..]));
+    assert_eq!(reader.snapshot().len(), 21);
+
+    // The CLI: exit 0, a warning on stderr, for put, import and clear.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(common::warmshard_bin())
+            .arg("--shard")
+            .arg(shard.path())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let files = dir.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    std::fs::write(files.join("a"), b"A").unwrap();
+    let value = dir.path().join("value");
+    std::fs::write(&value, b"v").unwrap();
+    for args in [
+        vec!["put", "cli", value.to_str().unwrap()],
+        vec!["import", "--replace", files.to_str().unwrap()],
+        vec!["clear"],
+    ] {
+        let out = cli(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        assert!(stderr.contains("warning"), "{args:?}: {stderr}");
+    }
+    assert!(squat.join("inside").exists(), "not ours: left alone");
+    assert_eq!(reader.snapshot().len(), 0, "cleared");
+}

@@ -25,19 +25,6 @@ fn options() -> Options {
     Options::new().durable(false)
 }
 
-/// Runs this file's tests one at a time. The full-filesystem test counts free space on a small
-/// tmpfs, and a process spawned meanwhile by another test holds copies of every open descriptor
-/// until it execs, so a file unlinked in that window keeps its blocks a little longer: the
-/// filler or a failed write's temp file then frees its space late, and a write the test expects
-/// to fail for lack of space succeeds, or the reverse (seen 3 times in about 45 runs while the
-/// machine was loaded).
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// A shard at `dir/name` with a few entries; returns its path and bytes.
 fn make_shard(dir: &Path, name: &str) -> (PathBuf, Vec<u8>) {
     let path = dir.join(name);
@@ -123,7 +110,6 @@ fn put_big_with_limit(path: &Path, limit: u64) -> String {
 
 #[test]
 fn a_write_past_the_file_size_limit_fails_cleanly_at_every_stage() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     // The size the new shard will have, measured on a copy without a limit.
     let (probe, _) = make_shard(dir.path(), "probe.shard");
@@ -162,7 +148,6 @@ fn a_write_past_the_file_size_limit_fails_cleanly_at_every_stage() {
 
 #[test]
 fn the_cli_reports_a_file_size_failure_and_keeps_the_shard() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (path, before) = make_shard(dir.path(), "cli.shard");
     let value = dir.path().join("value");
@@ -229,21 +214,44 @@ fn fill(dir: &Path, free: u64) -> PathBuf {
     filler
 }
 
+/// The full-filesystem check counts free space to the page, so it runs in a child process of its
+/// own (see [`fill_and_write`]): in this multi-threaded test process, a child that another test
+/// forks gets a copy of every open descriptor (the filler's, a failed write's temp file's) and
+/// holds it until it execs, so a file unlinked in that window frees its blocks only later. The
+/// next `fill` then measured space that was about to come free, and a write expected to fail
+/// for lack of space succeeded (3 times in about 45 runs on a loaded machine, which is why this
+/// file's tests used to run one at a time). The child has one thread and forks nothing, so its
+/// files free their space when it unlinks them.
 #[test]
 fn a_write_to_a_full_filesystem_fails_cleanly() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let Some(_mount) = mount(&["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"], &mnt) else {
         return;
     };
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_process_entry_point", "--nocapture"])
+        .env(ROLE, "full-fs")
+        .env("FAILURES_MNT", &mnt)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("RESULT OK"),
+        "the full-filesystem child failed: {out:?}"
+    );
+}
+
+/// The body of [`a_write_to_a_full_filesystem_fails_cleanly`], in its own process.
+fn fill_and_write(mnt: &Path) {
     let shards = mnt.join("cache");
     let (path, before) = make_shard(&shards, "full.shard");
     let shard = Shard::open_with(&path, options()).unwrap();
     // Free space from none at all to most of what the new shard needs.
     for free in [0, 4096, 65_536, 200_000, 290_000] {
-        let filler = fill(&mnt, free);
+        let filler = fill(mnt, free);
         let result = shard.put_one("big", big_value());
         assert_eq!(io_kind(result), ErrorKind::StorageFull, "{free} bytes free");
         assert_intact(&path, &before, &format!("{free} bytes free"));
@@ -252,7 +260,6 @@ fn a_write_to_a_full_filesystem_fails_cleanly() {
     // With room again, the same write succeeds.
     let _ = shard.put_one("big", big_value()).unwrap();
     assert_eq!(shard.snapshot().verify(), Ok(51));
-    drop(shard);
 }
 
 /// A `chattr +i` that is undone when dropped.
@@ -279,7 +286,6 @@ fn immutable(path: &Path) -> Option<Immutable> {
 
 #[test]
 fn a_write_into_an_immutable_directory_fails_cleanly() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let shards = dir.path().join("cache");
     let (path, before) = make_shard(&shards, "frozen.shard");
@@ -302,7 +308,6 @@ fn a_write_into_an_immutable_directory_fails_cleanly() {
 
 #[test]
 fn a_refused_rename_removes_the_temp_file() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (path, before) = make_shard(dir.path(), "pinned.shard");
     let shard = Shard::open_with(&path, options()).unwrap();
@@ -321,7 +326,6 @@ fn a_refused_rename_removes_the_temp_file() {
 
 #[test]
 fn a_read_only_filesystem_refuses_writes_and_still_serves_reads() {
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let shards = dir.path().join("cache");
     let (path, before) = make_shard(&shards, "ro.shard");
@@ -352,8 +356,14 @@ fn a_read_only_filesystem_refuses_writes_and_still_serves_reads() {
 /// The entry point of the child processes; does nothing unless `WARMSHARD_FAILURES_ROLE` is set.
 #[test]
 fn child_process_entry_point() {
-    if std::env::var(ROLE).as_deref() != Ok("put-big") {
-        return;
+    match std::env::var(ROLE).as_deref() {
+        Ok("put-big") => {}
+        Ok("full-fs") => {
+            fill_and_write(Path::new(&std::env::var_os("FAILURES_MNT").unwrap()));
+            println!("RESULT OK");
+            return;
+        }
+        _ => return,
     }
     let path = PathBuf::from(std::env::var("FAILURES_SHARD").unwrap());
     let shard = Shard::open_with(&path, options()).unwrap();
@@ -364,4 +374,146 @@ fn child_process_entry_point() {
         }
         Err(other) => println!("RESULT ERR 0 {other}"),
     }
+}
+
+/// What identifies the shard file on disk: writers always rename a new file into place, so an
+/// unchanged (device, inode, size, mtime) means the file was not replaced.
+fn identity(path: &Path) -> (u64, u64, u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).unwrap();
+    (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec())
+}
+
+/// A shard of `n` entries of `size` bytes each, written by `replace_all`.
+fn make_big_shard(path: &Path, n: usize, size: usize) {
+    let shard = Shard::open_with(path, options()).unwrap();
+    let _ = shard
+        .replace_all((0..n).map(|i| (format!("file{i:03}"), vec![i as u8; size])))
+        .unwrap();
+}
+
+/// #11.1: a size limit below the shard's size is not a reason to rebuild over it. Seen before
+/// the fix: `put` exited 0 leaving 1 entry, `compact` left 0.
+#[test]
+fn a_write_that_cannot_read_the_shard_under_its_size_limit_fails_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("limited.shard");
+    make_big_shard(&path, 50, 20_000); // ~1 MB, as `import --replace` of 50 files
+    let before = std::fs::read(&path).unwrap();
+    let value = dir.path().join("value");
+    std::fs::write(&value, b"v").unwrap();
+    let shard_arg = path.to_str().unwrap();
+    for args in [vec!["put", "k", value.to_str().unwrap()], vec!["compact"]] {
+        let out = Command::new(common::warmshard_bin())
+            .args(["--shard", shard_arg, "--max-size", "500000"])
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(stderr.contains(shard_arg), "names the path: {stderr}");
+        assert!(
+            stderr.contains("500000-byte limit"),
+            "names the cause: {stderr}"
+        );
+        assert!(
+            stderr.contains("Nothing was written"),
+            "says what happened: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "{args:?} changed the shard"
+        );
+    }
+    // The library: every write that keeps entries fails the same way.
+    let limited = Shard::open_with(&path, options().max_size(500_000)).unwrap();
+    for (what, result) in [
+        ("put_one", limited.put_one("k", "v")),
+        ("merge_in", limited.merge_in([("k", "v")])),
+        ("compact", limited.compact()),
+    ] {
+        match result {
+            Err(Error::CurrentUnreadable { path: p, health }) => {
+                assert_eq!(p, path, "{what}");
+                assert!(
+                    matches!(health, Health::TooLarge { .. }),
+                    "{what}: {health:?}"
+                );
+            }
+            other => panic!("{what}: expected CurrentUnreadable, got {other:?}"),
+        }
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(Shard::open(&path).unwrap().snapshot().verify(), Ok(50));
+    // Replacing everything needs nothing from the current shard: allowed, and small.
+    let _ = limited.replace_all([("k", "v")]).unwrap();
+    assert_eq!(limited.snapshot().verify(), Ok(1));
+}
+
+/// #11.1: a memory limit that makes mapping the shard fail is not a reason to rebuild over it.
+/// Seen before the fix: `ulimit -v 100000; warmshard put k v` on a 120 MB shard went from 3
+/// entries to 1, exit 0.
+#[test]
+fn a_write_that_cannot_map_the_shard_under_ulimit_v_fails_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mapped.shard");
+    make_big_shard(&path, 3, 40 << 20); // 120 MB
+    let before = identity(&path);
+    let script = format!(
+        "ulimit -v 100000 && echo v | \"$WARMSHARD_BIN\" --shard '{}' put k",
+        path.display()
+    );
+    let out = common::sh(None, &script);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr.contains("mmap failed"), "names the cause: {stderr}");
+    assert!(
+        stderr.contains(&path.display().to_string()),
+        "names the path: {stderr}"
+    );
+    assert_eq!(identity(&path), before, "the shard was replaced");
+    let snapshot = Shard::open(&path).unwrap().snapshot();
+    assert_eq!(snapshot.len(), 3);
+    assert_eq!(snapshot.get(b"k"), None);
+}
+
+/// #11.1: a shard its owner cannot open (mode 000; root ignores modes, so a second user runs
+/// the write) is not a reason to rebuild over it.
+#[test]
+fn a_write_that_cannot_open_the_shard_fails_and_keeps_it() {
+    let Some(user) = common::second_user("an unreadable shard") else {
+        return;
+    };
+    let dir = common::sticky_dir();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    nix::unistd::chown(&home, Some(user.0.into()), Some(user.1.into())).unwrap();
+    let path = home.join("locked.shard");
+    let p = path.display();
+    let setup = common::sh(
+        Some(user),
+        &format!(
+            "umask 077 && echo 1 | \"$WARMSHARD_BIN\" --shard '{p}' put a && \
+             echo 2 | \"$WARMSHARD_BIN\" --shard '{p}' put b && chmod 000 '{p}'"
+        ),
+    );
+    assert!(setup.status.success(), "{setup:?}");
+    let before = std::fs::read(&path).unwrap();
+    let out = common::sh(
+        Some(user),
+        &format!("echo 3 | \"$WARMSHARD_BIN\" --shard '{p}' put c"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr.contains("Permission denied"),
+        "names the cause: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the shard was replaced"
+    );
 }

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test file uses a different part of this
 //! Helpers shared by several test files (each test file is its own crate; it includes this with
 //! `mod common;`).
 
@@ -10,4 +11,64 @@ pub fn temp_files(dir: &Path) -> Vec<String> {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with('.') && n.ends_with(".tmp"))
         .collect()
+}
+
+/// The CLI binary: the one cargo built, or `$WARMSHARD_TEST_BIN` (to run the CLI tests against
+/// another build, e.g. the code before a fix, and see them fail).
+pub fn warmshard_bin() -> String {
+    std::env::var("WARMSHARD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_warmshard").into())
+}
+
+/// The name of the second local user the tests create (`useradd`) to play another user.
+pub const OTHER_USER: &str = "warmshard-other";
+
+/// The uid and gid of a second local user, created with `useradd` if needed. `None` (after
+/// printing `SKIPPED: <reason>` with `what`) when the tests do not run as root or the user
+/// cannot be created: a test that needs it then returns without claiming anything.
+pub fn second_user(what: &str) -> Option<(u32, u32)> {
+    use std::process::Command;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: {what}: creating a second user needs root");
+        return None;
+    }
+    let lookup = || nix::unistd::User::from_name(OTHER_USER).ok().flatten();
+    if lookup().is_none() {
+        // Another test may create it at the same time: judge by the lookup, not the status.
+        let _ = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/bin/sh", OTHER_USER])
+            .output();
+    }
+    match lookup() {
+        Some(user) => Some((user.uid.as_raw(), user.gid.as_raw())),
+        None => {
+            eprintln!("SKIPPED: {what}: useradd {OTHER_USER} failed");
+            None
+        }
+    }
+}
+
+/// Runs `sh -c script` (with `$WARMSHARD_BIN` naming the CLI binary), as `user` when given, in a
+/// child process: the place for `umask`, `ulimit -v` and other per-process settings.
+pub fn sh(user: Option<(u32, u32)>, script: &str) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", script])
+        .env("WARMSHARD_BIN", warmshard_bin())
+        .env_remove("WARMSHARD")
+        .stdin(std::process::Stdio::null());
+    if let Some((uid, gid)) = user {
+        // std drops the supplementary groups when a root parent sets the uid.
+        command.uid(uid).gid(gid);
+    }
+    command.output().unwrap()
+}
+
+/// A fresh directory with mode 1777 (sticky, world-writable, like `/tmp`), for tests in which
+/// two users share a directory.
+pub fn sticky_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    dir
 }

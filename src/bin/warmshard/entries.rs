@@ -28,7 +28,7 @@ pub(crate) fn put(shard: &Shard, key: &[u8], file: Option<&Path>) -> Outcome {
             value
         }
     };
-    report_write(shard.put_one(key, &value)?);
+    report_write(&shard.put_one(key, &value)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -57,7 +57,7 @@ pub(crate) fn rm(shard: &Shard, keys: &[String]) -> Outcome {
         .iter()
         .filter(|k| !snapshot.contains(k.as_bytes()))
         .collect();
-    report_write(shard.remove(keys.iter().map(|k| k.as_bytes()))?);
+    report_write(&shard.remove(keys.iter().map(|k| k.as_bytes()))?);
     for key in &missing {
         eprintln!("warmshard: no such key: {key}");
     }
@@ -69,16 +69,17 @@ pub(crate) fn rm(shard: &Shard, keys: &[String]) -> Outcome {
 }
 
 pub(crate) fn clear(shard: &Shard) -> Outcome {
-    report_write(shard.clear()?);
+    report_write(&shard.clear()?);
     Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn compact(shard: &Shard) -> Outcome {
     let outcome = shard.compact()?;
-    report_write(outcome);
+    report_write(&outcome);
     if let warmshard::WriteOutcome::Committed {
         entries,
         file_bytes,
+        ..
     } = outcome
     {
         eprintln!(

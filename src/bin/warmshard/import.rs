@@ -65,10 +65,11 @@ pub(crate) fn import(shard: &Shard, dir: &Path, replace: bool) -> Outcome {
     }
     let outcome = writer.commit()?;
     progress.finish_and_clear();
-    report_write(outcome);
+    report_write(&outcome);
     if let warmshard::WriteOutcome::Committed {
         entries,
         file_bytes,
+        ..
     } = outcome
     {
         eprintln!(

@@ -214,10 +214,18 @@ fn run(cli: Cli, shard_on_command_line: bool) -> Outcome {
     }
 }
 
-/// Says on stderr that a write did nothing because the cache is disabled.
-pub(crate) fn report_write(outcome: warmshard::WriteOutcome) {
-    if outcome == warmshard::WriteOutcome::Disabled {
+/// Says on stderr that a write did nothing because the cache is disabled, what a committed
+/// write dropped without being asked to (a rebuild over a foreign or damaged shard, older
+/// generations, bad checksums), and the clean-ups that failed after it committed.
+pub(crate) fn report_write(outcome: &warmshard::WriteOutcome) {
+    if *outcome == warmshard::WriteOutcome::Disabled {
         eprintln!("warmshard: cache disabled by WARMSHARD=0; nothing was written");
+    }
+    for dropped in outcome.dropped() {
+        eprintln!("warmshard: {dropped}");
+    }
+    for warning in outcome.warnings() {
+        eprintln!("warmshard: warning: {warning}");
     }
 }
 
