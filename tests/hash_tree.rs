@@ -464,3 +464,61 @@ fn a_tree_wider_than_the_open_handle_budget_is_walked_whole() {
     assert_eq!((warm.hashed, warm.dirs_read), (0, 0));
     assert_eq!(warm.manifest, cold.manifest);
 }
+
+/// Creates `dir/<name>` (a directory) relative to an open directory and opens it.
+fn mkdir_at(dir: &std::os::fd::OwnedFd, name: &[u8]) -> std::os::fd::OwnedFd {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    nix::sys::stat::mkdirat(
+        dir,
+        OsStr::from_bytes(name),
+        Mode::from_bits_truncate(0o700),
+    )
+    .unwrap();
+    nix::fcntl::openat(
+        dir,
+        OsStr::from_bytes(name),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn deep_paths_under_a_wide_directory_are_all_listed() {
+    // 300 branches (more than the walk keeps handles for) each holding a chain of 25 directories
+    // with 200-byte names: every file's path is longer than PATH_MAX.
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("wide-deep");
+    std::fs::create_dir(&root).unwrap();
+    let root_fd =
+        nix::fcntl::open(&root, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+    let long = |c: u8| vec![c; 200];
+    for i in 0..300 {
+        let mut dir = mkdir_at(&root_fd, format!("b{i:03}").as_bytes());
+        for level in 0..25u8 {
+            dir = mkdir_at(&dir, &long(b'a' + level % 26));
+        }
+        let file = nix::fcntl::openat(
+            &dir,
+            "f",
+            OFlag::O_WRONLY | OFlag::O_CREAT,
+            Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        nix::unistd::write(&file, format!("{i}").as_bytes()).unwrap();
+    }
+    settle();
+    let shard = tmp.path().join("deep.shard");
+    for run in ["cold", "warm"] {
+        let report = hash_tree_lib(&root, &shard);
+        assert!(report.errors.is_empty(), "{run}: {:?}", report.errors);
+        assert_eq!(report.files, 300, "{run}");
+        for (i, line) in report.manifest.iter().enumerate() {
+            assert!(line.path().len() > 4096 + 300);
+            assert_eq!(line.hex(), sha_of(format!("{i}").as_bytes()), "{run}");
+        }
+    }
+}

@@ -8,7 +8,7 @@
 //! beyond one component, no allocation per entry). Only regular files are reported: symlinks,
 //! FIFOs, sockets and devices are never opened.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, OsStr};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -71,8 +71,10 @@ enum Job<'env> {
     Task(Task<'env>),
 }
 
-/// Most directory jobs that may wait holding their parent's handle. Past it, directories are
-/// opened by path, so a wide and deep tree cannot exhaust the file descriptors.
+/// Most directory jobs that may wait holding their parent's handle. Past it, a directory is
+/// reopened from the root's handle one component at a time (never by a path, which could pass
+/// `PATH_MAX` or follow a symlink planted on the way), so a wide and deep tree can exhaust
+/// neither the file descriptors nor the path length.
 const MAX_WAITING_HANDLES: usize = 256;
 
 struct Queue<'env> {
@@ -133,6 +135,8 @@ pub(crate) fn walk<'env, T: Send>(
         .strip_prefix(root)
         .ok()
         .map(|rel| rel.as_os_str().as_bytes().to_vec());
+    // Held for the whole walk: directories past the handle budget are reopened from it.
+    let root_handle = nix::fcntl::open(root, dir_flags(), Mode::empty()).ok();
     let queue = Queue {
         state: Mutex::new((vec![Job::Dir(None, Vec::new(), Vec::new())], 0)),
         wake: Condvar::new(),
@@ -159,6 +163,7 @@ pub(crate) fn walk<'env, T: Send>(
                             if let Some(dir) = open_and_list(
                                 root,
                                 parent.as_deref(),
+                                root_handle.as_ref(),
                                 &name,
                                 &rel,
                                 excluded,
@@ -243,6 +248,7 @@ struct OpenDir {
 fn open_and_list(
     root: &Path,
     parent: Option<&OwnedFd>,
+    root_handle: Option<&OwnedFd>,
     name: &[u8],
     rel: &[u8],
     excluded: Option<&Excluded>,
@@ -259,12 +265,14 @@ fn open_and_list(
             error: error.into(),
         })
     };
-    // An O_PATH handle is enough to stat the directory and to open or stat its entries, and it
-    // is cheaper to open and close; reading the entries takes a second, real open.
-    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let opened = match parent {
-        Some(parent) => nix::fcntl::openat(parent, name, flags, Mode::empty()),
-        None => nix::fcntl::open(&path_of(rel), flags, Mode::empty()),
+    let opened = match (parent, root_handle) {
+        (Some(parent), _) => nix::fcntl::openat(parent, name, dir_flags(), Mode::empty()),
+        // The root itself: its path is the one the caller gave.
+        (None, _) if rel.is_empty() => nix::fcntl::open(root, dir_flags(), Mode::empty()),
+        // Its parent's handle was not kept: walk down from the root one component at a time.
+        (None, Some(root_handle)) => open_components(root_handle, rel),
+        // The root could not be opened, so nothing below it was queued.
+        (None, None) => Err(nix::errno::Errno::EBADF),
     };
     let handle = match opened {
         Ok(handle) => handle,
@@ -300,6 +308,26 @@ fn open_and_list(
         listing,
         read: true,
     })
+}
+
+/// How every directory is opened: an `O_PATH` handle is enough to stat it and to open or stat
+/// its entries, and it is cheaper to open and close; reading the entries takes a second, real
+/// open. Never through a symlink.
+fn dir_flags() -> OFlag {
+    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// Opens the directory at `rel` (`/`-separated, relative to `root`) one component at a time, so
+/// neither the path's length nor a symlink planted on the way matters.
+fn open_components(root: &OwnedFd, rel: &[u8]) -> nix::Result<OwnedFd> {
+    let mut handle: Option<OwnedFd> = None;
+    for component in rel.split(|&b| b == b'/') {
+        let at = handle.as_ref().unwrap_or(root);
+        let next =
+            nix::fcntl::openat(at, OsStr::from_bytes(component), dir_flags(), Mode::empty())?;
+        handle = Some(next);
+    }
+    handle.ok_or(nix::errno::Errno::EINVAL)
 }
 
 /// The stamp of the file `name` of an open directory (`lstat`); `None` if it is gone or is not
