@@ -161,9 +161,11 @@ pub(crate) fn walk<'env, T: Send>(
                             let is_excluded = excluded_rel.as_deref() == Some(rel.as_slice());
                             let excluded = is_excluded.then_some(excluded);
                             if let Some(dir) = open_and_list(
-                                root,
+                                Root {
+                                    path: root,
+                                    handle: root_handle.as_ref(),
+                                },
                                 parent.as_deref(),
-                                root_handle.as_ref(),
                                 &name,
                                 &rel,
                                 excluded,
@@ -245,10 +247,18 @@ struct OpenDir {
     read: bool,
 }
 
+/// The walk's root: its path, and its handle if it could be opened.
+struct Root<'a> {
+    path: &'a Path,
+    handle: Option<&'a OwnedFd>,
+}
+
 fn open_and_list(
-    root: &Path,
+    Root {
+        path: root,
+        handle: root_handle,
+    }: Root<'_>,
     parent: Option<&OwnedFd>,
-    root_handle: Option<&OwnedFd>,
     name: &[u8],
     rel: &[u8],
     excluded: Option<&Excluded>,
