@@ -522,3 +522,33 @@ fn deep_paths_under_a_wide_directory_are_all_listed() {
         }
     }
 }
+
+#[test]
+fn a_file_named_dash_is_checked_by_sha256sum_not_read_from_stdin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("r");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("-"), "dash").unwrap();
+    std::fs::write(root.join("sub/-"), "sub dash").unwrap();
+    let run = hash_tree(&root, &tmp.path().join("r.shard"));
+    let text = String::from_utf8(run.manifest.clone()).unwrap();
+    assert_eq!(
+        text,
+        format!("{}  ./-\n{}  sub/-\n", sha_of(b"dash"), sha_of(b"sub dash"))
+    );
+    let manifest = tmp.path().join("MANIFEST");
+    std::fs::write(&manifest, &run.manifest).unwrap();
+    // Standard input holds other bytes: a check that read it for `-` would fail.
+    let check = Command::new("sha256sum")
+        .arg("-c")
+        .arg(&manifest)
+        .current_dir(&root)
+        .stdin(std::fs::File::open("/dev/null").unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
