@@ -552,3 +552,104 @@ fn a_file_named_dash_is_checked_by_sha256sum_not_read_from_stdin() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+/// Runs the hash-tree command with extra global options; returns (exit code, stdout, stderr).
+fn hash_tree_cli(dir: &Path, shard: &Path, global: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = Command::new(BIN)
+        .args(["--no-fsync", "--shard"])
+        .arg(shard)
+        .args(global)
+        .args(["hash-tree", "--stats"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap(), out.stdout, stderr)
+}
+
+#[test]
+fn a_cache_that_cannot_be_written_still_prints_the_manifest_and_exits_3() {
+    let (tmp, root, shard) = tree(20);
+    settle();
+    let expected = sha256sum_manifest(&root);
+
+    // Another writer holds the lock past --lock-timeout.
+    std::fs::create_dir_all(shard.parent().unwrap()).unwrap();
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(tmp.path().join("cache/tree.shard.lock"))
+        .unwrap();
+    let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let (code, stdout, stderr) = hash_tree_cli(&root, &shard, &["--lock-timeout", "0.2"]);
+    assert_eq!(code, 3, "{stderr}");
+    assert_eq!(stdout, expected);
+    assert!(
+        stderr.contains("cache") && stderr.contains("not"),
+        "{stderr}"
+    );
+    drop(lock);
+
+    // The cache would pass --max-size.
+    let (code, stdout, stderr) = hash_tree_cli(&root, &shard, &["--max-size", "300"]);
+    assert_eq!(code, 3, "{stderr}");
+    assert_eq!(stdout, expected);
+
+    // Nothing was cached, so the next run hashes everything, and caches it.
+    let run = hash_tree(&root, &shard);
+    assert_eq!((run.hashed, run.manifest), (20, expected.clone()));
+    assert_eq!(hash_tree(&root, &shard).hashed, 0);
+}
+
+#[test]
+fn an_unreadable_root_is_an_error_not_an_empty_manifest() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        println!("SKIPPED: no user 'nobody' to run as");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("f"), "x").unwrap();
+    // Searchable (it resolves) but not readable by the other user.
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    nix::unistd::chown(&cache, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = Command::new(BIN)
+        .args(["--no-fsync", "--shard"])
+        .arg(cache.join("c.shard"))
+        .arg("hash-tree")
+        .arg(&root)
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+}
+
+#[test]
+fn hash_tree_help_does_not_offer_what_hash_tree_ignores() {
+    let out = Command::new(BIN)
+        .args(["hash-tree", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    assert!(!help.contains("default.shard"), "{help}");
+    assert!(!help.contains("env: WARMSHARD_PATH"), "{help}");
+    assert!(!help.contains("--producer"), "{help}");
+    assert!(help.contains("trees/<sha256 of the root>.shard"), "{help}");
+    assert!(
+        help.contains("Exit status") && help.contains("3 the manifest"),
+        "{help}"
+    );
+}

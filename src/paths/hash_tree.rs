@@ -103,6 +103,9 @@ pub struct HashTreeReport {
     pub shard_path: PathBuf,
     /// Whether the cache shard was rewritten.
     pub shard_written: bool,
+    /// Why the cache shard could not be written (lock timeout, size limit, I/O...), if it could
+    /// not. The manifest is complete and correct either way: the next run only re-hashes more.
+    pub cache_error: Option<Error>,
 }
 
 /// The default cache shard of a canonical root: `<cache dir>/warmshard/trees/<sha256 of the
@@ -373,6 +376,17 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         visit: &visit,
     };
     let (mut dirs, walk_errors) = walk(&root, options.threads, &excluded, visitor);
+    if !dirs.iter().any(|(rel, _)| rel.is_empty()) {
+        // The root itself could not be read: there is no manifest to give.
+        let error = walk_errors
+            .into_iter()
+            .find(|e| e.path == root)
+            .map_or_else(
+                || std::io::Error::other("the directory could not be read"),
+                |e| e.error,
+            );
+        return Err(Error::io("reading", &root, error));
+    }
     let mut errors: Vec<String> = walk_errors
         .into_iter()
         .map(|e| format!("{}: {}", e.path.display(), e.error))
@@ -415,6 +429,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         .sum();
     let vanished = still_there != view.len();
     let mut shard_written = false;
+    let mut cache_error = None;
     if vanished || changed {
         // Gone entries: the whole cache is rewritten without them (files hashed and directories
         // read this run get their new value, the others keep theirs). Otherwise only changes and
@@ -424,8 +439,10 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         } else {
             BulkMode::Merge
         };
-        let outcome = write_cache(&shard, &view, &dirs, mode)?;
-        shard_written = matches!(outcome, crate::WriteOutcome::Committed { .. });
+        match write_cache(&shard, &view, &dirs, mode) {
+            Ok(outcome) => shard_written = matches!(outcome, WriteOutcome::Committed { .. }),
+            Err(error) => cache_error = Some(error),
+        }
     }
     let dirs_read = dirs.iter().filter(|(_, dir)| dir.read).count() as u64;
     let dirs_found = dirs.len() as u64;
@@ -440,6 +457,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         errors,
         shard_path,
         shard_written,
+        cache_error,
         manifest,
     })
 }

@@ -128,6 +128,11 @@ enum Command {
     ///
     /// The cache lives in <cache dir>/warmshard/trees/<sha256 of the root>.shard unless --shard is
     /// given on the command line (WARMSHARD_PATH is not used here).
+    ///
+    /// Exit status: 0 the manifest is complete and cached; 1 a file or directory below DIR could
+    /// not be read (left out of the manifest, named on stderr); 2 an error, nothing printed (DIR
+    /// itself unreadable, bad arguments); 3 the manifest is complete but its cache could not be
+    /// written (lock timeout, --max-size too small...; the reason on stderr).
     #[command(name = "hash-tree")]
     HashTree {
         /// Directory to hash.
@@ -152,7 +157,7 @@ enum Command {
 pub(crate) type Outcome = Result<ExitCode, warmshard::Error>;
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = hash_tree::with_hash_tree_help(Cli::command()).get_matches();
     let shard_on_command_line = matches.value_source("shard") == Some(ValueSource::CommandLine);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(cli, shard_on_command_line) {
