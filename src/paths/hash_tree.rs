@@ -554,11 +554,14 @@ fn cache_files(shard: &Shard) -> Excluded {
 
 /// Hashes one file of an open directory, streaming; `Ok(None)` if it is no longer a regular file.
 ///
-/// `listed` is the stamp the walk took before opening it, if it took one; otherwise the stamp is
-/// taken by `fstat` once the file is open, still before any byte is read. That stamp is the one
-/// the content is stored under: if the file changes during the read, its next stamp differs, or
-/// — within one clock tick — the stamp is racy and is not trusted anyway (the caller applies the
-/// racy rule). So no stamp is taken after the read.
+/// The file is opened without following a symlink and without blocking (a FIFO swapped in would
+/// otherwise wait for a writer), then `fstat`ed: only a regular file is read, so a FIFO or a
+/// device put in its place since the walk saw it is never read. That `fstat` stamp, taken before
+/// any byte is read, is the one the content is stored under: if the file changes during the
+/// read, its next stamp differs, or — within one clock tick — the stamp is racy and is not
+/// trusted anyway (the caller applies the racy rule). So no stamp is taken after the read.
+/// `listed` is the stamp the walk took, if it took one: when the file opened is another one
+/// (another device or inode: replaced since), it is hashed under its own stamp all the same.
 fn hash_file_at(
     dir: &OwnedFd,
     name: &CStr,
@@ -573,20 +576,13 @@ fn hash_file_at(
         Err(Errno::ENOENT | Errno::ELOOP) if listed.is_none() => return Ok(None),
         Err(errno) => return Err(errno.into()),
     };
-    let listed = match listed {
-        Some(stamp) => stamp,
-        None => {
-            let stamp = Stamp::from_stat(&nix::sys::stat::fstat(&file)?);
-            if !stamp.is_file() {
-                return Ok(None);
-            }
-            stamp
-        }
-    };
+    let stamp = Stamp::from_stat(&nix::sys::stat::fstat(&file)?);
+    if !stamp.is_file() {
+        return Ok(None);
+    }
     let mut file = std::fs::File::from(file);
     let mut hasher = Sha256::new();
     let mut total = 0u64;
-    let mut checked = false;
     loop {
         let n = match file.read(buffer) {
             Ok(0) => break,
@@ -598,19 +594,11 @@ fn hash_file_at(
         bytes_hashed.fetch_add(n as u64, Ordering::Relaxed);
         total += n as u64;
         // A read of a regular file stops short only at its end: no need to read a 0 to know.
-        if total == listed.size && n < buffer.len() {
+        if total == stamp.size && n < buffer.len() {
             break;
         }
-        if total > listed.size && !checked {
-            // More than the walk saw: make sure this is still a regular file before reading on
-            // (it could have been replaced by a device that never ends).
-            if !Stamp::from_metadata(&file.metadata()?).is_file() {
-                return Err(std::io::Error::other("no longer a regular file"));
-            }
-            checked = true;
-        }
     }
-    Ok(Some((listed, hasher.finalize().into())))
+    Ok(Some((stamp, hasher.finalize().into())))
 }
 
 #[cfg(test)]
@@ -656,6 +644,58 @@ mod tests {
             &AtomicU64::new(0),
         );
         assert!(gone.is_err());
+    }
+
+    #[test]
+    fn a_file_replaced_by_a_fifo_or_a_device_after_the_walk_stamped_it_is_never_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let handle =
+            nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let mut buffer = vec![0; 16];
+        for (name, make) in [
+            (c"fifo", (nix::sys::stat::SFlag::S_IFIFO, 0)),
+            // /dev/zero: a read of it never ends.
+            (
+                c"zero",
+                (
+                    nix::sys::stat::SFlag::S_IFCHR,
+                    nix::sys::stat::makedev(1, 5),
+                ),
+            ),
+        ] {
+            let path = dir.join(name.to_str().unwrap());
+            std::fs::write(&path, b"regular").unwrap();
+            // What the walk stamped: a regular file.
+            let walked = Stamp::from_metadata(&std::fs::symlink_metadata(&path).unwrap());
+            std::fs::remove_file(&path).unwrap();
+            let (kind, dev) = make;
+            if let Err(e) = nix::sys::stat::mknod(&path, kind, Mode::from_bits_truncate(0o600), dev)
+            {
+                println!("SKIPPED: {name:?}: mknod: {e}");
+                continue;
+            }
+            let hashed = hash_file_at(&handle, name, Some(walked), &mut buffer, &AtomicU64::new(0));
+            assert_eq!(hashed.unwrap(), None, "{name:?}");
+        }
+        // A regular file replaced by another is hashed under the stamp of the one read.
+        let path = dir.join("file");
+        std::fs::write(&path, b"old").unwrap();
+        let walked = Stamp::from_metadata(&std::fs::symlink_metadata(&path).unwrap());
+        std::fs::write(dir.join("new"), b"new content").unwrap();
+        std::fs::rename(dir.join("new"), &path).unwrap();
+        let (stamp, sha256) = hash_file_at(
+            &handle,
+            c"file",
+            Some(walked),
+            &mut buffer,
+            &AtomicU64::new(0),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(stamp, Stamp::lstat(&path).unwrap());
+        assert_ne!(stamp.ino, walked.ino);
+        assert_eq!(sha256, <[u8; 32]>::from(Sha256::digest(b"new content")));
     }
 
     #[test]
