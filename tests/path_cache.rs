@@ -118,3 +118,41 @@ fn get_or_compute_caches_each_dimension_and_keeps_the_others() {
         "stale dimensions must be dropped"
     );
 }
+
+#[test]
+fn a_dimension_written_while_racy_does_not_drop_another_still_racy_one() {
+    // A file written just now: every entry recorded for it is racy for the next ~50 ms.
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("module.py");
+    std::fs::write(&source, "def f(x):\n").unwrap();
+    let cache = PathCache::open(dir.path().join("c.shard"), Options::new().durable(false))
+        .unwrap()
+        .racy_margin(Duration::from_secs(3600));
+    cache
+        .get_or_compute(&source, "bytecode", |s| s.to_vec())
+        .unwrap();
+    cache
+        .get_or_compute(&source, "symbols", |_| b"f".to_vec())
+        .unwrap();
+    let view = cache.view();
+    let entry = view.entry(source.as_os_str().as_encoded_bytes()).unwrap();
+    assert!(entry.racy);
+    assert_eq!(entry.dimension("symbols"), Some(&b"f"[..]));
+    assert_eq!(
+        entry.dimension("bytecode"),
+        Some(&b"def f(x):\n"[..]),
+        "the symbols write dropped bytecode"
+    );
+
+    // Once the stamp has settled, a racy dimension is not carried into a trusted entry.
+    let settled = PathCache::open(dir.path().join("c.shard"), Options::new().durable(false))
+        .unwrap()
+        .racy_margin(Duration::ZERO);
+    settled
+        .get_or_compute(&source, "symbols", |_| b"f".to_vec())
+        .unwrap();
+    let view = settled.view();
+    let entry = view.entry(source.as_os_str().as_encoded_bytes()).unwrap();
+    assert!(!entry.racy);
+    assert_eq!(entry.dimension("bytecode"), None);
+}

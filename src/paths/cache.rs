@@ -199,7 +199,7 @@ impl PathCache {
 
     /// Returns the cached `dimension` of the file at `path`, or computes it from the file's
     /// content with `compute`, stores it (keeping the entry's other dimensions when the file is
-    /// unchanged) and returns it. The stamp is taken before the content is read, and a file that
+    /// unchanged, racy ones included as long as the new entry is racy too) and returns it. The stamp is taken before the content is read, and a file that
     /// changes while being read is not cached.
     pub fn get_or_compute(
         &self,
@@ -237,7 +237,13 @@ impl PathCache {
             return Ok(result); // changed while read: the result is not cached
         }
         let mut dimensions: Vec<(&str, &[u8])> = Vec::new();
-        let kept = view.entry(key).filter(|e| !e.racy && e.stamp == stamp);
+        // The other dimensions stay while they were computed from this same stamp. A racy one
+        // stays only under a racy entry: it may predate a write within the stamp's clock tick,
+        // so it must not become trusted along with a dimension computed once the stamp settled.
+        let racy = stamp.is_racy(taken_at, self.racy_margin);
+        let kept = view
+            .entry(key)
+            .filter(|e| e.stamp == stamp && (!e.racy || racy));
         if let Some(entry) = kept {
             for (name, payload) in entry.dimensions() {
                 if name != dimension.as_bytes()
