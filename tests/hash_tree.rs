@@ -653,3 +653,34 @@ fn hash_tree_help_does_not_offer_what_hash_tree_ignores() {
         "{help}"
     );
 }
+
+/// The cache's size after a cold run over a chain of `depth` nested directories.
+fn chain_cache_bytes(depth: usize) -> u64 {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("chain");
+    let mut bottom = root.clone();
+    for _ in 0..depth {
+        bottom.push("d");
+    }
+    std::fs::create_dir_all(&bottom).unwrap();
+    std::fs::write(bottom.join("f"), "bottom").unwrap();
+    settle();
+    let shard = tmp.path().join("chain.shard");
+    let report = hash_tree_lib(&root, &shard);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!((report.files, report.dirs), (1, depth as u64 + 1));
+    let warm = hash_tree_lib(&root, &shard);
+    assert_eq!((warm.hashed, warm.dirs_read), (0, 0));
+    std::fs::metadata(&shard).unwrap().len()
+}
+
+#[test]
+fn the_cache_of_a_deep_chain_grows_with_its_depth_not_its_square() {
+    let (small, large) = (chain_cache_bytes(1000), chain_cache_bytes(2000));
+    // Keys holding the whole path: ~1 MB then ~4 MB.
+    assert!(large < 1 << 20, "{large} bytes for 2,000 levels");
+    assert!(
+        large < 3 * small,
+        "{small} bytes for 1,000 levels, {large} for 2,000"
+    );
+}

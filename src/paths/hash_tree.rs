@@ -3,7 +3,8 @@
 //!
 //! The cache shard holds one [`PathCache`](super::PathCache) entry per regular file, keyed by its
 //! path relative to the root, with a `sha256` dimension, and one cached listing per directory
-//! (keyed by a NUL byte and the directory's path; see `listing.rs`). A run walks the tree in
+//! (keyed by a NUL byte and the directory's path; a directory whose path passes 255 bytes is
+//! keyed by a short hash instead, so deep trees do not cost depth squared; see `listing.rs`). A run walks the tree in
 //! parallel and reuses the listing of every directory whose stamp is unchanged instead of reading
 //! it. A file the cache knows is stamped (`lstat` relative to its directory's handle) and, while
 //! its entry holds for that stamp, answered without being read. The rest is hashed while the walk
@@ -139,6 +140,15 @@ struct DirResult {
     fresh_listing: Option<Vec<u8>>,
     /// Whether its entries were read this run (rather than taken from the cache).
     read: bool,
+    /// Its cache key when that is not its path (see `listing::dir_key`).
+    long_key: Option<Vec<u8>>,
+}
+
+impl DirResult {
+    /// Its cache key, given its path.
+    fn key<'a>(&'a self, rel: &'a [u8]) -> &'a [u8] {
+        self.long_key.as_deref().unwrap_or(rel)
+    }
 }
 
 /// A file a hashing task reads: its entry index, name, stamp if the walk took one, and the value
@@ -209,12 +219,12 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         }
     };
     let listing_cache = options.listing_cache;
-    let cached = |rel: &[u8], stamp: &Stamp| {
+    let cached = |dir_key: &[u8], stamp: &Stamp| {
         if !listing_cache {
             return None;
         }
-        let mut key = Vec::with_capacity(rel.len() + 1);
-        listing_key(&mut key, rel);
+        let mut key = Vec::with_capacity(dir_key.len() + 1);
+        listing_key(&mut key, dir_key);
         Listing::decode(view.get(&key)?, stamp)
     };
     let racy_margin = options.racy_margin;
@@ -222,12 +232,12 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         let mut listing = dir.listing;
         // All keys of the directory, looked up in one batch.
         let mut key_bytes =
-            Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir.rel.len() + 1));
+            Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir.key.len() + 1));
         let mut key_ends = Vec::with_capacity(listing.entries.len());
         for (name, kind) in &listing.entries {
             if let Listed::File(_) = kind {
-                if !dir.rel.is_empty() {
-                    key_bytes.extend_from_slice(dir.rel);
+                if !dir.key.is_empty() {
+                    key_bytes.extend_from_slice(dir.key);
                     key_bytes.push(b'/');
                 }
                 key_bytes.extend_from_slice(listing.name(name));
@@ -246,7 +256,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         let cached_files = values.iter().filter(|v| v.is_some()).count();
 
         // A listing that was not read came from the cache: no need to look it up again.
-        listing_key(&mut key, dir.rel);
+        listing_key(&mut key, dir.key);
         let cached_listing = !dir.read || view.get(&key).is_some();
         let fresh_listing = (listing_cache
             && dir.read
@@ -367,6 +377,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
             cached_listing,
             fresh_listing,
             read: dir.read,
+            long_key: (dir.key != dir.rel).then(|| dir.key.to_vec()),
             listing,
         }
     });
@@ -462,7 +473,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
     })
 }
 
-/// Calls `f(directory path, file name, directory, entry index)` for every file with a known
+/// Calls `f(directory key, file name, directory, entry index)` for every file with a known
 /// hash, in manifest order.
 fn for_each_file<'d>(
     dirs: &'d [(Vec<u8>, DirResult)],
@@ -475,7 +486,12 @@ fn for_each_file<'d>(
             let (rel, dir) = &dirs[d];
             for i in entries {
                 if dir.known[i].is_some() {
-                    f(rel, dir.listing.name(&dir.listing.entries[i].0), dir, i);
+                    f(
+                        dir.key(rel),
+                        dir.listing.name(&dir.listing.entries[i].0),
+                        dir,
+                        i,
+                    );
                 }
             }
         },
@@ -509,11 +525,11 @@ fn write_cache(
     let mut writer = shard.bulk_writer(mode)?;
     let mut added = Ok(());
     let (mut key, mut value) = (Vec::new(), Vec::new());
-    for_each_file(dirs, |rel, name, dir, i| {
+    for_each_file(dirs, |dir_key, name, dir, i| {
         if added.is_err() {
             return;
         }
-        join_rel(&mut key, rel, name);
+        join_rel(&mut key, dir_key, name);
         let new_value = match (dir.fresh.get(i).copied().flatten(), dir.known[i]) {
             (Some((stamp, racy)), Some(sha256)) => {
                 encode_entry_into(&mut value, &stamp, racy, &[(DIMENSION, &sha256)]);
@@ -528,7 +544,7 @@ fn write_cache(
     });
     added?;
     for (rel, dir) in dirs {
-        listing_key(&mut key, rel);
+        listing_key(&mut key, dir.key(rel));
         let new_value = match &dir.fresh_listing {
             Some(listing) => Some(listing.as_slice()),
             None if keep_others => view.get(&key),

@@ -20,7 +20,7 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
 use parking_lot::{Condvar, Mutex};
 
-use super::listing::{Listed, Listing};
+use super::listing::{Listed, Listing, dir_key};
 use super::stamp::Stamp;
 
 /// A directory or file that could not be read during the walk.
@@ -48,6 +48,8 @@ impl Excluded {
 pub(crate) struct VisitedDir<'a> {
     /// Path relative to the root (`/`-separated; the root is empty).
     pub rel: &'a [u8],
+    /// Its key in the cache (see `listing::dir_key`): `rel` unless that is long.
+    pub key: &'a [u8],
     /// The open directory, for `openat`/`fstatat` relative to it.
     pub handle: &'a Arc<OwnedFd>,
     /// The directory's own stamp, taken before it was listed.
@@ -66,8 +68,9 @@ pub(crate) type Task<'env> = Box<dyn FnOnce() + Send + 'env>;
 
 enum Job<'env> {
     /// A directory: its parent's handle (to open it relative to; none for the root or to open
-    /// it by path), its name, its path relative to the root.
-    Dir(Option<Arc<OwnedFd>>, Vec<u8>, Vec<u8>),
+    /// it from the root), its name, its path relative to the root, its cache key if that is not
+    /// its path.
+    Dir(Option<Arc<OwnedFd>>, Vec<u8>, Vec<u8>, Option<Vec<u8>>),
     Task(Task<'env>),
 }
 
@@ -107,7 +110,8 @@ pub(crate) fn join_rel(out: &mut Vec<u8>, rel: &[u8], name: &[u8]) {
 
 /// The functions a walk calls back, from its worker threads.
 pub(crate) struct Visitor<'f, 'env, T> {
-    /// A cached listing of the directory at `rel` taken at exactly this stamp, if there is one.
+    /// A cached listing of the directory with this cache key taken at exactly this stamp, if
+    /// there is one.
     pub cached: &'f (dyn Fn(&[u8], &Stamp) -> Option<Listing> + Sync),
     /// Called once per directory; may queue tasks.
     pub visit: &'f (dyn Fn(VisitedDir<'_>, &Spawner<'_, 'env>) -> T + Sync),
@@ -138,7 +142,7 @@ pub(crate) fn walk<'env, T: Send>(
     // Held for the whole walk: directories past the handle budget are reopened from it.
     let root_handle = nix::fcntl::open(root, dir_flags(), Mode::empty()).ok();
     let queue = Queue {
-        state: Mutex::new((vec![Job::Dir(None, Vec::new(), Vec::new())], 0)),
+        state: Mutex::new((vec![Job::Dir(None, Vec::new(), Vec::new(), None)], 0)),
         wake: Condvar::new(),
     };
     let waiting_handles = AtomicUsize::new(0);
@@ -154,7 +158,8 @@ pub(crate) fn walk<'env, T: Send>(
                 while let Some(job) = next_job(&queue) {
                     match job {
                         Job::Task(task) => task(),
-                        Job::Dir(parent, name, rel) => {
+                        Job::Dir(parent, name, rel, long_key) => {
+                            let key = long_key.as_deref().unwrap_or(&rel);
                             if parent.is_some() {
                                 waiting_handles.fetch_sub(1, Ordering::Relaxed);
                             }
@@ -168,6 +173,7 @@ pub(crate) fn walk<'env, T: Send>(
                                 parent.as_deref(),
                                 &name,
                                 &rel,
+                                key,
                                 excluded,
                                 visitor.cached,
                                 &mut failed,
@@ -185,10 +191,12 @@ pub(crate) fn walk<'env, T: Send>(
                                             waiting_handles.fetch_sub(1, Ordering::Relaxed);
                                             None
                                         };
+                                        let child_key = dir_key(key, name, child.len());
                                         subdirs.push(Job::Dir(
                                             parent,
                                             name.to_vec(),
                                             child.clone(),
+                                            child_key,
                                         ));
                                     }
                                 }
@@ -201,6 +209,7 @@ pub(crate) fn walk<'env, T: Send>(
                                 queue.wake.notify_all();
                                 let visited = VisitedDir {
                                     rel: &rel,
+                                    key,
                                     handle: &handle,
                                     stamp: dir.stamp,
                                     listing: dir.listing,
@@ -261,6 +270,7 @@ fn open_and_list(
     parent: Option<&OwnedFd>,
     name: &[u8],
     rel: &[u8],
+    key: &[u8],
     excluded: Option<&Excluded>,
     cached: &(dyn Fn(&[u8], &Stamp) -> Option<Listing> + Sync),
     failed: &mut Vec<WalkError>,
@@ -301,7 +311,7 @@ fn open_and_list(
         }
     };
     if excluded.is_none()
-        && let Some(mut listing) = cached(rel, &stamp)
+        && let Some(mut listing) = cached(key, &stamp)
         && stat_cached_files(&handle, &mut listing)
     {
         return Some(OpenDir {
