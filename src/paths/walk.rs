@@ -171,9 +171,11 @@ pub(crate) fn walk<'env, T: Send>(
                                     handle: root_handle.as_ref(),
                                 },
                                 parent.as_deref(),
-                                &name,
-                                &rel,
-                                key,
+                                DirName {
+                                    name: &name,
+                                    rel: &rel,
+                                    key,
+                                },
                                 excluded,
                                 visitor.cached,
                                 &mut failed,
@@ -262,15 +264,20 @@ struct Root<'a> {
     handle: Option<&'a OwnedFd>,
 }
 
+/// A directory to open: its name, its path relative to the root, its cache key.
+struct DirName<'a> {
+    name: &'a [u8],
+    rel: &'a [u8],
+    key: &'a [u8],
+}
+
 fn open_and_list(
     Root {
         path: root,
         handle: root_handle,
     }: Root<'_>,
     parent: Option<&OwnedFd>,
-    name: &[u8],
-    rel: &[u8],
-    key: &[u8],
+    DirName { name, rel, key }: DirName<'_>,
     excluded: Option<&Excluded>,
     cached: &(dyn Fn(&[u8], &Stamp) -> Option<Listing> + Sync),
     failed: &mut Vec<WalkError>,
