@@ -31,7 +31,7 @@ use nix::sys::stat::Mode;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use super::cache::{PathEntry, encode_entry_into};
+use super::cache::{PathEntry, encode_entry_into, recorded_hours};
 use super::listing::{Listed, Listing, listing_key};
 use super::manifest::{Manifest, ManifestDir, in_manifest_order, push_hex};
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
@@ -286,6 +286,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                                     &mut value,
                                     &stamp,
                                     racy,
+                                    recorded_hours(taken_at),
                                     &[(DIMENSION, &sha256)],
                                 );
                                 Some(Hashed {
@@ -522,6 +523,7 @@ fn write_cache(
     mode: BulkMode,
 ) -> Result<WriteOutcome> {
     let keep_others = matches!(mode, BulkMode::Replace);
+    let hours = recorded_hours(SystemTime::now());
     let mut writer = shard.bulk_writer(mode)?;
     let mut added = Ok(());
     let (mut key, mut value) = (Vec::new(), Vec::new());
@@ -532,7 +534,7 @@ fn write_cache(
         join_rel(&mut key, dir_key, name);
         let new_value = match (dir.fresh.get(i).copied().flatten(), dir.known[i]) {
             (Some((stamp, racy)), Some(sha256)) => {
-                encode_entry_into(&mut value, &stamp, racy, &[(DIMENSION, &sha256)]);
+                encode_entry_into(&mut value, &stamp, racy, hours, &[(DIMENSION, &sha256)]);
                 Some(value.as_slice())
             }
             _ if keep_others => view.get(&key),

@@ -14,10 +14,12 @@ mod cache;
 mod hash_tree;
 mod listing;
 mod manifest;
+mod prune;
 mod stamp;
 mod walk;
 
 pub use cache::{PathCache, PathEntry, PathView};
 pub use hash_tree::{HashTreeOptions, HashTreeReport, hash_tree, shard_path_for_root};
 pub use manifest::{Manifest, ManifestLine};
+pub use prune::{PruneOptions, PruneReport};
 pub use stamp::{DEFAULT_RACY_MARGIN, Stamp};
