@@ -282,3 +282,32 @@ fn an_age_limit_drops_entries_not_rewritten_for_that_long() {
     assert_eq!((report.old, report.kept), (1, 1));
     assert!(cache.view().lookup(&source, "bytecode").is_some());
 }
+
+#[test]
+fn the_path_cache_prune_command_reports_what_it_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kept, gone) = (dir.path().join("kept.py"), dir.path().join("gone.py"));
+    std::fs::write(&kept, "k").unwrap();
+    std::fs::write(&gone, "g").unwrap();
+    settle();
+    let cache = cache_at(dir.path());
+    cache
+        .get_or_compute(&kept, "bytecode", |s| s.to_vec())
+        .unwrap();
+    cache
+        .get_or_compute(&gone, "bytecode", |s| s.to_vec())
+        .unwrap();
+    std::fs::remove_file(&gone).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warmshard"))
+        .args(["--no-fsync", "--shard"])
+        .arg(dir.path().join("c.shard"))
+        .args(["path-cache", "prune"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("dropped 1 (gone 1, changed 0"), "{stderr}");
+    let view = cache.view();
+    assert_eq!(view.snapshot().len(), 1);
+    assert!(view.lookup(&kept, "bytecode").is_some());
+}

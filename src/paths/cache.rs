@@ -198,6 +198,16 @@ impl PathCache {
         })
     }
 
+    /// The path cache stored in an already open shard.
+    pub fn from_shard(shard: Shard) -> PathCache {
+        PathCache {
+            shard,
+            racy_margin: DEFAULT_RACY_MARGIN,
+            max_bytes: None,
+            evicted: AtomicU64::new(0),
+        }
+    }
+
     /// Bounds the cache to about `bytes` (keys, values and a per-entry estimate of the shard's
     /// own bytes). A write that would pass the bound first drops the entries written longest ago
     /// until the cache holds three quarters of it — a write never fails for lack of room — and

@@ -7,6 +7,7 @@ mod entries;
 mod hash_tree;
 mod import;
 mod inspect;
+mod paths_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -151,6 +152,9 @@ enum Command {
         #[arg(long)]
         no_listing_cache: bool,
     },
+    /// Maintain a path cache (a shard written by warmshard::paths::PathCache).
+    #[command(name = "path-cache", subcommand)]
+    PathCache(paths_cmd::PathCacheCommand),
 }
 
 /// A command's result: the exit status to return.
@@ -215,6 +219,7 @@ fn run(cli: Cli, shard_on_command_line: bool) -> Outcome {
         Command::Stats { json } => inspect::stats(&shard, json),
         Command::Verify => inspect::verify(&shard),
         Command::Compact => entries::compact(&shard),
+        Command::PathCache(command) => paths_cmd::run(shard, command),
         Command::HashTree { .. } => unreachable!("handled above"),
     }
 }
