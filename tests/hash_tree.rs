@@ -684,3 +684,58 @@ fn the_cache_of_a_deep_chain_grows_with_its_depth_not_its_square() {
         "{small} bytes for 1,000 levels, {large} for 2,000"
     );
 }
+
+#[test]
+fn excluded_paths_are_left_out_and_excluded_directories_never_read() {
+    let (tmp, root, shard) = tree(30);
+    std::fs::create_dir_all(root.join(".git/objects")).unwrap();
+    std::fs::write(root.join(".git/objects/x"), "object").unwrap();
+    std::fs::write(root.join("d1/main.o"), "object file").unwrap();
+    std::fs::create_dir_all(root.join("d2/target")).unwrap();
+    std::fs::write(root.join("d2/target/out"), "nested target: kept by /target").unwrap();
+    std::fs::create_dir_all(root.join("target")).unwrap();
+    std::fs::write(root.join("target/out"), "root target").unwrap();
+    settle();
+    let run = |exclude: &[&str]| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["--no-fsync", "--shard"])
+            .arg(&shard)
+            .args(["hash-tree", "--stats"]);
+        for pattern in exclude {
+            command.args(["--exclude", pattern]);
+        }
+        let out = command.arg(&root).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let all = run(&[]);
+    assert!(all.contains("  .git/objects/x\n") && all.contains("  target/out\n"));
+    let some = run(&[".git", "*.o", "/target"]);
+    assert!(
+        !some.contains(".git/") && !some.contains("main.o"),
+        "{some}"
+    );
+    assert!(!some.contains("  target/out\n"), "{some}");
+    assert!(some.contains("  d2/target/out\n"), "{some}");
+    assert_eq!(some.lines().count(), 31);
+    // Excluded directories are not visited at all: 12 directories, 3 of them excluded.
+    let options = |exclude: &[&str]| warmshard::paths::HashTreeOptions {
+        shard: Some(shard.clone()),
+        shard_options: warmshard::Options::new().durable(false),
+        exclude: warmshard::paths::Exclude::new(exclude),
+        ..Default::default()
+    };
+    let report = warmshard::paths::hash_tree(&root, &options(&[])).unwrap();
+    assert_eq!(report.dirs, 12);
+    let report = warmshard::paths::hash_tree(&root, &options(&[".git", "*.o", "/target"])).unwrap();
+    assert_eq!((report.dirs, report.files), (9, 31));
+    // The cache kept whole listings: a run without exclusions lists everything again.
+    let again = run(&[]);
+    assert!(again.contains("  target/out\n") && again.contains("  d1/main.o\n"));
+    drop(tmp);
+}

@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::cache::{PathEntry, encode_entry_into, recorded_hours};
+use super::exclude::Exclude;
 use super::listing::{Listed, Listing, listing_key};
 use super::manifest::{Manifest, ManifestDir, in_manifest_order, push_hex};
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
@@ -65,6 +66,10 @@ pub struct HashTreeOptions {
     pub shard_options: Options,
     /// Called now and then from worker threads with (files seen, bytes hashed).
     pub progress: Option<Box<dyn Fn(u64, u64) + Sync>>,
+    /// Paths left out of the manifest (see [`Exclude`]); an excluded directory is never read.
+    /// The cache keeps whole listings, so a run with other exclusions reuses them; the hashes
+    /// of excluded files are dropped from the cache.
+    pub exclude: Exclude,
 }
 
 impl Default for HashTreeOptions {
@@ -76,6 +81,7 @@ impl Default for HashTreeOptions {
             listing_cache: true,
             shard_options: Options::from_env(),
             progress: None,
+            exclude: Exclude::default(),
         }
     }
 }
@@ -262,7 +268,12 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
             && dir.read
             && dir.cacheable
             && !dir.stamp.is_racy(taken_at, racy_margin))
-        .then(|| listing.encode(&dir.stamp));
+        .then(|| {
+            dir.unfiltered
+                .as_ref()
+                .unwrap_or(&listing)
+                .encode(&dir.stamp)
+        });
 
         // Hash what the cache could not answer, in tasks the walk's workers share.
         let hashed = Arc::new(Mutex::new(Vec::new()));
@@ -387,7 +398,8 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         cached: &cached,
         visit: &visit,
     };
-    let (mut dirs, walk_errors) = walk(&root, options.threads, &excluded, visitor);
+    let (mut dirs, walk_errors) =
+        walk(&root, options.threads, &excluded, &options.exclude, visitor);
     if !dirs.iter().any(|(rel, _)| rel.is_empty()) {
         // The root itself could not be read: there is no manifest to give.
         let error = walk_errors

@@ -11,6 +11,7 @@
 //! only what the stamps say changed.
 
 mod cache;
+mod exclude;
 mod hash_tree;
 mod listing;
 mod manifest;
@@ -19,6 +20,7 @@ mod stamp;
 mod walk;
 
 pub use cache::{PathCache, PathEntry, PathView};
+pub use exclude::Exclude;
 pub use hash_tree::{HashTreeOptions, HashTreeReport, hash_tree, shard_path_for_root};
 pub use manifest::{Manifest, ManifestLine};
 pub use prune::{PruneOptions, PruneReport};

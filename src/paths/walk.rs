@@ -20,6 +20,7 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
 use parking_lot::{Condvar, Mutex};
 
+use super::exclude::Exclude;
 use super::listing::{Listed, Listing, dir_key};
 use super::stamp::Stamp;
 
@@ -54,9 +55,13 @@ pub(crate) struct VisitedDir<'a> {
     pub handle: &'a Arc<OwnedFd>,
     /// The directory's own stamp, taken before it was listed.
     pub stamp: Stamp,
-    /// Its regular files and subdirectories, in manifest order. Files of a cached listing have a
-    /// fresh stamp; those of a listing read this run mostly have none yet (see `read_listing`).
+    /// Its regular files and subdirectories, in manifest order, without the excluded ones. Files
+    /// of a cached listing have a fresh stamp; those of a listing read this run mostly have none
+    /// yet (see `read_listing`).
     pub listing: Listing,
+    /// The whole listing, when exclusions took entries out of `listing` (what the cache keeps,
+    /// so that a run with other exclusions can use it).
+    pub unfiltered: Option<Listing>,
     /// True if the listing was read from the directory, false if a cached one was used.
     pub read: bool,
     /// False for the directory holding the cache's own files, whose listing must not be cached.
@@ -132,6 +137,7 @@ pub(crate) fn walk<'env, T: Send>(
     root: &Path,
     threads: usize,
     excluded: &Excluded,
+    exclude: &Exclude,
     visitor: Visitor<'_, 'env, T>,
 ) -> (Vec<(Vec<u8>, T)>, Vec<WalkError>) {
     let excluded_rel: Option<Vec<u8>> = excluded
@@ -181,10 +187,11 @@ pub(crate) fn walk<'env, T: Send>(
                                 &mut failed,
                             ) {
                                 let handle = Arc::new(dir.handle);
+                                let (listing, unfiltered) = filtered(dir.listing, &rel, exclude);
                                 let mut subdirs = Vec::new();
-                                for (range, kind) in &dir.listing.entries {
+                                for (range, kind) in &listing.entries {
                                     if let Listed::Dir = kind {
-                                        let name = dir.listing.name(range);
+                                        let name = listing.name(range);
                                         join_rel(&mut child, &rel, name);
                                         let held = waiting_handles.fetch_add(1, Ordering::Relaxed);
                                         let parent = if held < MAX_WAITING_HANDLES {
@@ -214,7 +221,8 @@ pub(crate) fn walk<'env, T: Send>(
                                     key,
                                     handle: &handle,
                                     stamp: dir.stamp,
-                                    listing: dir.listing,
+                                    listing,
+                                    unfiltered,
                                     read: dir.read,
                                     cacheable: !is_excluded,
                                 };
@@ -235,6 +243,28 @@ pub(crate) fn walk<'env, T: Send>(
         }
     });
     (results.into_inner(), errors.into_inner())
+}
+
+/// `listing` without the entries `exclude` matches, and the whole listing if any was taken out.
+fn filtered(listing: Listing, rel: &[u8], exclude: &Exclude) -> (Listing, Option<Listing>) {
+    if exclude.is_empty() {
+        return (listing, None);
+    }
+    let mut path = Vec::new();
+    let keep = |range: &std::ops::Range<u32>, path: &mut Vec<u8>| {
+        join_rel(path, rel, listing.name(range));
+        !exclude.matches(path)
+    };
+    if listing
+        .entries
+        .iter()
+        .all(|(range, _)| keep(range, &mut path))
+    {
+        return (listing, None);
+    }
+    let mut kept = listing.clone();
+    kept.entries.retain(|(range, _)| keep(range, &mut path));
+    (kept, Some(listing))
 }
 
 fn next_job<'env>(queue: &Queue<'env>) -> Option<Job<'env>> {

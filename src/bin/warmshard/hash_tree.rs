@@ -1,6 +1,7 @@
 //! `hash-tree`: a sha256sum-compatible manifest of a directory, re-hashing only what changed.
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub(crate) struct HashTreeArgs {
     pub stats: bool,
     pub threads: Option<usize>,
     pub listing_cache: bool,
+    pub exclude: Vec<std::ffi::OsString>,
     pub options: warmshard::Options,
 }
 
@@ -31,6 +33,7 @@ pub(crate) fn run(args: HashTreeArgs) -> Outcome {
         shard: args.shard,
         shard_options: args.options,
         listing_cache: args.listing_cache,
+        exclude: warmshard::paths::Exclude::new(args.exclude.iter().map(|p| p.as_bytes())),
         ..HashTreeOptions::default()
     };
     if let Some(threads) = args.threads {

@@ -151,6 +151,11 @@ enum Command {
         /// filesystems whose directory timestamps do not change when entries come and go).
         #[arg(long)]
         no_listing_cache: bool,
+        /// Leave out paths matching PATTERN (repeatable): a name at any depth (.git, *.o), a
+        /// relative path if it holds a '/' (build/out), or a root entry with a leading '/'
+        /// (/target). '*' and '?' do not cross '/'. Excluded directories are never read.
+        #[arg(long, value_name = "PATTERN")]
+        exclude: Vec<std::ffi::OsString>,
     },
     /// Maintain a path cache (a shard written by warmshard::paths::PathCache).
     #[command(name = "path-cache", subcommand)]
@@ -191,6 +196,7 @@ fn run(cli: Cli, shard_on_command_line: bool) -> Outcome {
         stats,
         threads,
         no_listing_cache,
+        exclude,
     } = cli.command
     {
         let shard = cli.shard.filter(|_| shard_on_command_line);
@@ -201,6 +207,7 @@ fn run(cli: Cli, shard_on_command_line: bool) -> Outcome {
             stats,
             threads,
             listing_cache: !no_listing_cache,
+            exclude,
             options,
         });
     }
