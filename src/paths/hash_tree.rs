@@ -42,9 +42,9 @@ use super::walk::{
 use crate::{BulkMode, Error, Health, Options, Result, Shard, Snapshot, WriteOutcome};
 
 /// Producer string of hash-tree shards.
-const PRODUCER: &str = "warmshard hash-tree 1";
+pub(super) const PRODUCER: &str = "warmshard hash-tree 1";
 /// The dimension holding a file's SHA-256.
-const DIMENSION: &str = "sha256";
+pub(super) const DIMENSION: &str = "sha256";
 /// Length of each hashing thread's read buffer.
 const READ_BUFFER_LEN: usize = 256 * 1024;
 
@@ -572,7 +572,7 @@ fn write_cache(
 }
 
 /// The cache's own files (see `crate::names`), excluded when they sit inside the tree.
-fn cache_files(shard: &Shard) -> Excluded {
+pub(super) fn cache_files(shard: &Shard) -> Excluded {
     let path = shard.path();
     let dir = crate::map::parent_dir(path);
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
@@ -592,7 +592,7 @@ fn cache_files(shard: &Shard) -> Excluded {
 /// trusted anyway (the caller applies the racy rule). So no stamp is taken after the read.
 /// `listed` is the stamp the walk took, if it took one: when the file opened is another one
 /// (another device or inode: replaced since), it is hashed under its own stamp all the same.
-fn hash_file_at(
+pub(super) fn hash_file_at(
     dir: &OwnedFd,
     name: &CStr,
     listed: Option<Stamp>,

@@ -151,6 +151,17 @@ pub(crate) fn listing_key(out: &mut Vec<u8>, dir_key: &[u8]) {
     out.extend_from_slice(dir_key);
 }
 
+/// The key of the directory at `rel` (relative to the root), computed down from the root.
+pub(crate) fn dir_key_of(rel: &[u8]) -> Vec<u8> {
+    let mut key = Vec::new();
+    let mut len = 0;
+    for component in rel.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+        len += component.len() + usize::from(len > 0);
+        key = dir_key(&key, component, len).unwrap_or_else(|| rel[..len].to_vec());
+    }
+    key
+}
+
 /// Directories whose path relative to the root is longer than this are keyed by a hash.
 pub(crate) const LONG_DIR: usize = 255;
 /// Bytes of SHA-256 kept in the key of a directory with a long path.

@@ -17,6 +17,7 @@ mod listing;
 mod manifest;
 mod prune;
 mod stamp;
+mod tree_cache;
 mod walk;
 
 pub use cache::{PathCache, PathEntry, PathView};
@@ -25,3 +26,4 @@ pub use hash_tree::{HashTreeOptions, HashTreeReport, hash_tree, shard_path_for_r
 pub use manifest::{Manifest, ManifestLine};
 pub use prune::{PruneOptions, PruneReport};
 pub use stamp::{DEFAULT_RACY_MARGIN, Stamp};
+pub use tree_cache::{TreeCache, TreeCacheStats, TreeEntry};

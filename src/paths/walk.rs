@@ -32,6 +32,7 @@ pub(crate) struct WalkError {
 }
 
 /// Names in one directory that must not be reported (the cache's own files).
+#[derive(Debug)]
 pub(crate) struct Excluded {
     pub dir: PathBuf,
     /// The shard's file name; every file that belongs to it is excluded (see `crate::names`).
@@ -370,13 +371,13 @@ fn open_and_list(
 /// How every directory is opened: an `O_PATH` handle is enough to stat it and to open or stat
 /// its entries, and it is cheaper to open and close; reading the entries takes a second, real
 /// open. Never through a symlink.
-fn dir_flags() -> OFlag {
+pub(crate) fn dir_flags() -> OFlag {
     OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
 }
 
 /// Opens the directory at `rel` (`/`-separated, relative to `root`) one component at a time, so
 /// neither the path's length nor a symlink planted on the way matters.
-fn open_components(root: &OwnedFd, rel: &[u8]) -> nix::Result<OwnedFd> {
+pub(crate) fn open_components(root: &OwnedFd, rel: &[u8]) -> nix::Result<OwnedFd> {
     let mut handle: Option<OwnedFd> = None;
     for component in rel.split(|&b| b == b'/') {
         let at = handle.as_ref().unwrap_or(root);
@@ -419,7 +420,7 @@ fn stat_cached_files(handle: &OwnedFd, listing: &mut Listing) -> bool {
 
 /// Reads the directory: its regular files and subdirectories, in manifest order. Files are
 /// stamped only where the directory entry does not give their type.
-fn read_listing(
+pub(crate) fn read_listing(
     handle: &OwnedFd,
     excluded: Option<&Excluded>,
     dir_path: &Path,
