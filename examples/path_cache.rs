@@ -5,8 +5,10 @@
 //! ```text
 //! cargo run --example path_cache -- [SOURCE_DIR] [SHARD_PATH]
 //! ```
-//! Run it twice: the second run compiles nothing (files edited in the last ~50 ms are
-//! re-compiled once more, by the racy-timestamp rule).
+//! Run it twice: the second run compiles nothing. This holds for every source last changed more
+//! than ~50 ms before the first run; a source changed within that margin is recorded as "racy"
+//! (its stamp cannot yet prove its content, see `Stamp`) and is compiled once more by the next
+//! run. So when it creates its sample sources, the example waits out that margin first.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -36,11 +38,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => {
             let dir = std::env::temp_dir().join("warmshard-example-sources");
             std::fs::create_dir_all(&dir)?;
+            let mut created = false;
             for i in 0..20 {
                 let file = dir.join(format!("module{i}.py"));
                 if !file.exists() {
                     std::fs::write(file, format!("def f{i}(x):\n    return x + {i}\n"))?;
+                    created = true;
                 }
+            }
+            if created {
+                // Sources written this instant are racy: wait until their stamps can be trusted,
+                // as an interpreter's sources (edited long before it starts) would be.
+                std::thread::sleep(2 * warmshard::paths::DEFAULT_RACY_MARGIN);
             }
             dir
         }

@@ -464,3 +464,278 @@ fn a_tree_wider_than_the_open_handle_budget_is_walked_whole() {
     assert_eq!((warm.hashed, warm.dirs_read), (0, 0));
     assert_eq!(warm.manifest, cold.manifest);
 }
+
+/// Creates `dir/<name>` (a directory) relative to an open directory and opens it.
+fn mkdir_at(dir: &std::os::fd::OwnedFd, name: &[u8]) -> std::os::fd::OwnedFd {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    nix::sys::stat::mkdirat(
+        dir,
+        OsStr::from_bytes(name),
+        Mode::from_bits_truncate(0o700),
+    )
+    .unwrap();
+    nix::fcntl::openat(
+        dir,
+        OsStr::from_bytes(name),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn deep_paths_under_a_wide_directory_are_all_listed() {
+    // 300 branches (more than the walk keeps handles for) each holding a chain of 25 directories
+    // with 200-byte names: every file's path is longer than PATH_MAX.
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("wide-deep");
+    std::fs::create_dir(&root).unwrap();
+    let root_fd =
+        nix::fcntl::open(&root, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+    let long = |c: u8| vec![c; 200];
+    for i in 0..300 {
+        let mut dir = mkdir_at(&root_fd, format!("b{i:03}").as_bytes());
+        for level in 0..25u8 {
+            dir = mkdir_at(&dir, &long(b'a' + level % 26));
+        }
+        let file = nix::fcntl::openat(
+            &dir,
+            "f",
+            OFlag::O_WRONLY | OFlag::O_CREAT,
+            Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        nix::unistd::write(&file, format!("{i}").as_bytes()).unwrap();
+    }
+    settle();
+    let shard = tmp.path().join("deep.shard");
+    for run in ["cold", "warm"] {
+        let report = hash_tree_lib(&root, &shard);
+        assert!(report.errors.is_empty(), "{run}: {:?}", report.errors);
+        assert_eq!(report.files, 300, "{run}");
+        for (i, line) in report.manifest.iter().enumerate() {
+            assert!(line.path().len() > 4096 + 300);
+            assert_eq!(line.hex(), sha_of(format!("{i}").as_bytes()), "{run}");
+        }
+    }
+}
+
+#[test]
+fn a_file_named_dash_is_checked_by_sha256sum_not_read_from_stdin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("r");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("-"), "dash").unwrap();
+    std::fs::write(root.join("sub/-"), "sub dash").unwrap();
+    let run = hash_tree(&root, &tmp.path().join("r.shard"));
+    let text = String::from_utf8(run.manifest.clone()).unwrap();
+    assert_eq!(
+        text,
+        format!("{}  ./-\n{}  sub/-\n", sha_of(b"dash"), sha_of(b"sub dash"))
+    );
+    let manifest = tmp.path().join("MANIFEST");
+    std::fs::write(&manifest, &run.manifest).unwrap();
+    // Standard input holds other bytes: a check that read it for `-` would fail.
+    let check = Command::new("sha256sum")
+        .arg("-c")
+        .arg(&manifest)
+        .current_dir(&root)
+        .stdin(std::fs::File::open("/dev/null").unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+/// Runs the hash-tree command with extra global options; returns (exit code, stdout, stderr).
+fn hash_tree_cli(dir: &Path, shard: &Path, global: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = Command::new(BIN)
+        .args(["--no-fsync", "--shard"])
+        .arg(shard)
+        .args(global)
+        .args(["hash-tree", "--stats"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap(), out.stdout, stderr)
+}
+
+#[test]
+fn a_cache_that_cannot_be_written_still_prints_the_manifest_and_exits_3() {
+    let (tmp, root, shard) = tree(20);
+    settle();
+    let expected = sha256sum_manifest(&root);
+
+    // Another writer holds the lock past --lock-timeout.
+    std::fs::create_dir_all(shard.parent().unwrap()).unwrap();
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(tmp.path().join("cache/tree.shard.lock"))
+        .unwrap();
+    let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let (code, stdout, stderr) = hash_tree_cli(&root, &shard, &["--lock-timeout", "0.2"]);
+    assert_eq!(code, 3, "{stderr}");
+    assert_eq!(stdout, expected);
+    assert!(
+        stderr.contains("cache") && stderr.contains("not"),
+        "{stderr}"
+    );
+    drop(lock);
+
+    // The cache would pass --max-size.
+    let (code, stdout, stderr) = hash_tree_cli(&root, &shard, &["--max-size", "300"]);
+    assert_eq!(code, 3, "{stderr}");
+    assert_eq!(stdout, expected);
+
+    // Nothing was cached, so the next run hashes everything, and caches it.
+    let run = hash_tree(&root, &shard);
+    assert_eq!((run.hashed, run.manifest), (20, expected.clone()));
+    assert_eq!(hash_tree(&root, &shard).hashed, 0);
+}
+
+#[test]
+fn an_unreadable_root_is_an_error_not_an_empty_manifest() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        println!("SKIPPED: no user 'nobody' to run as");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("f"), "x").unwrap();
+    // Searchable (it resolves) but not readable by the other user.
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    nix::unistd::chown(&cache, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = Command::new(BIN)
+        .args(["--no-fsync", "--shard"])
+        .arg(cache.join("c.shard"))
+        .arg("hash-tree")
+        .arg(&root)
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+}
+
+#[test]
+fn hash_tree_help_does_not_offer_what_hash_tree_ignores() {
+    let out = Command::new(BIN)
+        .args(["hash-tree", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    assert!(!help.contains("default.shard"), "{help}");
+    assert!(!help.contains("env: WARMSHARD_PATH"), "{help}");
+    assert!(!help.contains("--producer"), "{help}");
+    assert!(help.contains("trees/<sha256 of the root>.shard"), "{help}");
+    assert!(
+        help.contains("Exit status") && help.contains("3 the manifest"),
+        "{help}"
+    );
+}
+
+/// The cache's size after a cold run over a chain of `depth` nested directories.
+fn chain_cache_bytes(depth: usize) -> u64 {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("chain");
+    let mut bottom = root.clone();
+    for _ in 0..depth {
+        bottom.push("d");
+    }
+    std::fs::create_dir_all(&bottom).unwrap();
+    std::fs::write(bottom.join("f"), "bottom").unwrap();
+    settle();
+    let shard = tmp.path().join("chain.shard");
+    let report = hash_tree_lib(&root, &shard);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!((report.files, report.dirs), (1, depth as u64 + 1));
+    let warm = hash_tree_lib(&root, &shard);
+    assert_eq!((warm.hashed, warm.dirs_read), (0, 0));
+    std::fs::metadata(&shard).unwrap().len()
+}
+
+#[test]
+fn the_cache_of_a_deep_chain_grows_with_its_depth_not_its_square() {
+    let (small, large) = (chain_cache_bytes(1000), chain_cache_bytes(2000));
+    // Keys holding the whole path: ~1 MB then ~4 MB.
+    assert!(large < 1 << 20, "{large} bytes for 2,000 levels");
+    assert!(
+        large < 3 * small,
+        "{small} bytes for 1,000 levels, {large} for 2,000"
+    );
+}
+
+#[test]
+fn excluded_paths_are_left_out_and_excluded_directories_never_read() {
+    let (tmp, root, shard) = tree(30);
+    std::fs::create_dir_all(root.join(".git/objects")).unwrap();
+    std::fs::write(root.join(".git/objects/x"), "object").unwrap();
+    std::fs::write(root.join("d1/main.o"), "object file").unwrap();
+    std::fs::create_dir_all(root.join("d2/target")).unwrap();
+    std::fs::write(root.join("d2/target/out"), "nested target: kept by /target").unwrap();
+    std::fs::create_dir_all(root.join("target")).unwrap();
+    std::fs::write(root.join("target/out"), "root target").unwrap();
+    settle();
+    let run = |exclude: &[&str]| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["--no-fsync", "--shard"])
+            .arg(&shard)
+            .args(["hash-tree", "--stats"]);
+        for pattern in exclude {
+            command.args(["--exclude", pattern]);
+        }
+        let out = command.arg(&root).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let all = run(&[]);
+    assert!(all.contains("  .git/objects/x\n") && all.contains("  target/out\n"));
+    let some = run(&[".git", "*.o", "/target"]);
+    assert!(
+        !some.contains(".git/") && !some.contains("main.o"),
+        "{some}"
+    );
+    assert!(!some.contains("  target/out\n"), "{some}");
+    assert!(some.contains("  d2/target/out\n"), "{some}");
+    assert_eq!(some.lines().count(), 31);
+    // Excluded directories are not visited at all: 12 directories, 3 of them excluded.
+    let options = |exclude: &[&str]| warmshard::paths::HashTreeOptions {
+        shard: Some(shard.clone()),
+        shard_options: warmshard::Options::new().durable(false),
+        exclude: warmshard::paths::Exclude::new(exclude),
+        ..Default::default()
+    };
+    let report = warmshard::paths::hash_tree(&root, &options(&[])).unwrap();
+    assert_eq!(report.dirs, 12);
+    let report = warmshard::paths::hash_tree(&root, &options(&[".git", "*.o", "/target"])).unwrap();
+    assert_eq!((report.dirs, report.files), (9, 31));
+    // The cache kept whole listings: a run without exclusions lists everything again.
+    let again = run(&[]);
+    assert!(again.contains("  target/out\n") && again.contains("  d1/main.o\n"));
+    drop(tmp);
+}

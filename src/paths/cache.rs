@@ -5,7 +5,7 @@
 //! | offset | size | field                                                        |
 //! |-------:|-----:|--------------------------------------------------------------|
 //! | 0      | 44   | stamp: dev, ino, size, mtime ns, ctime ns (u64/i64 LE), mode (u32 LE) |
-//! | 44     | 4    | flags, u32 LE: bit 0 = racy (never trusted as a hit)        |
+//! | 44     | 4    | flags, u32 LE: bit 0 = racy (never trusted as a hit); bits 8..32 = hours since the Unix epoch when the entry was written (0: unknown, an entry of an older version) |
 //! | 48     | ..   | dimensions, repeated: name length (u8), name, payload length (u32 LE), payload |
 
 use std::io::Read;
@@ -14,31 +14,53 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::prune::PruneOptions;
 use super::stamp::{DEFAULT_RACY_MARGIN, STAMP_LEN, Stamp};
 use crate::{Error, Options, Result, Shard, Snapshot, WriteOutcome};
 
 const FLAGS_LEN: usize = 4;
 const RACY: u32 = 1;
+/// The flags' bits above this one hold the hour the entry was written.
+const RECORDED_SHIFT: u32 = 8;
 
-/// Encodes an entry value: stamp, racy flag and `(name, payload)` dimensions.
-pub(crate) fn encode_entry(stamp: &Stamp, racy: bool, dimensions: &[(&str, &[u8])]) -> Vec<u8> {
+/// The hour of `at` as the flags hold it (saturating: 24 bits of hours last until the year 3883).
+pub(crate) fn recorded_hours(at: SystemTime) -> u32 {
+    let hours = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 3600);
+    hours.min(u64::from(u32::MAX >> RECORDED_SHIFT)) as u32
+}
+
+/// Encodes an entry value: stamp, racy flag, the hour it is written and `(name, payload)`
+/// dimensions.
+pub(crate) fn encode_entry(
+    stamp: &Stamp,
+    racy: bool,
+    recorded: SystemTime,
+    dimensions: &[(&str, &[u8])],
+) -> Vec<u8> {
     let mut out = Vec::new();
-    encode_entry_into(&mut out, stamp, racy, dimensions);
+    encode_entry_into(&mut out, stamp, racy, recorded_hours(recorded), dimensions);
     out
 }
 
-/// [`encode_entry`] into `out`, which it clears first (so a caller can reuse one buffer).
+/// [`encode_entry`] into `out`, which it clears first (so a caller can reuse one buffer), with
+/// the hour already computed by [`recorded_hours`].
 pub(crate) fn encode_entry_into(
     out: &mut Vec<u8>,
     stamp: &Stamp,
     racy: bool,
+    recorded_hours: u32,
     dimensions: &[(&str, &[u8])],
 ) {
     let size: usize = dimensions.iter().map(|(n, p)| 5 + n.len() + p.len()).sum();
     out.clear();
     out.reserve(STAMP_LEN + FLAGS_LEN + size);
     stamp.encode(out);
-    out.extend_from_slice(&(if racy { RACY } else { 0 }).to_le_bytes());
+    let flags = (if racy { RACY } else { 0 }) | (recorded_hours << RECORDED_SHIFT);
+    out.extend_from_slice(&flags.to_le_bytes());
     for (name, payload) in dimensions {
         let name = &name.as_bytes()[..name.len().min(255)];
         out.push(name.len() as u8);
@@ -55,6 +77,9 @@ pub struct PathEntry<'a> {
     pub stamp: Stamp,
     /// True if the stamp was racy when recorded: never trusted as a hit.
     pub racy: bool,
+    /// When the entry was written, to the hour (`None` for an entry written by a version that
+    /// did not record it). Pruning by age and by size goes by it.
+    pub recorded: Option<SystemTime>,
     dimensions: &'a [u8],
 }
 
@@ -63,9 +88,12 @@ impl<'a> PathEntry<'a> {
     pub fn decode(value: &'a [u8]) -> Option<PathEntry<'a>> {
         let stamp = Stamp::decode(value)?;
         let flags = u32::from_le_bytes(value.get(STAMP_LEN..STAMP_LEN + 4)?.try_into().ok()?);
+        let hours = flags >> RECORDED_SHIFT;
         Some(PathEntry {
             stamp,
             racy: flags & RACY != 0,
+            recorded: (hours != 0)
+                .then(|| std::time::UNIX_EPOCH + Duration::from_secs(u64::from(hours) * 3600)),
             dimensions: &value[STAMP_LEN + FLAGS_LEN..],
         })
     }
@@ -153,6 +181,10 @@ impl PathView {
 pub struct PathCache {
     shard: Shard,
     racy_margin: Duration,
+    /// The size bound of [`PathCache::max_bytes`].
+    max_bytes: Option<u64>,
+    /// Entries dropped by writes to make room, since the cache was opened.
+    evicted: AtomicU64,
 }
 
 impl PathCache {
@@ -161,7 +193,39 @@ impl PathCache {
         Ok(PathCache {
             shard: Shard::open_with(path, options)?,
             racy_margin: DEFAULT_RACY_MARGIN,
+            max_bytes: None,
+            evicted: AtomicU64::new(0),
         })
+    }
+
+    /// The path cache stored in an already open shard.
+    pub fn from_shard(shard: Shard) -> PathCache {
+        PathCache {
+            shard,
+            racy_margin: DEFAULT_RACY_MARGIN,
+            max_bytes: None,
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    /// Bounds the cache to about `bytes` (keys, values and a per-entry estimate of the shard's
+    /// own bytes). A write that would pass the bound first drops the entries written longest ago
+    /// until the cache holds three quarters of it — a write never fails for lack of room — and
+    /// [`evicted`](PathCache::evicted) counts them.
+    ///
+    /// Without it (the default), the bound is the shard's
+    /// [`Options::max_size`](crate::Options::max_size) (4 GiB unless set), and a write that
+    /// would pass *that* makes room the same way rather than fail: a startup cache is expected to
+    /// forget, not to stop working, when full. Entries of files gone or changed never become
+    /// hits again: [`prune`](PathCache::prune) drops them.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = Some(bytes);
+        self
+    }
+
+    /// Entries dropped by this handle's writes to stay within the size bound.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Sets the margin of the racy-timestamp rule (see [`Stamp::is_racy`]).
@@ -193,13 +257,43 @@ impl PathCache {
         dimensions: &[(&str, &[u8])],
     ) -> Result<WriteOutcome> {
         let racy = stamp.is_racy(taken_at, self.racy_margin);
-        self.shard
-            .put_one(key, encode_entry(stamp, racy, dimensions))
+        let value = encode_entry(stamp, racy, SystemTime::now(), dimensions);
+        let bound = self.max_bytes.unwrap_or(self.shard.options().max_size);
+        if let Some(max_bytes) = self.max_bytes {
+            let view = self.shard.snapshot();
+            let size = view.file_bytes().len() + view.delta_file_bytes().len();
+            if (size + key.len() + value.len()) as u64 > max_bytes {
+                return self.make_room(key, &value, bound);
+            }
+        }
+        match self.shard.put_one(key, &value) {
+            Err(Error::TooLarge { .. }) => self.make_room(key, &value, bound),
+            written => written,
+        }
+    }
+
+    /// Writes `key` after dropping the entries written longest ago until the cache holds three
+    /// quarters of `bound`.
+    fn make_room(&self, key: &[u8], value: &[u8], bound: u64) -> Result<WriteOutcome> {
+        let options = PruneOptions {
+            stale: false,
+            max_age: None,
+            max_bytes: Some(bound / 4 * 3),
+        };
+        let report = self.rewrite(
+            &options,
+            &Default::default(),
+            Some((key, value)),
+            std::time::Instant::now(),
+        )?;
+        self.evicted
+            .fetch_add(report.for_size as u64, Ordering::Relaxed);
+        Ok(report.outcome)
     }
 
     /// Returns the cached `dimension` of the file at `path`, or computes it from the file's
     /// content with `compute`, stores it (keeping the entry's other dimensions when the file is
-    /// unchanged) and returns it. The stamp is taken before the content is read, and a file that
+    /// unchanged, racy ones included as long as the new entry is racy too) and returns it. The stamp is taken before the content is read, and a file that
     /// changes while being read is not cached.
     pub fn get_or_compute(
         &self,
@@ -237,7 +331,13 @@ impl PathCache {
             return Ok(result); // changed while read: the result is not cached
         }
         let mut dimensions: Vec<(&str, &[u8])> = Vec::new();
-        let kept = view.entry(key).filter(|e| !e.racy && e.stamp == stamp);
+        // The other dimensions stay while they were computed from this same stamp. A racy one
+        // stays only under a racy entry: it may predate a write within the stamp's clock tick,
+        // so it must not become trusted along with a dimension computed once the stamp settled.
+        let racy = stamp.is_racy(taken_at, self.racy_margin);
+        let kept = view
+            .entry(key)
+            .filter(|e| e.stamp == stamp && (!e.racy || racy));
         if let Some(entry) = kept {
             for (name, payload) in entry.dimensions() {
                 if name != dimension.as_bytes()

@@ -3,7 +3,8 @@
 //!
 //! The cache shard holds one [`PathCache`](super::PathCache) entry per regular file, keyed by its
 //! path relative to the root, with a `sha256` dimension, and one cached listing per directory
-//! (keyed by a NUL byte and the directory's path; see `listing.rs`). A run walks the tree in
+//! (keyed by a NUL byte and the directory's path; a directory whose path passes 255 bytes is
+//! keyed by a short hash instead, so deep trees do not cost depth squared; see `listing.rs`). A run walks the tree in
 //! parallel and reuses the listing of every directory whose stamp is unchanged instead of reading
 //! it. A file the cache knows is stamped (`lstat` relative to its directory's handle) and, while
 //! its entry holds for that stamp, answered without being read. The rest is hashed while the walk
@@ -30,7 +31,8 @@ use nix::sys::stat::Mode;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use super::cache::{PathEntry, encode_entry_into};
+use super::cache::{PathEntry, encode_entry_into, recorded_hours};
+use super::exclude::Exclude;
 use super::listing::{Listed, Listing, listing_key};
 use super::manifest::{Manifest, ManifestDir, in_manifest_order, push_hex};
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
@@ -40,9 +42,9 @@ use super::walk::{
 use crate::{BulkMode, Error, Health, Options, Result, Shard, Snapshot, WriteOutcome};
 
 /// Producer string of hash-tree shards.
-const PRODUCER: &str = "warmshard hash-tree 1";
+pub(super) const PRODUCER: &str = "warmshard hash-tree 1";
 /// The dimension holding a file's SHA-256.
-const DIMENSION: &str = "sha256";
+pub(super) const DIMENSION: &str = "sha256";
 /// Length of each hashing thread's read buffer.
 const READ_BUFFER_LEN: usize = 256 * 1024;
 
@@ -64,6 +66,10 @@ pub struct HashTreeOptions {
     pub shard_options: Options,
     /// Called now and then from worker threads with (files seen, bytes hashed).
     pub progress: Option<Box<dyn Fn(u64, u64) + Sync>>,
+    /// Paths left out of the manifest (see [`Exclude`]); an excluded directory is never read.
+    /// The cache keeps whole listings, so a run with other exclusions reuses them; the hashes
+    /// of excluded files are dropped from the cache.
+    pub exclude: Exclude,
 }
 
 impl Default for HashTreeOptions {
@@ -75,6 +81,7 @@ impl Default for HashTreeOptions {
             listing_cache: true,
             shard_options: Options::from_env(),
             progress: None,
+            exclude: Exclude::default(),
         }
     }
 }
@@ -103,6 +110,9 @@ pub struct HashTreeReport {
     pub shard_path: PathBuf,
     /// Whether the cache shard was rewritten.
     pub shard_written: bool,
+    /// Why the cache shard could not be written (lock timeout, size limit, I/O...), if it could
+    /// not. The manifest is complete and correct either way: the next run only re-hashes more.
+    pub cache_error: Option<Error>,
 }
 
 /// The default cache shard of a canonical root: `<cache dir>/warmshard/trees/<sha256 of the
@@ -136,6 +146,15 @@ struct DirResult {
     fresh_listing: Option<Vec<u8>>,
     /// Whether its entries were read this run (rather than taken from the cache).
     read: bool,
+    /// Its cache key when that is not its path (see `listing::dir_key`).
+    long_key: Option<Vec<u8>>,
+}
+
+impl DirResult {
+    /// Its cache key, given its path.
+    fn key<'a>(&'a self, rel: &'a [u8]) -> &'a [u8] {
+        self.long_key.as_deref().unwrap_or(rel)
+    }
 }
 
 /// A file a hashing task reads: its entry index, name, stamp if the walk took one, and the value
@@ -206,12 +225,12 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         }
     };
     let listing_cache = options.listing_cache;
-    let cached = |rel: &[u8], stamp: &Stamp| {
+    let cached = |dir_key: &[u8], stamp: &Stamp| {
         if !listing_cache {
             return None;
         }
-        let mut key = Vec::with_capacity(rel.len() + 1);
-        listing_key(&mut key, rel);
+        let mut key = Vec::with_capacity(dir_key.len() + 1);
+        listing_key(&mut key, dir_key);
         Listing::decode(view.get(&key)?, stamp)
     };
     let racy_margin = options.racy_margin;
@@ -219,12 +238,12 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         let mut listing = dir.listing;
         // All keys of the directory, looked up in one batch.
         let mut key_bytes =
-            Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir.rel.len() + 1));
+            Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir.key.len() + 1));
         let mut key_ends = Vec::with_capacity(listing.entries.len());
         for (name, kind) in &listing.entries {
             if let Listed::File(_) = kind {
-                if !dir.rel.is_empty() {
-                    key_bytes.extend_from_slice(dir.rel);
+                if !dir.key.is_empty() {
+                    key_bytes.extend_from_slice(dir.key);
                     key_bytes.push(b'/');
                 }
                 key_bytes.extend_from_slice(listing.name(name));
@@ -243,13 +262,18 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         let cached_files = values.iter().filter(|v| v.is_some()).count();
 
         // A listing that was not read came from the cache: no need to look it up again.
-        listing_key(&mut key, dir.rel);
+        listing_key(&mut key, dir.key);
         let cached_listing = !dir.read || view.get(&key).is_some();
         let fresh_listing = (listing_cache
             && dir.read
             && dir.cacheable
             && !dir.stamp.is_racy(taken_at, racy_margin))
-        .then(|| listing.encode(&dir.stamp));
+        .then(|| {
+            dir.unfiltered
+                .as_ref()
+                .unwrap_or(&listing)
+                .encode(&dir.stamp)
+        });
 
         // Hash what the cache could not answer, in tasks the walk's workers share.
         let hashed = Arc::new(Mutex::new(Vec::new()));
@@ -273,6 +297,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                                     &mut value,
                                     &stamp,
                                     racy,
+                                    recorded_hours(taken_at),
                                     &[(DIMENSION, &sha256)],
                                 );
                                 Some(Hashed {
@@ -364,6 +389,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
             cached_listing,
             fresh_listing,
             read: dir.read,
+            long_key: (dir.key != dir.rel).then(|| dir.key.to_vec()),
             listing,
         }
     });
@@ -372,7 +398,19 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         cached: &cached,
         visit: &visit,
     };
-    let (mut dirs, walk_errors) = walk(&root, options.threads, &excluded, visitor);
+    let (mut dirs, walk_errors) =
+        walk(&root, options.threads, &excluded, &options.exclude, visitor);
+    if !dirs.iter().any(|(rel, _)| rel.is_empty()) {
+        // The root itself could not be read: there is no manifest to give.
+        let error = walk_errors
+            .into_iter()
+            .find(|e| e.path == root)
+            .map_or_else(
+                || std::io::Error::other("the directory could not be read"),
+                |e| e.error,
+            );
+        return Err(Error::io("reading", &root, error));
+    }
     let mut errors: Vec<String> = walk_errors
         .into_iter()
         .map(|e| format!("{}: {}", e.path.display(), e.error))
@@ -415,6 +453,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         .sum();
     let vanished = still_there != view.len();
     let mut shard_written = false;
+    let mut cache_error = None;
     if vanished || changed {
         // Gone entries: the whole cache is rewritten without them (files hashed and directories
         // read this run get their new value, the others keep theirs). Otherwise only changes and
@@ -424,8 +463,10 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         } else {
             BulkMode::Merge
         };
-        let outcome = write_cache(&shard, &view, &dirs, mode)?;
-        shard_written = matches!(outcome, crate::WriteOutcome::Committed { .. });
+        match write_cache(&shard, &view, &dirs, mode) {
+            Ok(outcome) => shard_written = matches!(outcome, WriteOutcome::Committed { .. }),
+            Err(error) => cache_error = Some(error),
+        }
     }
     let dirs_read = dirs.iter().filter(|(_, dir)| dir.read).count() as u64;
     let dirs_found = dirs.len() as u64;
@@ -440,11 +481,12 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         errors,
         shard_path,
         shard_written,
+        cache_error,
         manifest,
     })
 }
 
-/// Calls `f(directory path, file name, directory, entry index)` for every file with a known
+/// Calls `f(directory key, file name, directory, entry index)` for every file with a known
 /// hash, in manifest order.
 fn for_each_file<'d>(
     dirs: &'d [(Vec<u8>, DirResult)],
@@ -457,7 +499,12 @@ fn for_each_file<'d>(
             let (rel, dir) = &dirs[d];
             for i in entries {
                 if dir.known[i].is_some() {
-                    f(rel, dir.listing.name(&dir.listing.entries[i].0), dir, i);
+                    f(
+                        dir.key(rel),
+                        dir.listing.name(&dir.listing.entries[i].0),
+                        dir,
+                        i,
+                    );
                 }
             }
         },
@@ -488,17 +535,18 @@ fn write_cache(
     mode: BulkMode,
 ) -> Result<WriteOutcome> {
     let keep_others = matches!(mode, BulkMode::Replace);
+    let hours = recorded_hours(SystemTime::now());
     let mut writer = shard.bulk_writer(mode)?;
     let mut added = Ok(());
     let (mut key, mut value) = (Vec::new(), Vec::new());
-    for_each_file(dirs, |rel, name, dir, i| {
+    for_each_file(dirs, |dir_key, name, dir, i| {
         if added.is_err() {
             return;
         }
-        join_rel(&mut key, rel, name);
+        join_rel(&mut key, dir_key, name);
         let new_value = match (dir.fresh.get(i).copied().flatten(), dir.known[i]) {
             (Some((stamp, racy)), Some(sha256)) => {
-                encode_entry_into(&mut value, &stamp, racy, &[(DIMENSION, &sha256)]);
+                encode_entry_into(&mut value, &stamp, racy, hours, &[(DIMENSION, &sha256)]);
                 Some(value.as_slice())
             }
             _ if keep_others => view.get(&key),
@@ -510,7 +558,7 @@ fn write_cache(
     });
     added?;
     for (rel, dir) in dirs {
-        listing_key(&mut key, rel);
+        listing_key(&mut key, dir.key(rel));
         let new_value = match &dir.fresh_listing {
             Some(listing) => Some(listing.as_slice()),
             None if keep_others => view.get(&key),
@@ -524,7 +572,7 @@ fn write_cache(
 }
 
 /// The cache's own files (see `crate::names`), excluded when they sit inside the tree.
-fn cache_files(shard: &Shard) -> Excluded {
+pub(super) fn cache_files(shard: &Shard) -> Excluded {
     let path = shard.path();
     let dir = crate::map::parent_dir(path);
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
@@ -536,12 +584,15 @@ fn cache_files(shard: &Shard) -> Excluded {
 
 /// Hashes one file of an open directory, streaming; `Ok(None)` if it is no longer a regular file.
 ///
-/// `listed` is the stamp the walk took before opening it, if it took one; otherwise the stamp is
-/// taken by `fstat` once the file is open, still before any byte is read. That stamp is the one
-/// the content is stored under: if the file changes during the read, its next stamp differs, or
-/// — within one clock tick — the stamp is racy and is not trusted anyway (the caller applies the
-/// racy rule). So no stamp is taken after the read.
-fn hash_file_at(
+/// The file is opened without following a symlink and without blocking (a FIFO swapped in would
+/// otherwise wait for a writer), then `fstat`ed: only a regular file is read, so a FIFO or a
+/// device put in its place since the walk saw it is never read. That `fstat` stamp, taken before
+/// any byte is read, is the one the content is stored under: if the file changes during the
+/// read, its next stamp differs, or — within one clock tick — the stamp is racy and is not
+/// trusted anyway (the caller applies the racy rule). So no stamp is taken after the read.
+/// `listed` is the stamp the walk took, if it took one: when the file opened is another one
+/// (another device or inode: replaced since), it is hashed under its own stamp all the same.
+pub(super) fn hash_file_at(
     dir: &OwnedFd,
     name: &CStr,
     listed: Option<Stamp>,
@@ -555,20 +606,13 @@ fn hash_file_at(
         Err(Errno::ENOENT | Errno::ELOOP) if listed.is_none() => return Ok(None),
         Err(errno) => return Err(errno.into()),
     };
-    let listed = match listed {
-        Some(stamp) => stamp,
-        None => {
-            let stamp = Stamp::from_stat(&nix::sys::stat::fstat(&file)?);
-            if !stamp.is_file() {
-                return Ok(None);
-            }
-            stamp
-        }
-    };
+    let stamp = Stamp::from_stat(&nix::sys::stat::fstat(&file)?);
+    if !stamp.is_file() {
+        return Ok(None);
+    }
     let mut file = std::fs::File::from(file);
     let mut hasher = Sha256::new();
     let mut total = 0u64;
-    let mut checked = false;
     loop {
         let n = match file.read(buffer) {
             Ok(0) => break,
@@ -580,19 +624,11 @@ fn hash_file_at(
         bytes_hashed.fetch_add(n as u64, Ordering::Relaxed);
         total += n as u64;
         // A read of a regular file stops short only at its end: no need to read a 0 to know.
-        if total == listed.size && n < buffer.len() {
+        if total == stamp.size && n < buffer.len() {
             break;
         }
-        if total > listed.size && !checked {
-            // More than the walk saw: make sure this is still a regular file before reading on
-            // (it could have been replaced by a device that never ends).
-            if !Stamp::from_metadata(&file.metadata()?).is_file() {
-                return Err(std::io::Error::other("no longer a regular file"));
-            }
-            checked = true;
-        }
     }
-    Ok(Some((listed, hasher.finalize().into())))
+    Ok(Some((stamp, hasher.finalize().into())))
 }
 
 #[cfg(test)]
@@ -638,6 +674,58 @@ mod tests {
             &AtomicU64::new(0),
         );
         assert!(gone.is_err());
+    }
+
+    #[test]
+    fn a_file_replaced_by_a_fifo_or_a_device_after_the_walk_stamped_it_is_never_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let handle =
+            nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let mut buffer = vec![0; 16];
+        for (name, make) in [
+            (c"fifo", (nix::sys::stat::SFlag::S_IFIFO, 0)),
+            // /dev/zero: a read of it never ends.
+            (
+                c"zero",
+                (
+                    nix::sys::stat::SFlag::S_IFCHR,
+                    nix::sys::stat::makedev(1, 5),
+                ),
+            ),
+        ] {
+            let path = dir.join(name.to_str().unwrap());
+            std::fs::write(&path, b"regular").unwrap();
+            // What the walk stamped: a regular file.
+            let walked = Stamp::from_metadata(&std::fs::symlink_metadata(&path).unwrap());
+            std::fs::remove_file(&path).unwrap();
+            let (kind, dev) = make;
+            if let Err(e) = nix::sys::stat::mknod(&path, kind, Mode::from_bits_truncate(0o600), dev)
+            {
+                println!("SKIPPED: {name:?}: mknod: {e}");
+                continue;
+            }
+            let hashed = hash_file_at(&handle, name, Some(walked), &mut buffer, &AtomicU64::new(0));
+            assert_eq!(hashed.unwrap(), None, "{name:?}");
+        }
+        // A regular file replaced by another is hashed under the stamp of the one read.
+        let path = dir.join("file");
+        std::fs::write(&path, b"old").unwrap();
+        let walked = Stamp::from_metadata(&std::fs::symlink_metadata(&path).unwrap());
+        std::fs::write(dir.join("new"), b"new content").unwrap();
+        std::fs::rename(dir.join("new"), &path).unwrap();
+        let (stamp, sha256) = hash_file_at(
+            &handle,
+            c"file",
+            Some(walked),
+            &mut buffer,
+            &AtomicU64::new(0),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(stamp, Stamp::lstat(&path).unwrap());
+        assert_ne!(stamp.ino, walked.ino);
+        assert_eq!(sha256, <[u8; 32]>::from(Sha256::digest(b"new content")));
     }
 
     #[test]

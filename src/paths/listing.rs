@@ -11,8 +11,9 @@
 //!
 //! `hash-tree` keeps each directory's listing in its cache shard so that a warm run can skip
 //! reading unchanged directories (`getdents`). A cached listing is keyed by [`listing_key`]: a
-//! NUL byte followed by the directory's path relative to the root (no file path can start with
-//! NUL, so it never collides with a file's key). Its value:
+//! NUL byte followed by the directory's key — its path relative to the root, or for a path longer
+//! than [`LONG_DIR`] bytes a short hash (see [`dir_key`]). No file key starts with NUL, so it
+//! never collides with a file's key. Its value:
 //!
 //! | bytes | content |
 //! |---|---|
@@ -143,12 +144,52 @@ impl Listing {
     }
 }
 
-/// The cache key of the listing of the directory at `rel` (relative to the root; the root is
-/// empty).
-pub(crate) fn listing_key(out: &mut Vec<u8>, rel: &[u8]) {
+/// The cache key of the listing of the directory whose key is `dir_key` (see [`dir_key`]).
+pub(crate) fn listing_key(out: &mut Vec<u8>, dir_key: &[u8]) {
     out.clear();
     out.push(0);
-    out.extend_from_slice(rel);
+    out.extend_from_slice(dir_key);
+}
+
+/// The key of the directory at `rel` (relative to the root), computed down from the root.
+pub(crate) fn dir_key_of(rel: &[u8]) -> Vec<u8> {
+    let mut key = Vec::new();
+    let mut len = 0;
+    for component in rel.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+        len += component.len() + usize::from(len > 0);
+        key = dir_key(&key, component, len).unwrap_or_else(|| rel[..len].to_vec());
+    }
+    key
+}
+
+/// Directories whose path relative to the root is longer than this are keyed by a hash.
+pub(crate) const LONG_DIR: usize = 255;
+/// Bytes of SHA-256 kept in the key of a directory with a long path.
+const DIR_HASH_LEN: usize = 16;
+
+/// The key of a directory in the cache, given its parent's key, its name and the length of its
+/// path relative to the root; `None` when the key is that path itself.
+///
+/// Its files are keyed `<dir key>/<name>` (the root's are keyed by their name) and its listing
+/// [`listing_key`]`(dir key)`. A directory's key is its path while that is at most [`LONG_DIR`]
+/// bytes long, so the keys of a usual tree are the files' relative paths. A longer one is `/`
+/// and 16 bytes of the SHA-256 of `<parent key>/<name>`: no path starts with `/`, so it never
+/// meets a path key, and a key's length stays bounded whatever the depth — a chain of `n`
+/// nested directories costs O(n) in the cache, not O(n²).
+pub(crate) fn dir_key(parent_key: &[u8], name: &[u8], rel_len: usize) -> Option<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    if rel_len <= LONG_DIR {
+        return None;
+    }
+    let digest = Sha256::new()
+        .chain_update(parent_key)
+        .chain_update(b"/")
+        .chain_update(name)
+        .finalize();
+    let mut key = Vec::with_capacity(1 + DIR_HASH_LEN);
+    key.push(b'/');
+    key.extend_from_slice(&digest[..DIR_HASH_LEN]);
+    Some(key)
 }
 
 /// Compares two entry names as `name` for files and `name/` for directories: the order in

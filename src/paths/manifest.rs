@@ -5,7 +5,8 @@
 //! each file's hash, and goes through them depth-first when asked ([`in_manifest_order`]), so
 //! building it copies no path. A line is `<64 lowercase hex>  <path>\n`; a path holding a
 //! backslash, newline or carriage return is escaped as GNU `sha256sum` escapes it: a leading `\`,
-//! and `\\`, `\n`, `\r` in the path.
+//! and `\\`, `\n`, `\r` in the path. A file named `-` in the root is written `./-`:
+//! `sha256sum -c` would read standard input for `-`.
 
 use std::ops::Range;
 
@@ -180,6 +181,10 @@ fn needs_escape(bytes: &[u8]) -> bool {
 /// Appends the `sha256sum` line of the file `name` in directory `dir` (`""` for the root);
 /// `escape_dir` is `needs_escape(dir)`, computed once per directory by the caller.
 fn push_line(out: &mut Vec<u8>, dir: &[u8], escape_dir: bool, name: &[u8], sha256: &[u8; 32]) {
+    if dir.is_empty() && name == b"-" {
+        // `sha256sum -c` reads standard input for a line naming `-`: name the file `./-`.
+        return push_line(out, b".", false, name, sha256);
+    }
     if escape_dir || needs_escape(name) {
         push_escaped_line(out, dir, name, sha256);
         return;

@@ -11,13 +11,19 @@
 //! only what the stamps say changed.
 
 mod cache;
+mod exclude;
 mod hash_tree;
 mod listing;
 mod manifest;
+mod prune;
 mod stamp;
+mod tree_cache;
 mod walk;
 
 pub use cache::{PathCache, PathEntry, PathView};
+pub use exclude::Exclude;
 pub use hash_tree::{HashTreeOptions, HashTreeReport, hash_tree, shard_path_for_root};
 pub use manifest::{Manifest, ManifestLine};
+pub use prune::{PruneOptions, PruneReport};
 pub use stamp::{DEFAULT_RACY_MARGIN, Stamp};
+pub use tree_cache::{TreeCache, TreeCacheStats, TreeEntry};

@@ -8,7 +8,7 @@
 //! beyond one component, no allocation per entry). Only regular files are reported: symlinks,
 //! FIFOs, sockets and devices are never opened.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, OsStr};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,8 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
 use parking_lot::{Condvar, Mutex};
 
-use super::listing::{Listed, Listing};
+use super::exclude::Exclude;
+use super::listing::{Listed, Listing, dir_key};
 use super::stamp::Stamp;
 
 /// A directory or file that could not be read during the walk.
@@ -31,6 +32,7 @@ pub(crate) struct WalkError {
 }
 
 /// Names in one directory that must not be reported (the cache's own files).
+#[derive(Debug)]
 pub(crate) struct Excluded {
     pub dir: PathBuf,
     /// The shard's file name; every file that belongs to it is excluded (see `crate::names`).
@@ -48,13 +50,19 @@ impl Excluded {
 pub(crate) struct VisitedDir<'a> {
     /// Path relative to the root (`/`-separated; the root is empty).
     pub rel: &'a [u8],
+    /// Its key in the cache (see `listing::dir_key`): `rel` unless that is long.
+    pub key: &'a [u8],
     /// The open directory, for `openat`/`fstatat` relative to it.
     pub handle: &'a Arc<OwnedFd>,
     /// The directory's own stamp, taken before it was listed.
     pub stamp: Stamp,
-    /// Its regular files and subdirectories, in manifest order. Files of a cached listing have a
-    /// fresh stamp; those of a listing read this run mostly have none yet (see `read_listing`).
+    /// Its regular files and subdirectories, in manifest order, without the excluded ones. Files
+    /// of a cached listing have a fresh stamp; those of a listing read this run mostly have none
+    /// yet (see `read_listing`).
     pub listing: Listing,
+    /// The whole listing, when exclusions took entries out of `listing` (what the cache keeps,
+    /// so that a run with other exclusions can use it).
+    pub unfiltered: Option<Listing>,
     /// True if the listing was read from the directory, false if a cached one was used.
     pub read: bool,
     /// False for the directory holding the cache's own files, whose listing must not be cached.
@@ -66,13 +74,16 @@ pub(crate) type Task<'env> = Box<dyn FnOnce() + Send + 'env>;
 
 enum Job<'env> {
     /// A directory: its parent's handle (to open it relative to; none for the root or to open
-    /// it by path), its name, its path relative to the root.
-    Dir(Option<Arc<OwnedFd>>, Vec<u8>, Vec<u8>),
+    /// it from the root), its name, its path relative to the root, its cache key if that is not
+    /// its path.
+    Dir(Option<Arc<OwnedFd>>, Vec<u8>, Vec<u8>, Option<Vec<u8>>),
     Task(Task<'env>),
 }
 
-/// Most directory jobs that may wait holding their parent's handle. Past it, directories are
-/// opened by path, so a wide and deep tree cannot exhaust the file descriptors.
+/// Most directory jobs that may wait holding their parent's handle. Past it, a directory is
+/// reopened from the root's handle one component at a time (never by a path, which could pass
+/// `PATH_MAX` or follow a symlink planted on the way), so a wide and deep tree can exhaust
+/// neither the file descriptors nor the path length.
 const MAX_WAITING_HANDLES: usize = 256;
 
 struct Queue<'env> {
@@ -105,7 +116,8 @@ pub(crate) fn join_rel(out: &mut Vec<u8>, rel: &[u8], name: &[u8]) {
 
 /// The functions a walk calls back, from its worker threads.
 pub(crate) struct Visitor<'f, 'env, T> {
-    /// A cached listing of the directory at `rel` taken at exactly this stamp, if there is one.
+    /// A cached listing of the directory with this cache key taken at exactly this stamp, if
+    /// there is one.
     pub cached: &'f (dyn Fn(&[u8], &Stamp) -> Option<Listing> + Sync),
     /// Called once per directory; may queue tasks.
     pub visit: &'f (dyn Fn(VisitedDir<'_>, &Spawner<'_, 'env>) -> T + Sync),
@@ -126,6 +138,7 @@ pub(crate) fn walk<'env, T: Send>(
     root: &Path,
     threads: usize,
     excluded: &Excluded,
+    exclude: &Exclude,
     visitor: Visitor<'_, 'env, T>,
 ) -> (Vec<(Vec<u8>, T)>, Vec<WalkError>) {
     let excluded_rel: Option<Vec<u8>> = excluded
@@ -133,8 +146,10 @@ pub(crate) fn walk<'env, T: Send>(
         .strip_prefix(root)
         .ok()
         .map(|rel| rel.as_os_str().as_bytes().to_vec());
+    // Held for the whole walk: directories past the handle budget are reopened from it.
+    let root_handle = nix::fcntl::open(root, dir_flags(), Mode::empty()).ok();
     let queue = Queue {
-        state: Mutex::new((vec![Job::Dir(None, Vec::new(), Vec::new())], 0)),
+        state: Mutex::new((vec![Job::Dir(None, Vec::new(), Vec::new(), None)], 0)),
         wake: Condvar::new(),
     };
     let waiting_handles = AtomicUsize::new(0);
@@ -150,26 +165,34 @@ pub(crate) fn walk<'env, T: Send>(
                 while let Some(job) = next_job(&queue) {
                     match job {
                         Job::Task(task) => task(),
-                        Job::Dir(parent, name, rel) => {
+                        Job::Dir(parent, name, rel, long_key) => {
+                            let key = long_key.as_deref().unwrap_or(&rel);
                             if parent.is_some() {
                                 waiting_handles.fetch_sub(1, Ordering::Relaxed);
                             }
                             let is_excluded = excluded_rel.as_deref() == Some(rel.as_slice());
                             let excluded = is_excluded.then_some(excluded);
                             if let Some(dir) = open_and_list(
-                                root,
+                                Root {
+                                    path: root,
+                                    handle: root_handle.as_ref(),
+                                },
                                 parent.as_deref(),
-                                &name,
-                                &rel,
+                                DirName {
+                                    name: &name,
+                                    rel: &rel,
+                                    key,
+                                },
                                 excluded,
                                 visitor.cached,
                                 &mut failed,
                             ) {
                                 let handle = Arc::new(dir.handle);
+                                let (listing, unfiltered) = filtered(dir.listing, &rel, exclude);
                                 let mut subdirs = Vec::new();
-                                for (range, kind) in &dir.listing.entries {
+                                for (range, kind) in &listing.entries {
                                     if let Listed::Dir = kind {
-                                        let name = dir.listing.name(range);
+                                        let name = listing.name(range);
                                         join_rel(&mut child, &rel, name);
                                         let held = waiting_handles.fetch_add(1, Ordering::Relaxed);
                                         let parent = if held < MAX_WAITING_HANDLES {
@@ -178,10 +201,12 @@ pub(crate) fn walk<'env, T: Send>(
                                             waiting_handles.fetch_sub(1, Ordering::Relaxed);
                                             None
                                         };
+                                        let child_key = dir_key(key, name, child.len());
                                         subdirs.push(Job::Dir(
                                             parent,
                                             name.to_vec(),
                                             child.clone(),
+                                            child_key,
                                         ));
                                     }
                                 }
@@ -194,9 +219,11 @@ pub(crate) fn walk<'env, T: Send>(
                                 queue.wake.notify_all();
                                 let visited = VisitedDir {
                                     rel: &rel,
+                                    key,
                                     handle: &handle,
                                     stamp: dir.stamp,
-                                    listing: dir.listing,
+                                    listing,
+                                    unfiltered,
                                     read: dir.read,
                                     cacheable: !is_excluded,
                                 };
@@ -217,6 +244,28 @@ pub(crate) fn walk<'env, T: Send>(
         }
     });
     (results.into_inner(), errors.into_inner())
+}
+
+/// `listing` without the entries `exclude` matches, and the whole listing if any was taken out.
+fn filtered(listing: Listing, rel: &[u8], exclude: &Exclude) -> (Listing, Option<Listing>) {
+    if exclude.is_empty() {
+        return (listing, None);
+    }
+    let mut path = Vec::new();
+    let keep = |range: &std::ops::Range<u32>, path: &mut Vec<u8>| {
+        join_rel(path, rel, listing.name(range));
+        !exclude.matches(path)
+    };
+    if listing
+        .entries
+        .iter()
+        .all(|(range, _)| keep(range, &mut path))
+    {
+        return (listing, None);
+    }
+    let mut kept = listing.clone();
+    kept.entries.retain(|(range, _)| keep(range, &mut path));
+    (kept, Some(listing))
 }
 
 fn next_job<'env>(queue: &Queue<'env>) -> Option<Job<'env>> {
@@ -240,11 +289,26 @@ struct OpenDir {
     read: bool,
 }
 
+/// The walk's root: its path, and its handle if it could be opened.
+struct Root<'a> {
+    path: &'a Path,
+    handle: Option<&'a OwnedFd>,
+}
+
+/// A directory to open: its name, its path relative to the root, its cache key.
+struct DirName<'a> {
+    name: &'a [u8],
+    rel: &'a [u8],
+    key: &'a [u8],
+}
+
 fn open_and_list(
-    root: &Path,
+    Root {
+        path: root,
+        handle: root_handle,
+    }: Root<'_>,
     parent: Option<&OwnedFd>,
-    name: &[u8],
-    rel: &[u8],
+    DirName { name, rel, key }: DirName<'_>,
     excluded: Option<&Excluded>,
     cached: &(dyn Fn(&[u8], &Stamp) -> Option<Listing> + Sync),
     failed: &mut Vec<WalkError>,
@@ -259,12 +323,14 @@ fn open_and_list(
             error: error.into(),
         })
     };
-    // An O_PATH handle is enough to stat the directory and to open or stat its entries, and it
-    // is cheaper to open and close; reading the entries takes a second, real open.
-    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let opened = match parent {
-        Some(parent) => nix::fcntl::openat(parent, name, flags, Mode::empty()),
-        None => nix::fcntl::open(&path_of(rel), flags, Mode::empty()),
+    let opened = match (parent, root_handle) {
+        (Some(parent), _) => nix::fcntl::openat(parent, name, dir_flags(), Mode::empty()),
+        // The root itself: its path is the one the caller gave.
+        (None, _) if rel.is_empty() => nix::fcntl::open(root, dir_flags(), Mode::empty()),
+        // Its parent's handle was not kept: walk down from the root one component at a time.
+        (None, Some(root_handle)) => open_components(root_handle, rel),
+        // The root could not be opened, so nothing below it was queued.
+        (None, None) => Err(nix::errno::Errno::EBADF),
     };
     let handle = match opened {
         Ok(handle) => handle,
@@ -283,7 +349,7 @@ fn open_and_list(
         }
     };
     if excluded.is_none()
-        && let Some(mut listing) = cached(rel, &stamp)
+        && let Some(mut listing) = cached(key, &stamp)
         && stat_cached_files(&handle, &mut listing)
     {
         return Some(OpenDir {
@@ -300,6 +366,26 @@ fn open_and_list(
         listing,
         read: true,
     })
+}
+
+/// How every directory is opened: an `O_PATH` handle is enough to stat it and to open or stat
+/// its entries, and it is cheaper to open and close; reading the entries takes a second, real
+/// open. Never through a symlink.
+pub(crate) fn dir_flags() -> OFlag {
+    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// Opens the directory at `rel` (`/`-separated, relative to `root`) one component at a time, so
+/// neither the path's length nor a symlink planted on the way matters.
+pub(crate) fn open_components(root: &OwnedFd, rel: &[u8]) -> nix::Result<OwnedFd> {
+    let mut handle: Option<OwnedFd> = None;
+    for component in rel.split(|&b| b == b'/') {
+        let at = handle.as_ref().unwrap_or(root);
+        let next =
+            nix::fcntl::openat(at, OsStr::from_bytes(component), dir_flags(), Mode::empty())?;
+        handle = Some(next);
+    }
+    handle.ok_or(nix::errno::Errno::EINVAL)
 }
 
 /// The stamp of the file `name` of an open directory (`lstat`); `None` if it is gone or is not
@@ -334,7 +420,7 @@ fn stat_cached_files(handle: &OwnedFd, listing: &mut Listing) -> bool {
 
 /// Reads the directory: its regular files and subdirectories, in manifest order. Files are
 /// stamped only where the directory entry does not give their type.
-fn read_listing(
+pub(crate) fn read_listing(
     handle: &OwnedFd,
     excluded: Option<&Excluded>,
     dir_path: &Path,

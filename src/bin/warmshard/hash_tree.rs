@@ -1,6 +1,7 @@
 //! `hash-tree`: a sha256sum-compatible manifest of a directory, re-hashing only what changed.
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,6 +14,9 @@ use warmshard::paths::{HashTreeOptions, hash_tree};
 
 use crate::Outcome;
 
+/// Exit status when the manifest was printed in full but the cache could not be written.
+pub(crate) const CACHE_NOT_WRITTEN: u8 = 3;
+
 pub(crate) struct HashTreeArgs {
     pub dir: PathBuf,
     pub shard: Option<PathBuf>,
@@ -20,6 +24,7 @@ pub(crate) struct HashTreeArgs {
     pub stats: bool,
     pub threads: Option<usize>,
     pub listing_cache: bool,
+    pub exclude: Vec<std::ffi::OsString>,
     pub options: warmshard::Options,
 }
 
@@ -28,6 +33,7 @@ pub(crate) fn run(args: HashTreeArgs) -> Outcome {
         shard: args.shard,
         shard_options: args.options,
         listing_cache: args.listing_cache,
+        exclude: warmshard::paths::Exclude::new(args.exclude.iter().map(|p| p.as_bytes())),
         ..HashTreeOptions::default()
     };
     if let Some(threads) = args.threads {
@@ -91,10 +97,20 @@ pub(crate) fn run(args: HashTreeArgs) -> Outcome {
             report.elapsed.as_secs_f64()
         );
     }
-    let code = if report.errors.is_empty() {
-        ExitCode::SUCCESS
-    } else {
+    if let Some(error) = &report.cache_error {
+        eprintln!(
+            "warmshard: hash-tree: the manifest is complete, but its cache {} was not \
+             updated (the next run will hash more): {error}",
+            report.shard_path.display()
+        );
+    }
+    // 1 (a file left out) says more about the output than 3 (only the cache missed a write).
+    let code = if !report.errors.is_empty() {
         ExitCode::from(1)
+    } else if report.cache_error.is_some() {
+        ExitCode::from(CACHE_NOT_WRITTEN)
+    } else {
+        ExitCode::SUCCESS
     };
     // The process ends here: handing tens of thousands of listings back to the allocator one by
     // one would only delay the exit.
@@ -149,4 +165,31 @@ impl DelayedProgress {
     fn finish(&self) {
         self.bar.finish_and_clear();
     }
+}
+
+/// `cmd` with the help of `hash-tree`'s `--shard` said as it applies there: its cache is not
+/// the default shard, and WARMSHARD_PATH is not read; `--producer` is hidden (hash-tree records
+/// its own).
+pub(crate) fn with_hash_tree_help(mut cmd: clap::Command) -> clap::Command {
+    // Global options reach the subcommands when the command is built; `mut_args` then keeps
+    // every argument in place (the built key map indexes them by position).
+    cmd.build();
+    cmd.mut_subcommand("hash-tree", |sub| {
+        sub.mut_args(|arg| {
+            // hash-tree records its own producer.
+            if arg.get_id() == "producer" {
+                return arg.hide(true);
+            }
+            if arg.get_id() != "shard" {
+                return arg;
+            }
+            arg.help(
+                "Cache shard to use [default: <user cache dir>/warmshard/trees/<sha256 of the \
+                 root>.shard]. Only a path given on the command line is used: WARMSHARD_PATH \
+                 is ignored here",
+            )
+            .long_help(None)
+            .hide_env(true)
+        })
+    })
 }

@@ -7,6 +7,7 @@ mod entries;
 mod hash_tree;
 mod import;
 mod inspect;
+mod paths_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -128,6 +129,11 @@ enum Command {
     ///
     /// The cache lives in <cache dir>/warmshard/trees/<sha256 of the root>.shard unless --shard is
     /// given on the command line (WARMSHARD_PATH is not used here).
+    ///
+    /// Exit status: 0 the manifest is complete and cached; 1 a file or directory below DIR could
+    /// not be read (left out of the manifest, named on stderr); 2 an error, nothing printed (DIR
+    /// itself unreadable, bad arguments); 3 the manifest is complete but its cache could not be
+    /// written (lock timeout, --max-size too small...; the reason on stderr).
     #[command(name = "hash-tree")]
     HashTree {
         /// Directory to hash.
@@ -145,14 +151,22 @@ enum Command {
         /// filesystems whose directory timestamps do not change when entries come and go).
         #[arg(long)]
         no_listing_cache: bool,
+        /// Leave out paths matching PATTERN (repeatable): a name at any depth (.git, *.o), a
+        /// relative path if it holds a '/' (build/out), or a root entry with a leading '/'
+        /// (/target). '*' and '?' do not cross '/'. Excluded directories are never read.
+        #[arg(long, value_name = "PATTERN")]
+        exclude: Vec<std::ffi::OsString>,
     },
+    /// Maintain a path cache (a shard written by warmshard::paths::PathCache).
+    #[command(name = "path-cache", subcommand)]
+    PathCache(paths_cmd::PathCacheCommand),
 }
 
 /// A command's result: the exit status to return.
 pub(crate) type Outcome = Result<ExitCode, warmshard::Error>;
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = hash_tree::with_hash_tree_help(Cli::command()).get_matches();
     let shard_on_command_line = matches.value_source("shard") == Some(ValueSource::CommandLine);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(cli, shard_on_command_line) {
@@ -182,6 +196,7 @@ fn run(cli: Cli, shard_on_command_line: bool) -> Outcome {
         stats,
         threads,
         no_listing_cache,
+        exclude,
     } = cli.command
     {
         let shard = cli.shard.filter(|_| shard_on_command_line);
@@ -192,6 +207,7 @@ fn run(cli: Cli, shard_on_command_line: bool) -> Outcome {
             stats,
             threads,
             listing_cache: !no_listing_cache,
+            exclude,
             options,
         });
     }
@@ -210,6 +226,7 @@ fn run(cli: Cli, shard_on_command_line: bool) -> Outcome {
         Command::Stats { json } => inspect::stats(&shard, json),
         Command::Verify => inspect::verify(&shard),
         Command::Compact => entries::compact(&shard),
+        Command::PathCache(command) => paths_cmd::run(shard, command),
         Command::HashTree { .. } => unreachable!("handled above"),
     }
 }
