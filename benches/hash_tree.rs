@@ -1,4 +1,4 @@
-//! Workload W2 (`../shared/WORKLOADS.md`): `warmshard hash-tree` against its peers, same trees,
+//! Workload W2 (`WORKLOADS.md`): `warmshard hash-tree` against its peers, same trees,
 //! same run, printed as one markdown table.
 //!
 //! ```text

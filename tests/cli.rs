@@ -255,3 +255,214 @@ fn help_teaches_commands_and_environment() {
         assert!(help.contains(word), "--help lacks {word}");
     }
 }
+
+/// Runs the tool with arguments given as raw bytes (keys need not be UTF-8).
+fn run_bytes(shard: &Path, args: &[&[u8]], stdin: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--shard")
+        .arg(shard)
+        .args(args.iter().map(|a| std::ffi::OsStr::from_bytes(a)))
+        .env_remove("WARMSHARD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn keys_are_bytes_end_to_end_and_ls_0_and_json_keep_every_key_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = dir.path().join("bytes.shard");
+    let latin1: &[u8] = b"caf\xe9";
+    let two_lines: &[u8] = b"first\nsecond";
+    for (key, value) in [
+        (latin1, &b"one"[..]),
+        (two_lines, b"two"),
+        (b"plain", b"three"),
+    ] {
+        let out = run_bytes(&shard, &[b"put", key], value);
+        assert!(
+            out.status.success(),
+            "put of {key:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run_bytes(&shard, &[b"get", latin1], b"");
+    assert_eq!((out.status.code(), &out.stdout[..]), (Some(0), &b"one"[..]));
+    let out = run_bytes(&shard, &[b"get", two_lines], b"");
+    assert_eq!((out.status.code(), &out.stdout[..]), (Some(0), &b"two"[..]));
+
+    // Plain ls cannot tell a key with a newline from two keys; -0 and --json can.
+    let out = run(&shard, &["ls", "-0"], b"");
+    assert_eq!(out.stdout, b"caf\xe9\0first\nsecond\0plain\0");
+    let out = run(&shard, &["ls", "--long", "--null"], b"");
+    assert_eq!(out.stdout, b"3\tcaf\xe9\x003\tfirst\nsecond\x005\tplain\0");
+    let out = run(&shard, &["ls", "--json"], b"");
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = json.as_array().unwrap();
+    assert_eq!(keys.len(), 3, "{json}");
+    assert_eq!(keys[0]["key_bytes"], serde_json::json!([99, 97, 102, 233]));
+    assert_eq!(keys[0]["key"], "caf\u{fffd}");
+    assert_eq!(keys[1]["key"], "first\nsecond");
+    assert!(
+        keys[1].get("key_bytes").is_none(),
+        "UTF-8 keys are strings only"
+    );
+    assert_eq!(keys[2]["value_bytes"], 5);
+    let empty = dir.path().join("empty.shard");
+    let out = run(&empty, &["ls", "--json"], b"");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json, serde_json::json!([]));
+
+    // A key `import` stored from a non-UTF-8 file name can be read and removed.
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(
+        src.join(std::ffi::OsStr::from_bytes(b"n\xe4me")),
+        "imported",
+    )
+    .unwrap();
+    assert!(
+        run(&shard, &["import", src.to_str().unwrap()], b"")
+            .status
+            .success()
+    );
+    let out = run_bytes(&shard, &[b"get", b"n\xe4me"], b"");
+    assert_eq!(
+        (out.status.code(), &out.stdout[..]),
+        (Some(0), &b"imported"[..])
+    );
+    let out = run_bytes(&shard, &[b"rm", b"n\xe4me", latin1, b"gone\xff"], b"");
+    assert_eq!(out.status.code(), Some(1), "one key was absent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(r"no such key: gone\xff"), "{stderr}");
+    assert_eq!(
+        run_bytes(&shard, &[b"get", b"n\xe4me"], b"").status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        run_bytes(&shard, &[b"get", latin1], b"").status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        run(&shard, &["ls", "-0"], b"").stdout,
+        b"first\nsecond\0plain\0"
+    );
+}
+
+#[test]
+fn put_of_an_endless_stdin_stops_at_the_size_limit_instead_of_reading_it_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = dir.path().join("endless.shard");
+    // /dev/zero never ends: the value must be refused once it passes --max-size. The address
+    // space is capped at 2 GiB so that reading it all fails fast instead of filling memory.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -v 2097152 && exec "$0" "$@""#)
+        .arg(BIN)
+        .arg("--shard")
+        .arg(&shard)
+        .args(["--max-size", "1000000", "put", "zeros"])
+        .stdin(std::fs::File::open("/dev/zero").unwrap())
+        .env_remove("WARMSHARD")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("more than 1000000 bytes") && stderr.contains("--max-size"),
+        "{stderr}"
+    );
+    assert!(!shard.exists(), "nothing was written");
+}
+
+#[test]
+fn size_limits_are_reported_in_cli_flags_not_library_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = dir.path().join("limits.shard");
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 5000]).unwrap();
+    let big = big.to_str().unwrap();
+    // A file (or a file on stdin) larger than the limit is refused before it is read.
+    let out = run(&shard, &["--max-size", "1000", "put", "k", big], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is 5000 bytes") && stderr.contains("--max-size"),
+        "{stderr}"
+    );
+    // A value under --max-size whose shard would be over it: the library's error, in CLI words.
+    let out = run(&shard, &["--max-size", "5100", "put", "k", big], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("raise --max-size"), "{stderr}");
+    assert!(!stderr.contains("Options::"), "{stderr}");
+
+    assert!(run(&shard, &["put", "k", big], b"").status.success());
+    for args in [
+        &["stats"][..],
+        &["stats", "--json"],
+        &["get", "k"],
+        &["verify"],
+    ] {
+        let mut all = vec!["--max-size", "100"];
+        all.extend_from_slice(args);
+        let out = run(&shard, &all, b"");
+        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("raise --max-size"), "{args:?}: {text}");
+        assert!(!text.contains("Options::"), "{args:?}: {text}");
+    }
+    let out = run(&shard, &["--producer", "other", "get", "k"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--producer requires \"other\""), "{stderr}");
+}
+
+#[test]
+fn a_read_of_a_shard_whose_directory_does_not_exist_is_an_error_not_a_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = dir.path().join("typo/cache.shard");
+    for args in [&["get", "k"][..], &["ls"], &["stats"], &["verify"]] {
+        let out = run(&shard, args, b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("typo") && stderr.contains("does not exist"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!dir.path().join("typo").exists(), "a read creates nothing");
+    // The same path, once a write created it: an absent key is a plain miss again.
+    assert!(run(&shard, &["put", "other"], b"v").status.success());
+    assert_eq!(run(&shard, &["get", "k"], b"").status.code(), Some(1));
+}
+
+#[test]
+fn every_subcommand_help_shows_an_example() {
+    for command in [
+        "put",
+        "get",
+        "rm",
+        "clear",
+        "import",
+        "ls",
+        "stats",
+        "verify",
+        "compact",
+        "hash-tree",
+    ] {
+        let out = Command::new(BIN)
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success(), "{command} --help failed");
+        assert!(
+            help.contains("Example") && help.contains(&format!("warmshard {command}")),
+            "{command} --help has no example:\n{help}"
+        );
+    }
+}

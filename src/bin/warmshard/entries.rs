@@ -1,35 +1,78 @@
 //! `put`, `get`, `rm`, `clear`: single-entry commands.
 
+use std::ffi::OsString;
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::ExitCode;
+
+use nix::sys::stat::SFlag;
 
 use warmshard::{Error, Shard};
 
 use crate::{Outcome, report_write, warn_if_ignored};
 
-pub(crate) fn put(shard: &Shard, key: &[u8], file: Option<&Path>) -> Outcome {
+/// The largest value one entry can hold: the format stores a value's length in 32 bits.
+const MAX_VALUE_BYTES: u64 = u32::MAX as u64;
+
+pub(crate) fn put(shard: &Shard, key: &[u8], file: Option<&Path>, max_size: u64) -> Outcome {
     let value = match file {
-        Some(file) => std::fs::read(file).map_err(|e| Error::Io {
-            op: "reading",
-            path: file.to_path_buf(),
-            source: e,
-        })?,
-        None => {
-            let mut value = Vec::new();
-            std::io::stdin()
-                .lock()
-                .read_to_end(&mut value)
-                .map_err(|e| Error::Io {
-                    op: "reading",
-                    path: "standard input".into(),
-                    source: e,
-                })?;
-            value
+        Some(file) => {
+            let opened = std::fs::File::open(file).map_err(|e| Error::Io {
+                op: "opening",
+                path: file.to_path_buf(),
+                source: e,
+            })?;
+            read_value(opened, file, max_size)?
         }
+        None => read_value(
+            std::io::stdin().lock(),
+            Path::new("standard input"),
+            max_size,
+        )?,
     };
     report_write(&shard.put_one(key, &value)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a value of at most `min(max_size, 4 GiB - 1)` bytes from `source`. A value known to be
+/// larger (a regular file, or one redirected to standard input, whose size `fstat` tells) is
+/// refused before anything is read; from a pipe or device, reading stops one byte past the
+/// limit, so an oversized value never costs more memory than the limit.
+fn read_value(source: impl Read + AsFd, name: &Path, max_size: u64) -> Result<Vec<u8>, Error> {
+    let limit = max_size.min(MAX_VALUE_BYTES);
+    let too_big = |size: String| {
+        let which = if max_size <= MAX_VALUE_BYTES {
+            "the --max-size limit; raise --max-size to store it"
+        } else {
+            "the largest value a shard entry can hold (4 GiB - 1 bytes)"
+        };
+        Error::InvalidInput(format!(
+            "the value from {} is {size} bytes, over {limit} bytes, {which}",
+            name.display()
+        ))
+    };
+    let known = nix::sys::stat::fstat(source.as_fd())
+        .ok()
+        .filter(|st| SFlag::from_bits_truncate(st.st_mode).contains(SFlag::S_IFREG))
+        .map(|st| st.st_size as u64);
+    if let Some(size) = known.filter(|&size| size > limit) {
+        return Err(too_big(size.to_string()));
+    }
+    let mut value = Vec::with_capacity(known.unwrap_or(0) as usize);
+    source
+        .take(limit + 1)
+        .read_to_end(&mut value)
+        .map_err(|e| Error::Io {
+            op: "reading",
+            path: name.to_path_buf(),
+            source: e,
+        })?;
+    if value.len() as u64 > limit {
+        return Err(too_big(format!("more than {limit}")));
+    }
+    Ok(value)
 }
 
 pub(crate) fn get(shard: &Shard, key: &[u8]) -> Outcome {
@@ -51,21 +94,31 @@ pub(crate) fn get(shard: &Shard, key: &[u8]) -> Outcome {
     }
 }
 
-pub(crate) fn rm(shard: &Shard, keys: &[String]) -> Outcome {
+pub(crate) fn rm(shard: &Shard, keys: &[OsString]) -> Outcome {
     let snapshot = shard.snapshot();
-    let missing: Vec<&String> = keys
+    let missing: Vec<&[u8]> = keys
         .iter()
-        .filter(|k| !snapshot.contains(k.as_bytes()))
+        .map(|k| k.as_bytes())
+        .filter(|k| !snapshot.contains(k))
         .collect();
     report_write(&shard.remove(keys.iter().map(|k| k.as_bytes()))?);
     for key in &missing {
-        eprintln!("warmshard: no such key: {key}");
+        eprintln!("warmshard: no such key: {}", show_key(key));
     }
     Ok(if missing.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// A key for a message: as is when it is printable UTF-8, else with its bytes escaped
+/// (`\xe9`, `\n`) so the message stays one line and shows the exact bytes.
+pub(crate) fn show_key(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(text) if !text.chars().any(char::is_control) => text.to_string(),
+        _ => key.escape_ascii().to_string(),
+    }
 }
 
 pub(crate) fn clear(shard: &Shard) -> Outcome {

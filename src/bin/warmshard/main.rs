@@ -1,7 +1,13 @@
 //! `warmshard`: the command-line tool over a shard file.
 //!
 //! Exit status: 0 success; 1 a miss (`get` of an absent key, `rm` of an absent key, `verify` of
-//! an unsound shard); 2 an error (bad arguments, I/O, lock timeout).
+//! an unsound shard); 2 an error (bad arguments, I/O, lock timeout, a value over the size limit,
+//! a read command given a shard path whose directory does not exist).
+//!
+//! Keys are bytes end to end: they are taken as `OsString` arguments and stored as their Unix
+//! bytes, so any key the shell can pass (or `import` stored from a file name) can be read and
+//! removed. Messages name this tool's flags, not the library's methods ([`cli_error`],
+//! [`cli_health`]).
 
 mod entries;
 mod hash_tree;
@@ -9,13 +15,15 @@ mod import;
 mod inspect;
 mod paths_cmd;
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use warmshard::{Options, Shard};
+use warmshard::{Error, Health, Options, Shard};
 
 /// A zero-copy, memory-mapped cache file for programs that start often.
 ///
@@ -27,9 +35,10 @@ use warmshard::{Options, Shard};
 #[command(after_help = "\
 Examples:
   warmshard put greeting <<< 'hello'          store stdin under the key 'greeting'
-  warmshard get greeting                      print it (exit 1 if absent)
+  warmshard get greeting                      print it (exit 1 if absent, 2 on an error)
   warmshard import --replace /usr/share/doc   one entry per file, keyed by relative path
   warmshard ls --long | head                  sizes and keys, sorted
+  warmshard ls -0 | xargs -0 -n1 echo         keys NUL-terminated (keys may hold newlines)
   warmshard stats --json                      figures as one JSON object
   warmshard verify                            check every entry's checksum and the index
   warmshard compact                           fold recent writes in, drop entries that fail
@@ -37,7 +46,10 @@ Examples:
 
 Environment:
   WARMSHARD_PATH       default for --shard
-  WARMSHARD=0          disable the cache: reads miss, writes do nothing and say so")]
+  WARMSHARD=0          disable the cache: reads miss, writes do nothing and say so
+
+Exit status: 0 success; 1 a miss (get/rm of an absent key, verify of an unsound shard);
+2 an error, including get/ls/stats/verify given a --shard path whose directory does not exist.")]
 struct Cli {
     /// Shard file to use [default: <user cache dir>/warmshard/default.shard]. Missing parent
     /// directories are created with mode 0700.
@@ -72,29 +84,56 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Store a value: the contents of FILE, or standard input when FILE is absent.
+    ///
+    /// A value is read into memory once, up to the size limit: one larger than --max-size (or
+    /// than 4 GiB, the format's limit for one value) is refused as soon as that many bytes have
+    /// been read, or at once when its size is known beforehand (a file, or a file redirected to
+    /// standard input).
+    #[command(after_help = "\
+Examples:
+  warmshard put greeting <<< 'hello'          the value is 'hello' and a newline
+  warmshard put logo ./logo.png               the value is the file's bytes
+  warmshard put \"$(printf 'caf\\351')\" < v     keys are bytes: non-UTF-8 keys work")]
     Put {
-        /// The key (any bytes your shell can pass).
-        key: String,
+        /// The key: any bytes your shell can pass (taken as bytes, not decoded).
+        key: OsString,
         /// File whose contents become the value; reads standard input when absent.
         file: Option<PathBuf>,
     },
     /// Print the value stored under KEY to standard output; exit 1 (no output) if absent.
+    ///
+    /// Exit status: 0 found; 1 absent (including an empty or ignored shard, with the reason on
+    /// stderr); 2 an error, e.g. a --shard path whose directory does not exist.
+    #[command(after_help = "\
+Examples:
+  warmshard get greeting                      prints the value, exit 0
+  warmshard get greeting || echo miss         exit 1 when the key is absent")]
     Get {
-        /// The key to look up.
-        key: String,
+        /// The key to look up (bytes, as passed).
+        key: OsString,
     },
     /// Remove keys; exit 1 if any of them was absent.
+    #[command(after_help = "\
+Example:
+  warmshard rm greeting logo                  removes both in one write")]
     Rm {
-        /// Keys to remove.
+        /// Keys to remove (bytes, as passed).
         #[arg(required = true)]
-        keys: Vec<String>,
+        keys: Vec<OsString>,
     },
     /// Remove the shard file.
+    #[command(after_help = "\
+Example:
+  warmshard --shard ./demo.shard clear        deletes ./demo.shard and its delta file")]
     Clear,
     /// Store every regular file under DIR, keyed by its path relative to DIR with '/' separators.
     ///
     /// Symlinks, FIFOs, sockets and devices are skipped. Non-UTF-8 file names are kept as bytes.
     /// Existing entries are kept unless --replace is given.
+    #[command(after_help = "\
+Examples:
+  warmshard import ~/.zfunc                   merge every file in, keyed e.g. 'git/_git'
+  warmshard import --replace ~/.zfunc         the shard holds exactly those files")]
     Import {
         /// Replace the whole shard with the imported files instead of merging them in.
         #[arg(long)]
@@ -102,22 +141,50 @@ enum Command {
         /// Directory to import.
         dir: PathBuf,
     },
-    /// List keys, one per line, sorted by their bytes.
+    /// List keys sorted by their bytes: one per line, NUL-terminated (-0) or as JSON (--json).
+    ///
+    /// Plain output writes each key's raw bytes and a newline, so a key that contains a newline
+    /// reads as two lines: use -0 or --json when keys may hold any byte.
+    ///
+    /// --json prints one JSON array of objects {"key": K, "value_bytes": N}. K is the key as a
+    /// string; a key that is not valid UTF-8 has K with U+FFFD for the invalid bytes and an extra
+    /// "key_bytes": [..] with its exact bytes as numbers (as hash-tree --json does for paths).
+    #[command(after_help = "\
+Examples:
+  warmshard ls --long                         size<TAB>key per line
+  warmshard ls -0 | xargs -0 -n1 printf '%s\\n'  safe for keys with newlines
+  warmshard ls --json | jq -r '.[].key'       one JSON array")]
     Ls {
         /// Print each value's size in bytes before its key, separated by a tab.
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "json")]
         long: bool,
+        /// End each key with a NUL byte instead of a newline.
+        #[arg(short = '0', long = "null", conflicts_with = "json")]
+        null: bool,
+        /// Print one JSON array of {"key", "value_bytes"} objects (see above).
+        #[arg(long)]
+        json: bool,
     },
     /// Show figures about the shard: entries, bytes, format, producer, build time.
+    #[command(after_help = "\
+Examples:
+  warmshard stats                             aligned text
+  warmshard stats --json | jq .entries        one JSON object")]
     Stats {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Fully verify every entry (index structure and value checksums); exit 1 if unsound.
+    #[command(after_help = "\
+Example:
+  warmshard verify || warmshard compact       repair a shard that fails")]
     Verify,
     /// Rewrite the shard as one file: fold in recent writes and drop entries that fail their
     /// checksum. Repairs a shard that `verify` rejects.
+    #[command(after_help = "\
+Example:
+  warmshard compact                           prints the entries kept and the new size")]
     Compact,
     /// Print a sha256sum-compatible manifest of DIR, re-hashing only files that changed.
     ///
@@ -135,6 +202,10 @@ enum Command {
     /// itself unreadable, bad arguments); 3 the manifest is complete but its cache could not be
     /// written (lock timeout, --max-size too small...; the reason on stderr).
     #[command(name = "hash-tree")]
+    #[command(after_help = "\
+Examples:
+  warmshard hash-tree ~/src > MANIFEST        then: (cd ~/src && sha256sum -c ../MANIFEST)
+  warmshard hash-tree --stats ~/src           files=N hashed=H ... on stderr")]
     HashTree {
         /// Directory to hash.
         dir: PathBuf,
@@ -172,7 +243,7 @@ fn main() -> ExitCode {
     match run(cli, shard_on_command_line) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("warmshard: {e}");
+            eprintln!("warmshard: {}", cli_error(&e));
             ExitCode::from(2)
         }
     }
@@ -215,19 +286,85 @@ fn run(cli: Cli, shard_on_command_line: bool) -> Outcome {
         Some(path) => path.clone(),
         None => warmshard::default_path("default")?,
     };
+    let reads_only = matches!(
+        cli.command,
+        Command::Get { .. } | Command::Ls { .. } | Command::Stats { .. } | Command::Verify
+    );
+    if reads_only && cli.shard.is_some() {
+        refuse_missing_directory(&path)?;
+    }
     let shard = Shard::open_with(&path, options)?;
     match cli.command {
-        Command::Put { key, file } => entries::put(&shard, key.as_bytes(), file.as_deref()),
+        Command::Put { key, file } => {
+            entries::put(&shard, key.as_bytes(), file.as_deref(), cli.max_size)
+        }
         Command::Get { key } => entries::get(&shard, key.as_bytes()),
         Command::Rm { keys } => entries::rm(&shard, &keys),
         Command::Clear => entries::clear(&shard),
         Command::Import { replace, dir } => import::import(&shard, &dir, replace),
-        Command::Ls { long } => inspect::ls(&shard, long),
+        Command::Ls { long, null, json } => {
+            inspect::ls(&shard, inspect::LsFormat::new(long, null, json))
+        }
         Command::Stats { json } => inspect::stats(&shard, json),
         Command::Verify => inspect::verify(&shard),
         Command::Compact => entries::compact(&shard),
         Command::PathCache(command) => paths_cmd::run(shard, command),
         Command::HashTree { .. } => unreachable!("handled above"),
+    }
+}
+
+/// A read command given a shard path (by --shard or WARMSHARD_PATH) whose directory does not
+/// exist is almost certainly a mistyped path: say so (exit 2) instead of answering "absent" (1).
+/// The default path's directory is created by the first write, so there it is a plain miss.
+fn refuse_missing_directory(path: &Path) -> Result<(), Error> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::InvalidInput(format!(
+            "no shard at {}: the directory {} does not exist (check --shard or WARMSHARD_PATH; \
+             the first put creates it)",
+            path.display(),
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The message for a library error, in this tool's words: flags instead of `Options` methods.
+pub(crate) fn cli_error(e: &Error) -> String {
+    match e {
+        Error::TooLarge { size, max } => format!(
+            "the new shard would be {size} bytes, over the {max}-byte limit; raise --max-size"
+        ),
+        Error::LockTimeout { path, waited } => format!(
+            "could not lock {} within {:.1} s: another process is writing; retry, or raise \
+             --lock-timeout",
+            path.display(),
+            waited.as_secs_f64()
+        ),
+        Error::NoCacheDir => {
+            "no per-user cache directory (set $XDG_CACHE_HOME or $HOME, or pass --shard PATH)"
+                .to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A shard's health, in this tool's words: flags instead of `Options` methods.
+pub(crate) fn cli_health(health: &Health) -> String {
+    match health {
+        Health::Disabled => "cache disabled by WARMSHARD=0".to_string(),
+        Health::TooLarge { size, max } => format!(
+            "shard file is {size} bytes, over the {max}-byte limit; raise --max-size, or let the \
+             next write rebuild it"
+        ),
+        Health::ProducerMismatch { found, expected } => format!(
+            "shard written by producer {found:?}, --producer requires {expected:?}; the next \
+             write rebuilds it"
+        ),
+        other => other.to_string(),
     }
 }
 
@@ -250,6 +387,6 @@ pub(crate) fn report_write(outcome: &warmshard::WriteOutcome) {
 pub(crate) fn warn_if_ignored(snapshot: &warmshard::Snapshot) {
     let health = snapshot.health();
     if health.is_ignored_file() {
-        eprintln!("warmshard: ignoring shard file: {health}");
+        eprintln!("warmshard: ignoring shard file: {}", cli_health(health));
     }
 }

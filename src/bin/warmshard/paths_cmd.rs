@@ -57,7 +57,7 @@ pub(crate) fn run(shard: Shard, command: PathCacheCommand) -> Outcome {
     }
     let cache = PathCache::from_shard(shard);
     let report = cache.prune(&options)?;
-    report_write(report.outcome);
+    report_write(&report.outcome);
     eprintln!(
         "examined {} entries: dropped {} (gone {}, changed {}, old {}, for size {}), kept {} in {:.1} ms",
         report.examined,
