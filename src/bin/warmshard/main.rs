@@ -357,8 +357,9 @@ pub(crate) fn cli_health(health: &Health) -> String {
     match health {
         Health::Disabled => "cache disabled by WARMSHARD=0".to_string(),
         Health::TooLarge { size, max } => format!(
-            "shard file is {size} bytes, over the {max}-byte limit; raise --max-size, or let the \
-             next write rebuild it"
+            "shard file is {size} bytes, over the {max}-byte limit; raise --max-size to read it \
+             (writes that keep entries fail until then; `import --replace` or `clear` \
+             start over)"
         ),
         Health::ProducerMismatch { found, expected } => format!(
             "shard written by producer {found:?}, --producer requires {expected:?}; the next \
