@@ -381,6 +381,38 @@ fn put_of_an_endless_stdin_stops_at_the_size_limit_instead_of_reading_it_all() {
 }
 
 #[test]
+fn put_of_a_value_over_4_gib_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = dir.path().join("huge.shard");
+    // 4.1 GiB, sparse: no disk space, and the process may not even map half of it.
+    let huge = dir.path().join("huge.bin");
+    let size = 4_402_341_478u64;
+    std::fs::File::create(&huge).unwrap().set_len(size).unwrap();
+    let capped = |stdin: Stdio, args: &[&str]| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"ulimit -v 2097152 && exec "$0" "$@""#)
+            .arg(BIN)
+            .arg("--shard")
+            .arg(&shard)
+            .args(args)
+            .stdin(stdin)
+            .env_remove("WARMSHARD")
+            .output()
+            .unwrap()
+    };
+    let from_stdin = capped(std::fs::File::open(&huge).unwrap().into(), &["put", "k"]);
+    let from_file = capped(Stdio::null(), &["put", "k", huge.to_str().unwrap()]);
+    for out in [from_stdin, from_file] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(&format!("is {size} bytes")), "{stderr}");
+        assert!(stderr.contains("4 GiB"), "{stderr}");
+    }
+    assert!(!shard.exists(), "nothing was written");
+}
+
+#[test]
 fn size_limits_are_reported_in_cli_flags_not_library_methods() {
     let dir = tempfile::tempdir().unwrap();
     let shard = dir.path().join("limits.shard");
