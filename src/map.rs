@@ -6,9 +6,9 @@
 //! the preamble checks and rkyv validation pass. [`ShardFiles`] pairs a base with the delta file
 //! that extends it, if any.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use memmap2::{Mmap, MmapOptions};
 use once_cell::sync::OnceCell;
 
+use crate::dir::{Opened, ShardDir};
 use crate::error::{Error, Result};
 use crate::format::{self, Header, Layout, Record};
 use crate::health::Health;
@@ -60,9 +61,40 @@ impl ShardFiles {
     /// (The other order needs a `stat` of the base after a missing delta, to tell "no delta"
     /// from "a writer replaced the base and removed its delta in between".)
     pub fn open(path: &Path, delta_path: &Path, policy: &ReadPolicy) -> Result<ShardFiles> {
-        let mut trust = TrustContext::new(path);
-        let delta = Loaded::open(delta_path, policy.clone(), &mut trust);
-        let base = Arc::new(Loaded::open(path, policy.clone(), &mut trust)?);
+        let dir_path = parent_dir(path);
+        let euid = nix::unistd::geteuid().as_raw();
+        let empty = |health| {
+            Ok(Self::base_only(
+                Arc::new(Loaded::empty(health, None, policy.clone())),
+                None,
+                None,
+            ))
+        };
+        match ShardDir::open(dir_path, euid) {
+            Ok(Opened::Dir(dir)) => Self::open_in(&dir, path, delta_path, policy),
+            Ok(Opened::Missing) => empty(Health::DirectoryMissing {
+                dir: dir_path.to_path_buf(),
+            }),
+            Err(Ok(refused)) => empty(Health::Untrusted {
+                reason: format!("{}: {}", refused.path.display(), refused.reason),
+            }),
+            Err(Err(e)) => empty(Health::Unreadable {
+                error: format!("opening directory {}: {e}", dir_path.display()),
+            }),
+        }
+    }
+
+    /// [`open`](ShardFiles::open) in the directory `dir`, already opened and checked: both
+    /// files are opened relative to that one handle.
+    pub fn open_in(
+        dir: &ShardDir,
+        path: &Path,
+        delta_path: &Path,
+        policy: &ReadPolicy,
+    ) -> Result<ShardFiles> {
+        let euid = nix::unistd::geteuid().as_raw();
+        let delta = Loaded::open(dir, delta_path, policy.clone(), euid);
+        let base = Arc::new(Loaded::open(dir, path, policy.clone(), euid)?);
         let delta = match delta {
             Ok(delta) => delta,
             Err(Error::NotAFile { kind, .. }) => {
@@ -290,13 +322,16 @@ impl Loaded {
 
     /// Opens the shard at `path`. Fails only when something other than a regular file sits
     /// there; every other problem yields an empty view whose `health` says why.
-    pub fn open(path: &Path, policy: ReadPolicy, trust: &mut TrustContext) -> Result<Loaded> {
-        let file = OpenOptions::new()
-            .read(true)
-            // O_NONBLOCK: opening a FIFO must not wait for a writer. O_NOFOLLOW: a symlink at
-            // the shard path could point anywhere, so it is refused rather than followed.
-            .custom_flags(libc_flags())
-            .open(path);
+    pub fn open(dir: &ShardDir, path: &Path, policy: ReadPolicy, euid: u32) -> Result<Loaded> {
+        // O_NONBLOCK: opening a FIFO must not wait for a writer. O_NOFOLLOW (always added by
+        // `open_file`): a symlink at the shard path could point anywhere, so it is refused
+        // rather than followed.
+        let name = path.file_name().unwrap_or_default();
+        let file = dir.open_file(
+            name,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK,
+            0,
+        );
         let file = match file {
             Ok(file) => file,
             Err(e) => return Self::open_failed(path, e, policy),
@@ -311,9 +346,7 @@ impl Loaded {
             });
         }
         let identity = (meta.dev(), meta.ino());
-        let mut loaded = if let Err(reason) = trust::check_file(&meta, trust.euid) {
-            Self::empty(Health::Untrusted { reason }, Some(identity), policy)
-        } else if let Err(reason) = trust.check_parent() {
+        let mut loaded = if let Err(reason) = trust::check_file(&meta, euid) {
             Self::empty(Health::Untrusted { reason }, Some(identity), policy)
         } else {
             Self::from_trusted_file(&file, meta.len(), identity, policy)
@@ -439,46 +472,10 @@ impl Loaded {
     }
 }
 
-fn libc_flags() -> i32 {
-    nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC
-}
-
 /// The directory holding `path` (`.` for a bare file name).
 pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    }
-}
-
-/// The trust checks of one [`ShardFiles::open`]: the effective uid, read once, and the verdict
-/// on the directory holding both files, checked at most once (the base and its delta share it).
-pub(crate) struct TrustContext<'p> {
-    euid: u32,
-    dir: &'p Path,
-    dir_verdict: Option<Result<(), String>>,
-}
-
-impl<'p> TrustContext<'p> {
-    /// Checks for the files in the directory holding `path`.
-    pub fn new(path: &'p Path) -> TrustContext<'p> {
-        TrustContext {
-            euid: nix::unistd::geteuid().as_raw(),
-            dir: parent_dir(path),
-            dir_verdict: None,
-        }
-    }
-
-    /// Checks that the directory cannot be written by other users (one `stat`, the first time).
-    fn check_parent(&mut self) -> Result<(), String> {
-        let (dir, euid) = (self.dir, self.euid);
-        self.dir_verdict
-            .get_or_insert_with(|| {
-                let meta = std::fs::metadata(dir)
-                    .map_err(|e| format!("cannot stat {}: {e}", dir.display()))?;
-                trust::check_dir_as(&meta, euid)
-                    .map_err(|reason| format!("{}: {reason}", dir.display()))
-            })
-            .clone()
     }
 }

@@ -133,6 +133,16 @@ impl Shard {
     /// replaced since it was mapped (published files never change in place), else a fresh one,
     /// which becomes current.
     pub(crate) fn current_files(&self) -> Result<Arc<ShardFiles>> {
+        self.current_files_with(None)
+    }
+
+    /// [`current_files`](Shard::current_files) for a write, which opened and checked the
+    /// shard's directory already: the files are read relative to that handle.
+    pub(crate) fn current_files_in(&self, dir: &crate::dir::ShardDir) -> Result<Arc<ShardFiles>> {
+        self.current_files_with(Some(dir))
+    }
+
+    fn current_files_with(&self, dir: Option<&crate::dir::ShardDir>) -> Result<Arc<ShardFiles>> {
         let current = self.current.read().clone();
         if let Some(current) = current
             && (!self.options.enabled || self.identity_on_disk() == Some(current.identity()))
@@ -140,7 +150,11 @@ impl Shard {
             return Ok(current);
         }
         let policy = self.options.read_policy();
-        let files = Arc::new(ShardFiles::open(&self.path, &self.delta_path, &policy)?);
+        let files = match dir {
+            Some(dir) => ShardFiles::open_in(dir, &self.path, &self.delta_path, &policy)?,
+            None => ShardFiles::open(&self.path, &self.delta_path, &policy)?,
+        };
+        let files = Arc::new(files);
         self.install(Arc::clone(&files));
         Ok(files)
     }

@@ -1,6 +1,8 @@
 //! The write protocol, which exists once: every write goes through a [`Transaction`].
 //!
-//! 1. create the shard's directory if needed (0700) and refuse it if others could write it;
+//! 1. create the shard's directory if needed (0700, whatever the umask), open it once as a
+//!    handle and refuse it if others could write it or any ancestor (see [`crate::dir`]); every
+//!    later open, rename, unlink and fsync of the write is made relative to that handle;
 //! 2. take an exclusive `flock` on the sidecar `<shard>.lock`, waiting at most the lock timeout;
 //! 3. re-read the current shard under the lock, so no concurrent write is lost;
 //! 4. create a new file (0600) at the fixed temp name `.<shard>.tmp`, first unlinking any file a
@@ -40,22 +42,23 @@
 //! **base** (renamed over the shard) and then removes the delta; a crash between the two leaves a
 //! delta whose `base_id` no longer matches, which readers ignore.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::BufWriter;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashTable;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{Flock, FlockArg, OFlag};
 
+use crate::dir::ShardDir;
 use crate::error::{Error, Result};
 use crate::format::{self, Encoder, Record, Slot, Summary};
 use crate::map::{self, Loaded, ShardFiles};
 use crate::names;
 use crate::shard::Shard;
-use crate::trust;
 
 /// The producer recorded when neither the options nor an existing shard name one.
 pub const DEFAULT_PRODUCER: &str = "warmshard";
@@ -178,25 +181,16 @@ impl WriteLock {
     /// The lock file is opened read-only (`flock` needs no more), so a lock file whose mode an
     /// odd umask left at 0400 still works; its mode is then set to 0600 (`fchmod` on the open
     /// descriptor, only when it is ours and wrong), so what a umask took away is repaired.
-    pub fn acquire(path: &Path, timeout: Duration) -> Result<WriteLock> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .create(true)
-            // `create` needs write or append access in std's checks; O_CREAT with O_RDONLY
-            // is valid for the system, so ask for append, which writes nothing here.
-            .append(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(path)
+    pub fn acquire(dir: &ShardDir, path: &Path, timeout: Duration) -> Result<WriteLock> {
+        let name = path.file_name().unwrap_or_default();
+        let mut file = dir
+            .open_file(name, OFlag::O_RDWR | OFlag::O_CREAT, 0o600)
             .or_else(|e| {
                 // An existing lock file left 0400 by a umask: open it read-only to lock it.
                 if e.kind() != std::io::ErrorKind::PermissionDenied {
                     return Err(e);
                 }
-                OpenOptions::new()
-                    .read(true)
-                    .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-                    .open(path)
+                dir.open_file(name, OFlag::O_RDONLY, 0)
                     // No file to lock that way either: the first error says why.
                     .map_err(|_| e)
             })
@@ -331,6 +325,9 @@ impl Builder {
 /// fixed name and this drop would unlink it, failing that writer's rename (#11.2).
 pub(crate) struct Transaction<'s> {
     shard: &'s Shard,
+    /// The shard's directory, opened and checked once: every file operation of the write is
+    /// made relative to it.
+    dir: Arc<ShardDir>,
     pub current: Arc<ShardFiles>,
     temp: TempFile,
     builder: Builder,
@@ -354,14 +351,13 @@ impl<'s> Transaction<'s> {
     /// Steps 1–4 of the protocol: directory, lock, re-read, stale temp cleanup and temp file.
     pub fn begin(shard: &'s Shard) -> Result<Transaction<'s>> {
         let path = shard.path();
-        let dir = map::parent_dir(path);
-        ensure_private_dir(dir)?;
-        let lock = WriteLock::acquire(&shard.lock_path(), shard.options().lock_timeout)?;
+        let dir = Arc::new(ShardDir::create(map::parent_dir(path))?);
+        let lock = WriteLock::acquire(&dir, &shard.lock_path(), shard.options().lock_timeout)?;
         // Re-read under the lock: a concurrent writer may have published since this handle
         // last looked; unchanged files are reused, not mapped again.
-        let current = shard.current_files()?;
+        let current = shard.current_files_in(&dir)?;
         let mut warnings = Vec::new();
-        let temp = TempFile::create(dir, path, &mut warnings)?;
+        let temp = TempFile::create(&dir, path, &mut warnings)?;
         let out = temp
             .file
             .try_clone()
@@ -377,6 +373,7 @@ impl<'s> Transaction<'s> {
             .map_err(|e| Error::io("writing", &temp.path, e))?;
         Ok(Transaction {
             shard,
+            dir,
             lock,
             current,
             temp,
@@ -568,6 +565,7 @@ impl<'s> Transaction<'s> {
         let Transaction {
             lock,
             shard,
+            dir,
             current,
             temp,
             builder,
@@ -588,7 +586,8 @@ impl<'s> Transaction<'s> {
                 });
             }
         }
-        let result = publish(shard, &current, temp, builder, target, &mut warnings);
+        let result = publish(shard, &dir, &current, temp, builder, target, &mut warnings);
+        drop(dir);
         drop(lock);
         let (published, file_bytes, entries) = result?;
         Ok(WriteOutcome::Committed {
@@ -612,21 +611,22 @@ impl<'s> Transaction<'s> {
         let Transaction {
             lock,
             shard,
+            dir,
             temp,
             mut warnings,
             ..
         } = self;
         let result = (|| {
-            sweep_stale_temps(shard.path(), &temp.path, &mut warnings);
+            sweep_stale_temps(&dir, shard.path(), &temp.path, &mut warnings);
             let path = shard.path();
-            let removed = match fs::remove_file(path) {
+            let removed = match dir.unlink(file_name(path)) {
                 Ok(()) => true,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
                 Err(e) => return Err(Error::io("removing", path, e)),
             };
-            remove_old_delta(&shard.delta_path(), &mut warnings);
+            remove_old_delta(&dir, &shard.delta_path(), &mut warnings);
             if removed && shard.options().durable {
-                sync_dir_after_commit(map::parent_dir(path), &mut warnings);
+                sync_dir_after_commit(&dir, &mut warnings);
             }
             let policy = shard.options().read_policy();
             let missing = Loaded::empty(crate::Health::Missing, None, policy);
@@ -661,6 +661,7 @@ impl<'s> Transaction<'s> {
 /// after it does: the write is committed, and a clean-up that fails is a warning.
 fn publish(
     shard: &Shard,
+    dir: &ShardDir,
     current: &ShardFiles,
     mut temp: TempFile,
     builder: Builder,
@@ -710,7 +711,7 @@ fn publish(
     if target == Target::Base {
         // Writing a base costs O(shard) anyway: the moment to sweep the directory for temp
         // files under names this version does not use (see `TempFile`).
-        sweep_stale_temps(shard.path(), &temp.path, warnings);
+        sweep_stale_temps(dir, shard.path(), &temp.path, warnings);
     }
     // A delta written without fsync replaces a regular file by exchange (see
     // `TempFile::publish`); losing it to a power failure loses only the recent small writes.
@@ -722,10 +723,10 @@ fn publish(
         // The new base holds the delta's entries; the old delta no longer matches it (readers
         // ignore a delta whose base_id is not the base's), so failing to remove it only leaves
         // a file behind.
-        remove_old_delta(&delta_path, warnings);
+        remove_old_delta(dir, &delta_path, warnings);
     }
     if durable {
-        sync_dir_after_commit(map::parent_dir(&destination), warnings);
+        sync_dir_after_commit(dir, warnings);
     }
     let policy = shard.options().read_policy();
     // (0, 0) if fstat fails: no file on disk has it, so the next snapshot maps the files anew.
@@ -750,8 +751,8 @@ fn publish(
 
 /// Removes the delta file a new base replaced (or `clear` removed the base of). The write is
 /// committed already: a failure is a warning.
-fn remove_old_delta(delta_path: &Path, warnings: &mut Vec<String>) {
-    match fs::remove_file(delta_path) {
+fn remove_old_delta(dir: &ShardDir, delta_path: &Path, warnings: &mut Vec<String>) {
+    match dir.unlink(file_name(delta_path)) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => warnings.push(format!(
@@ -764,10 +765,12 @@ fn remove_old_delta(delta_path: &Path, warnings: &mut Vec<String>) {
 
 /// Syncs the directory after a committed rename; a failure means the write may not survive a
 /// power loss, which is a warning (the write is visible and will not be undone).
-fn sync_dir_after_commit(dir: &Path, warnings: &mut Vec<String>) {
-    if let Err(e) = sync_dir(dir) {
+fn sync_dir_after_commit(dir: &ShardDir, warnings: &mut Vec<String>) {
+    if let Err(e) = dir.sync() {
         warnings.push(format!(
-            "the write was committed, but it may not survive a power loss: {e}"
+            "the write was committed, but it may not survive a power loss: syncing directory \
+             {}: {e}",
+            dir.path.display()
         ));
     }
 }
@@ -789,61 +792,65 @@ fn sync_dir_after_commit(dir: &Path, warnings: &mut Vec<String>) {
 ///
 /// The file's mode is set to 0600 after creation (`fchmod`), whatever the umask.
 struct TempFile {
+    dir: Arc<ShardDir>,
     path: PathBuf,
     file: File,
     /// False once the name no longer holds a file of ours to remove.
     linked: bool,
 }
 
+/// The file name of one of the shard's paths (all of which have one).
+fn file_name(path: &Path) -> &OsStr {
+    path.file_name().unwrap_or_default()
+}
+
 impl TempFile {
-    fn create(dir: &Path, shard: &Path, warnings: &mut Vec<String>) -> Result<TempFile> {
-        let name = shard.file_name().unwrap_or_default();
-        let fixed = dir.join(names::fixed_temp(name));
-        let create = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-                .open(&fixed)
-        };
+    fn create(dir: &Arc<ShardDir>, shard: &Path, warnings: &mut Vec<String>) -> Result<TempFile> {
+        let name = file_name(shard);
+        let fixed = names::fixed_temp(name);
+        let create =
+            |n: &OsStr| dir.open_file(n, OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL, 0o600);
         // Usually nothing is there: try first, unlink what a dead writer left only if needed,
         // and only if it is a file of ours.
-        let mut opened = create();
+        let mut opened = create(&fixed);
         if matches!(&opened, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
-            && is_own_file(&fixed)
-            && fs::remove_file(&fixed).is_ok()
+            && is_own_file(dir, &fixed)
+            && dir.unlink(&fixed).is_ok()
         {
-            opened = create();
+            opened = create(&fixed);
         }
-        match opened {
-            Ok(file) => {
-                let temp = TempFile {
-                    path: fixed,
-                    file,
-                    linked: true,
-                };
-                repair_mode(&temp.file, 0o600, &temp.path)?;
-                return Ok(temp);
-            }
+        let (file, chosen) = match opened {
+            Ok(file) => (file, fixed),
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::io("creating temporary file", &fixed, e));
+                return Err(Error::io(
+                    "creating temporary file",
+                    dir.path.join(&fixed),
+                    e,
+                ));
             }
-            // Not ours to remove: another name.
-            Err(_) => {}
-        }
-        sweep_stale_temps(shard, &fixed, warnings);
-        let (file, path) = tempfile::Builder::new()
-            .prefix(&names::temp_prefix(name))
-            .suffix(names::TEMP_SUFFIX)
-            .rand_bytes(names::RANDOM_LEN)
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .tempfile_in(dir)
-            .and_then(|t| t.keep().map_err(|e| e.error))
-            .map_err(|e| Error::io("creating temporary file in", dir, e))?;
+            // Not ours to remove: a fresh name, O_EXCL.
+            Err(_) => {
+                sweep_stale_temps(dir, shard, Path::new(&fixed), warnings);
+                let mut attempt = 0;
+                loop {
+                    let candidate = random_temp_name(name);
+                    match create(&candidate) {
+                        Ok(file) => break (file, candidate),
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 =>
+                        {
+                            attempt += 1;
+                        }
+                        Err(e) => {
+                            return Err(Error::io("creating temporary file in", &dir.path, e));
+                        }
+                    }
+                }
+            }
+        };
         let temp = TempFile {
-            path,
+            dir: Arc::clone(dir),
+            path: dir.path.join(&chosen),
             file,
             linked: true,
         };
@@ -851,7 +858,7 @@ impl TempFile {
         Ok(temp)
     }
 
-    /// Renames the file over `destination`.
+    /// Renames the file over `destination` (a name in the same directory).
     ///
     /// With `exchange`, swaps it with the file at `destination` instead (`RENAME_EXCHANGE`),
     /// where the system supports that and `destination` exists: the old file then sits under
@@ -862,91 +869,55 @@ impl TempFile {
     /// exchange does not, so a small file replaced again soon after never reaches the disk.
     /// Only for files whose loss on power failure is acceptable.
     fn publish(&mut self, destination: &Path, exchange: bool) -> Result<()> {
-        if exchange && exchange_files(&self.path, destination)? {
+        let (from, to) = (file_name(&self.path), file_name(destination));
+        if exchange
+            && self
+                .dir
+                .exchange(from, to)
+                .map_err(|e| Error::io("exchanging new shard with", destination, e))?
+        {
             return Ok(());
         }
-        fs::rename(&self.path, destination)
+        self.dir
+            .rename(from, to)
             .map_err(|e| Error::io("renaming new shard over", destination, e))?;
         self.linked = false;
         Ok(())
     }
 }
 
-/// Atomically swaps the files at `a` and `b`; false (nothing done) when `b` does not exist or
-/// the system or file system cannot exchange.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn exchange_files(a: &Path, b: &Path) -> Result<bool> {
-    use nix::errno::Errno;
-    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
-    match renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE) {
-        Ok(()) => Ok(true),
-        Err(Errno::ENOENT | Errno::EINVAL | Errno::ENOSYS) => Ok(false),
-        Err(e) => Err(Error::io("exchanging new shard with", b, e.into())),
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn exchange_files(_: &Path, _: &Path) -> Result<bool> {
-    Ok(false)
+/// `.<name>.XXXXXX.tmp` with six random alphanumerics.
+fn random_temp_name(name: &OsStr) -> OsString {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bits = new_shard_id();
+    let mut s = names::temp_prefix(name);
+    let random: String = (0..names::RANDOM_LEN)
+        .map(|_| {
+            let c = ALPHABET[(bits % ALPHABET.len() as u64) as usize] as char;
+            bits /= ALPHABET.len() as u64;
+            c
+        })
+        .collect();
+    s.push(random);
+    s.push(names::TEMP_SUFFIX);
+    s
 }
 
 impl Drop for TempFile {
     fn drop(&mut self) {
         if self.linked {
-            let _ = fs::remove_file(&self.path);
+            let _ = self.dir.unlink(file_name(&self.path));
         }
     }
 }
 
-/// True when `path` is a regular file owned by the effective user (`lstat`): the only kind of
-/// file a writer ever removes from the shard's directory.
-fn is_own_file(path: &Path) -> bool {
-    fs::symlink_metadata(path)
-        .is_ok_and(|m| m.file_type().is_file() && m.uid() == nix::unistd::geteuid().as_raw())
-}
-
-/// Creates `dir` and its missing parents with mode 0700 and checks that others cannot write it.
-///
-/// Each directory this creates gets its mode set to 0700 after `mkdir`, since the umask may
-/// have taken bits away (umask 277 makes `mkdir(0700)` give 0500, and nothing could then be
-/// created in it).
-pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
-    let meta = match fs::metadata(dir) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_private_dirs(dir)?;
-            fs::metadata(dir).map_err(|e| Error::io("reading metadata of", dir, e))?
-        }
-        Err(e) => return Err(Error::io("reading metadata of", dir, e)),
-    };
-    if !meta.is_dir() {
-        return Err(Error::NotAFile {
-            path: dir.to_path_buf(),
-            kind: "non-directory where the shard's directory should be",
-        });
-    }
-    trust::check_dir(&meta).map_err(|reason| Error::Untrusted {
-        path: dir.to_path_buf(),
-        reason,
+/// True when `name` in `dir` is a regular file owned by the effective user (`lstat`): the only
+/// kind of file a writer ever removes from the shard's directory.
+fn is_own_file(dir: &ShardDir, name: &OsStr) -> bool {
+    dir.stat(name).is_ok_and(|st| {
+        (st.st_mode & nix::libc::S_IFMT) == nix::libc::S_IFREG
+            && st.st_uid == nix::unistd::geteuid().as_raw()
     })
-}
-
-/// `mkdir -p` with mode 0700 for every directory it creates, whatever the umask.
-fn create_private_dirs(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if dir.as_os_str().is_empty() || dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent() {
-        create_private_dirs(parent)?;
-    }
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io("setting the mode of", dir, e)),
-        // Another writer created it meanwhile: judged by the caller's checks.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::io("creating directory", dir, e)),
-    }
 }
 
 /// Removes every temp file of the shard at `path` but `keep` (the caller's own): left by writers
@@ -956,53 +927,44 @@ fn create_private_dirs(dir: &Path) -> Result<()> {
 /// under such a name in a shared directory is not ours to remove and is skipped, as is a
 /// directory. A removal that fails anyway is a warning, never a failed write: a stale temp file
 /// costs only its space.
-fn sweep_stale_temps(path: &Path, keep: &Path, warnings: &mut Vec<String>) {
-    let dir = map::parent_dir(path);
-    let shard = path.file_name().unwrap_or_default();
+fn sweep_stale_temps(dir: &ShardDir, path: &Path, keep: &Path, warnings: &mut Vec<String>) {
+    let shard = file_name(path);
     let keep = keep.file_name();
-    let euid = nix::unistd::geteuid().as_raw();
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
+    let names = match dir.names() {
+        Ok(names) => names,
         Err(e) => {
             warnings.push(format!(
                 "could not list {} for stale temporary files: {e}",
-                dir.display()
+                dir.path.display()
             ));
             return;
         }
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if Some(name.as_os_str()) == keep || !names::is_temp_name(shard, &name) {
+    for name in names {
+        if Some(name.as_os_str()) == keep
+            || !names::is_temp_name(shard, &name)
+            || !is_own_file(dir, &name)
+        {
             continue;
         }
-        let ours = entry
-            .metadata()
-            .is_ok_and(|m| m.file_type().is_file() && m.uid() == euid);
-        if !ours {
-            continue;
-        }
-        let stale = entry.path();
-        match fs::remove_file(&stale) {
+        match dir.unlink(&name) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => warnings.push(format!(
                 "could not remove stale temporary file {}: {e}",
-                stale.display()
+                dir.path.join(&name).display()
             )),
         }
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("syncing directory", dir, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn open_dir(path: &Path) -> Arc<ShardDir> {
+        Arc::new(ShardDir::create(path).unwrap())
+    }
 
     #[test]
     fn a_shard_sweeps_only_its_own_temp_names() {
@@ -1022,7 +984,7 @@ mod tests {
         }
         let keep = dir.path().join(".a.keepme.tmp");
         let mut warnings = Vec::new();
-        sweep_stale_temps(&shard, &keep, &mut warnings);
+        sweep_stale_temps(&open_dir(dir.path()), &shard, &keep, &mut warnings);
         assert!(warnings.is_empty(), "{warnings:?}");
         for (name, swept) in names {
             assert_eq!(!dir.path().join(name).exists(), swept, "{name}");
@@ -1032,18 +994,19 @@ mod tests {
     #[test]
     fn exchange_swaps_two_files_and_declines_a_missing_target() {
         let dir = tempfile::tempdir().unwrap();
+        let handle = open_dir(dir.path());
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         fs::write(&a, b"new").unwrap();
         let missing = dir.path().join("missing");
         assert!(
-            !exchange_files(&a, &missing).unwrap(),
+            !handle.exchange("a".as_ref(), "missing".as_ref()).unwrap(),
             "nothing to swap with"
         );
         assert_eq!(fs::read(&a).unwrap(), b"new", "left as it was");
         assert!(!missing.exists());
 
         fs::write(&b, b"old").unwrap();
-        if exchange_files(&a, &b).unwrap() {
+        if handle.exchange("a".as_ref(), "b".as_ref()).unwrap() {
             assert_eq!(fs::read(&b).unwrap(), b"new");
             assert_eq!(fs::read(&a).unwrap(), b"old");
         } else {
@@ -1058,7 +1021,7 @@ mod tests {
         let shard = dir.path().join("s.shard");
         let delta = dir.path().join("s.shard.delta");
         fs::write(&delta, b"old delta").unwrap();
-        let mut temp = TempFile::create(dir.path(), &shard, &mut Vec::new()).unwrap();
+        let mut temp = TempFile::create(&open_dir(dir.path()), &shard, &mut Vec::new()).unwrap();
         assert_eq!(temp.path, dir.path().join(".s.shard.tmp"));
         std::io::Write::write_all(&mut temp.file, b"new delta").unwrap();
         temp.publish(&delta, true).unwrap();
@@ -1068,7 +1031,7 @@ mod tests {
         assert!(!path.exists(), "the old file is unlinked");
         // Without an old file to swap with, publishing renames.
         fs::remove_file(&delta).unwrap();
-        let mut temp = TempFile::create(dir.path(), &shard, &mut Vec::new()).unwrap();
+        let mut temp = TempFile::create(&open_dir(dir.path()), &shard, &mut Vec::new()).unwrap();
         std::io::Write::write_all(&mut temp.file, b"first").unwrap();
         temp.publish(&delta, true).unwrap();
         drop(temp);

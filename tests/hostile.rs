@@ -756,3 +756,180 @@ fn umasks_that_take_owner_bits_still_give_0700_directories_and_0600_files() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(mode(&lock), 0o600, "lock file repaired");
 }
+
+/// Runs the CLI on `path` with `args` (as root, the victim in these tests); returns exit code,
+/// stdout and stderr.
+fn cli_as_victim(path: &Path, args: &[&str]) -> (Option<i32>, Vec<u8>, String) {
+    let out = Command::new(common::warmshard_bin())
+        .arg("--shard")
+        .arg(path)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), out.stdout, stderr)
+}
+
+/// A symlink at `link` to `target`, owned by `uid` (another user planted it).
+fn plant_symlink(target: &Path, link: &Path, uid: u32) {
+    std::os::unix::fs::symlink(target, link).unwrap();
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        link,
+        Some(uid.into()),
+        None,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+/// #11.6: another user plants a symlink in a shared sticky directory where the user's shard
+/// directory should be, pointing at another directory of the user's: writes are refused with an
+/// error naming it (before the fix the shard landed in the symlink's target), reads are
+/// untrusted (before: they served the target's shard).
+#[test]
+fn a_symlink_planted_where_the_shard_directory_should_be_is_refused() {
+    let Some((other, _)) = common::second_user("a planted directory symlink") else {
+        return;
+    };
+    let shared = common::sticky_dir();
+    let private = tempfile::tempdir().unwrap();
+    let elsewhere = private.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let _ = Shard::open_with(elsewhere.join("s.shard"), options())
+        .unwrap()
+        .put_one("k", "OLD")
+        .unwrap();
+    let before = std::fs::read(elsewhere.join("s.shard")).unwrap();
+    let link = shared.path().join("cache");
+    plant_symlink(&elsewhere, &link, other);
+    let path = link.join("s.shard");
+
+    let (code, stdout, stderr) = cli_as_victim(&path, &["get", "k"]);
+    assert_ne!(stdout, b"OLD", "a read served the symlink target's shard");
+    assert_eq!(code, Some(1), "{stderr}");
+    let (code, _, stderr) = cli_as_victim(&path, &["put", "k2"]);
+    assert_eq!(
+        code,
+        Some(2),
+        "the write went through the symlink: {stderr}"
+    );
+    assert!(stderr.contains(&link.display().to_string()), "{stderr}");
+    assert!(stderr.contains("symlink"), "{stderr}");
+    assert_eq!(std::fs::read(elsewhere.join("s.shard")).unwrap(), before);
+    let lib = Shard::open_with(&path, options()).unwrap();
+    assert!(
+        matches!(lib.health(), Health::Untrusted { .. }),
+        "{:?}",
+        lib.health()
+    );
+    assert!(matches!(
+        lib.put_one("k", "v"),
+        Err(Error::Untrusted { .. })
+    ));
+    // A symlink the user made is theirs to follow.
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    assert_eq!(cli_as_victim(&path, &["get", "k"]).1, b"OLD");
+}
+
+/// #11.6: a world-writable, non-sticky ancestor lets another user rename the shard's directory
+/// away and put another in its place, so such a shard is refused, reads and writes, with the
+/// ancestor named (as OpenSSH's StrictModes refuses key files). Before the fix only the shard's
+/// own directory was checked.
+#[test]
+fn a_world_writable_non_sticky_ancestor_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mine = open.join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let path = mine.join("deep/s.shard");
+    let (code, _, stderr) = cli_as_victim(&path, &["put", "k"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:", open.display())),
+        "names it: {stderr}"
+    );
+    assert!(!path.exists());
+    let shard = Shard::open_with(&path, options()).unwrap();
+    match shard.put_one("k", "v") {
+        Err(Error::Untrusted { path: refused, .. }) => assert_eq!(refused, open),
+        other => panic!("expected Untrusted, got {other:?}"),
+    }
+    // With the sticky bit (as /tmp), others cannot rename what is ours: accepted.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let _ = shard.put_one("k", "v").unwrap();
+    // A reader refuses it too once the bit is gone.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let health = Shard::open(&path).unwrap().health();
+    let Health::Untrusted { reason } = health else {
+        panic!("{health:?}");
+    };
+    assert!(reason.contains(&open.display().to_string()), "{reason}");
+}
+
+/// #11.6: a symlink that another user flips, at the shard directory's name, between the user's
+/// real directory (shard NEW) and another directory (shard OLD): a read never serves OLD.
+/// Before the fix the directory was checked by path and the files opened by path again, so
+/// reads served OLD whenever the symlink was in place.
+#[test]
+fn a_flipping_directory_symlink_never_makes_reads_serve_another_directory() {
+    let Some((other, _)) = common::second_user("a flipping directory symlink") else {
+        return;
+    };
+    let shared = common::sticky_dir();
+    let private = tempfile::tempdir().unwrap();
+    let stale = private.path().join("stale");
+    std::fs::create_dir(&stale).unwrap();
+    let _ = Shard::open_with(stale.join("s.shard"), options())
+        .unwrap()
+        .put_one("k", "OLD")
+        .unwrap();
+    let real = shared.path().join("cache");
+    let aside = shared.path().join("cache.aside");
+    let _ = Shard::open_with(real.join("s.shard"), options())
+        .unwrap()
+        .put_one("k", "NEW")
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (stop, real, aside, stale) = (stop.clone(), real.clone(), aside.clone(), stale.clone());
+        std::thread::spawn(move || {
+            let mut flips = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::rename(&real, &aside).unwrap();
+                plant_symlink(&stale, &real, other);
+                std::thread::sleep(Duration::from_micros(200));
+                std::fs::remove_file(&real).unwrap();
+                std::fs::rename(&aside, &real).unwrap();
+                std::thread::sleep(Duration::from_micros(200));
+                flips += 1;
+            }
+            flips
+        })
+    };
+    let (mut new, mut refused) = (0, 0);
+    for _ in 0..100 {
+        let (code, stdout, _) = cli_as_victim(&real.join("s.shard"), &["get", "k"]);
+        assert_ne!(stdout, b"OLD", "a read served the other directory's shard");
+        match code {
+            Some(0) => new += 1,
+            _ => refused += 1,
+        }
+    }
+    for _ in 0..2000 {
+        let value = Shard::open(real.join("s.shard")).unwrap().get(b"k");
+        assert_ne!(
+            value.as_deref(),
+            Some(&b"OLD"[..]),
+            "the library served OLD"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flips = flipper.join().unwrap();
+    eprintln!("{flips} flips; CLI reads: {new} served NEW, {refused} refused or missed");
+}

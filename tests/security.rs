@@ -13,7 +13,12 @@ fn new_files_are_0600_and_new_directories_0700() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a/b/c/cache.shard");
     let shard = Shard::open(&path).unwrap();
-    assert_eq!(shard.health(), Health::Missing);
+    assert_eq!(
+        shard.health(),
+        Health::DirectoryMissing {
+            dir: dir.path().join("a/b/c")
+        }
+    );
     assert!(
         !dir.path().join("a").exists(),
         "opening for reads must not create directories"
