@@ -10,7 +10,7 @@ use crate::health::Health;
 use crate::map::{FilesIdentity, Loaded, ShardFiles};
 use crate::options::Options;
 use crate::snapshot::{Snapshot, Value};
-use crate::write::{Transaction, WriteOutcome};
+use crate::write::{Locking, Transaction, WriteOutcome};
 
 /// A handle on one shard file.
 ///
@@ -192,9 +192,34 @@ impl Shard {
         self.snapshot().health().clone()
     }
 
-    /// Inserts or replaces one entry.
+    /// Inserts or replaces one entry. Waits up to [`Options::lock_timeout`] (default 10 s) for
+    /// another writer's lock; on a path where waiting is worse than skipping the write (a
+    /// shell storing one cache miss at startup), use [`try_put_one`](Shard::try_put_one).
     pub fn put_one(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<WriteOutcome> {
         self.merge_in([(key, value)])
+    }
+
+    /// [`put_one`](Shard::put_one) that never waits: when another process holds the write lock
+    /// (e.g. a prewarm publishing), it returns [`Error::LockBusy`](crate::Error::LockBusy) at
+    /// once and writes nothing. For the startup path, where a miss stored later is better than
+    /// a stall. (The same as a zero [`Options::lock_timeout`].)
+    ///
+    /// ```
+    /// # fn main() -> warmshard::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let shard = warmshard::Shard::open(dir.path().join("s.shard"))?;
+    /// match shard.try_put_one("_git_checkout", "compiled bytes") {
+    ///     Ok(_) | Err(warmshard::Error::LockBusy { .. }) => {} // stored, or skipped: no wait
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn try_put_one(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<WriteOutcome> {
+        self.merge_with([(key, value)], Locking::Now(std::time::Duration::ZERO))
     }
 
     /// Inserts or replaces `entries`, keeping every other entry. When a key repeats, the last
@@ -204,7 +229,19 @@ impl Shard {
         K: AsRef<[u8]>,
         V: AsRef<[u8]>,
     {
-        let mut writer = self.bulk_writer(BulkMode::Merge)?;
+        self.merge_with(entries, Locking::Now(self.options.lock_timeout))
+    }
+
+    fn merge_with<K, V>(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+        locking: Locking,
+    ) -> Result<WriteOutcome>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        let mut writer = self.writer(BulkMode::Merge, locking)?;
         for (key, value) in entries {
             writer.add(key.as_ref(), value.as_ref())?;
         }
@@ -228,7 +265,14 @@ impl Shard {
         writer.commit()
     }
 
-    /// Removes `keys`; returns [`WriteOutcome::Unchanged`] without rewriting when none exists.
+    /// Removes one key; see [`remove`](Shard::remove).
+    pub fn remove_one(&self, key: impl AsRef<[u8]>) -> Result<WriteOutcome> {
+        self.remove([key])
+    }
+
+    /// Removes `keys` (any iterable of keys, e.g. `["a", "b"]` or a `Vec<Vec<u8>>`; for one key,
+    /// [`remove_one`](Shard::remove_one)); returns [`WriteOutcome::Unchanged`] without
+    /// rewriting when none exists.
     pub fn remove<K: AsRef<[u8]>>(
         &self,
         keys: impl IntoIterator<Item = K>,
@@ -236,7 +280,7 @@ impl Shard {
         if !self.options.enabled {
             return Ok(WriteOutcome::Disabled);
         }
-        let mut tx = Transaction::begin(self)?;
+        let mut tx = Transaction::begin(self, self.locking())?;
         let doomed: hashbrown::HashSet<Vec<u8>> = {
             let current = Snapshot::new(Arc::clone(&tx.current));
             keys.into_iter()
@@ -258,7 +302,7 @@ impl Shard {
         if !self.options.enabled {
             return Ok(WriteOutcome::Disabled);
         }
-        let mut tx = Transaction::begin(self)?;
+        let mut tx = Transaction::begin(self, self.locking())?;
         tx.keep_current(|_| false)?;
         tx.commit()
     }
@@ -269,12 +313,15 @@ impl Shard {
         if !self.options.enabled {
             return Ok(WriteOutcome::Disabled);
         }
-        Transaction::begin(self)?.remove_files()
+        Transaction::begin(self, self.locking())?.remove_files()
     }
 
-    /// Starts a bulk write (e.g. a prewarm from an init command): takes the lock now, streams
-    /// each added value to the new file, and publishes everything at [`commit`](BulkWriter::commit).
-    /// Dropping the writer without committing leaves the shard as it was.
+    /// Starts a bulk write (e.g. a prewarm from an init command): streams each added value to a
+    /// new file **without holding the write lock**, so other writers (a shell storing a miss)
+    /// are not kept waiting while it builds; [`commit`](BulkWriter::commit) takes the lock,
+    /// re-reads the shard (merging its current entries in [`BulkMode::Merge`], so no write
+    /// made meanwhile is lost) and publishes everything at once. Dropping the writer without
+    /// committing leaves the shard as it was.
     ///
     /// ```
     /// # fn main() -> warmshard::Result<()> {
@@ -290,12 +337,21 @@ impl Shard {
     /// # Ok(()) }
     /// ```
     pub fn bulk_writer(&self, mode: BulkMode) -> Result<BulkWriter<'_>> {
+        self.writer(mode, Locking::AtCommit)
+    }
+
+    fn writer(&self, mode: BulkMode, locking: Locking) -> Result<BulkWriter<'_>> {
         let tx = if self.options.enabled {
-            Some(Transaction::begin(self)?)
+            Some(Transaction::begin(self, locking)?)
         } else {
             None
         };
         Ok(BulkWriter { tx, mode })
+    }
+
+    /// Writes that must see the current entries from their start take the lock at once.
+    fn locking(&self) -> Locking {
+        Locking::Now(self.options.lock_timeout)
     }
 }
 
@@ -333,8 +389,8 @@ pub enum BulkMode {
     Merge,
 }
 
-/// A write of many entries committed at once; see [`Shard::bulk_writer`]. Holds the shard's
-/// write lock until committed or dropped.
+/// A write of many entries committed at once; see [`Shard::bulk_writer`]. Takes the shard's
+/// write lock only to commit.
 pub struct BulkWriter<'s> {
     tx: Option<Transaction<'s>>,
     mode: BulkMode,

@@ -337,7 +337,17 @@ pub(crate) struct Transaction<'s> {
     /// What was dropped wholesale (a rebuild over a file rejected for its content).
     dropped: Vec<Dropped>,
     warnings: Vec<String>,
-    lock: WriteLock,
+    /// `None` for a bulk write still building its file (see [`Transaction::begin_unlocked`]).
+    lock: Option<WriteLock>,
+}
+
+/// When a write takes the lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Locking {
+    /// Now, waiting at most this long (zero: one try).
+    Now(Duration),
+    /// At commit: the new file is built without the lock (a bulk write).
+    AtCommit,
 }
 
 /// Which file a commit publishes.
@@ -349,15 +359,28 @@ enum Target {
 
 impl<'s> Transaction<'s> {
     /// Steps 1–4 of the protocol: directory, lock, re-read, stale temp cleanup and temp file.
-    pub fn begin(shard: &'s Shard) -> Result<Transaction<'s>> {
+    ///
+    /// With [`Locking::AtCommit`] (a bulk write) the lock is not taken here: the new file is
+    /// built under a fresh random name (`O_EXCL`, `flock`ed so no sweep removes it), and the lock
+    /// is taken, and the current shard re-read, only by [`lock`](Transaction::lock) at commit.
+    /// Other writers go on meanwhile; a merge-mode bulk write merges the current entries at
+    /// commit, under the lock, so none of their writes is lost.
+    pub fn begin(shard: &'s Shard, locking: Locking) -> Result<Transaction<'s>> {
         let path = shard.path();
         let dir = Arc::new(ShardDir::create(map::parent_dir(path))?);
-        let lock = WriteLock::acquire(&dir, &shard.lock_path(), shard.options().lock_timeout)?;
+        let lock = match locking {
+            Locking::Now(timeout) => Some(WriteLock::acquire(&dir, &shard.lock_path(), timeout)?),
+            Locking::AtCommit => None,
+        };
         // Re-read under the lock: a concurrent writer may have published since this handle
-        // last looked; unchanged files are reused, not mapped again.
+        // last looked; unchanged files are reused, not mapped again. (Without the lock, this
+        // view only names the producer; `lock` reads the shard again.)
         let current = shard.current_files_in(&dir)?;
         let mut warnings = Vec::new();
-        let temp = TempFile::create(&dir, path, &mut warnings)?;
+        let temp = match locking {
+            Locking::Now(_) => TempFile::create(&dir, path, &mut warnings)?,
+            Locking::AtCommit => TempFile::create_random(&dir, path)?,
+        };
         let out = temp
             .file
             .try_clone()
@@ -393,6 +416,21 @@ impl<'s> Transaction<'s> {
         })
     }
 
+    /// Takes the lock if this transaction does not hold it yet (a bulk write at commit), and
+    /// re-reads the current shard under it.
+    pub fn lock(&mut self) -> Result<()> {
+        if self.lock.is_none() {
+            let timeout = self.shard.options().lock_timeout;
+            self.lock = Some(WriteLock::acquire(
+                &self.dir,
+                &self.shard.lock_path(),
+                timeout,
+            )?);
+            self.current = self.shard.current_files_in(&self.dir)?;
+        }
+        Ok(())
+    }
+
     fn write_error(&self, e: std::io::Error) -> Error {
         if e.kind() == std::io::ErrorKind::InvalidInput {
             return Error::InvalidInput(e.to_string());
@@ -416,6 +454,7 @@ impl<'s> Transaction<'s> {
     /// not already added, verbatim (checksum included); see [`keep`](Transaction::keep) for what
     /// is left behind.
     pub fn keep_current(&mut self, drop_key: impl Fn(&[u8]) -> bool) -> Result<()> {
+        self.lock()?;
         self.require_readable()?;
         self.note_rebuild();
         let current = Arc::clone(&self.current);
@@ -526,6 +565,7 @@ impl<'s> Transaction<'s> {
     /// Commits what was added as a merge into the current entries: as a new delta file when
     /// the result stays small, else as a new base.
     pub fn commit_merge(mut self) -> Result<WriteOutcome> {
+        self.lock()?;
         self.require_readable()?;
         let current = Arc::clone(&self.current);
         let floor = self.shard.options().generation;
@@ -554,7 +594,8 @@ impl<'s> Transaction<'s> {
     }
 
     /// Commits what was added (and kept) as the whole new shard.
-    pub fn commit(self) -> Result<WriteOutcome> {
+    pub fn commit(mut self) -> Result<WriteOutcome> {
+        self.lock()?;
         self.commit_as(Target::Base)
     }
 
@@ -797,6 +838,9 @@ struct TempFile {
     file: File,
     /// False once the name no longer holds a file of ours to remove.
     linked: bool,
+    /// For a random name: a `flock` on the file, held while it is being written, which tells a
+    /// sweep that a live writer owns it (a bulk write builds it without the shard's lock).
+    _owned: Option<Flock<File>>,
 }
 
 /// The file name of one of the shard's paths (all of which have one).
@@ -831,21 +875,7 @@ impl TempFile {
             // Not ours to remove: a fresh name, O_EXCL.
             Err(_) => {
                 sweep_stale_temps(dir, shard, Path::new(&fixed), warnings);
-                let mut attempt = 0;
-                loop {
-                    let candidate = random_temp_name(name);
-                    match create(&candidate) {
-                        Ok(file) => break (file, candidate),
-                        Err(e)
-                            if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 =>
-                        {
-                            attempt += 1;
-                        }
-                        Err(e) => {
-                            return Err(Error::io("creating temporary file in", &dir.path, e));
-                        }
-                    }
-                }
+                return Self::create_random(dir, shard);
             }
         };
         let temp = TempFile {
@@ -853,9 +883,57 @@ impl TempFile {
             path: dir.path.join(&chosen),
             file,
             linked: true,
+            _owned: None,
         };
         repair_mode(&temp.file, 0o600, &temp.path)?;
         Ok(temp)
+    }
+
+    /// A temp file under a fresh random name `.<name>.XXXXXX.tmp` (`O_EXCL`), `flock`ed for as
+    /// long as it lives, so that a sweep by a writer holding the shard's lock skips it. Needs
+    /// no lock: a bulk write builds its file this way while other writers go on.
+    fn create_random(dir: &Arc<ShardDir>, shard: &Path) -> Result<TempFile> {
+        let name = file_name(shard);
+        let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL;
+        for _ in 0..100 {
+            let candidate = random_temp_name(name);
+            let file = match dir.open_file(&candidate, flags, 0o600) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io("creating temporary file in", &dir.path, e)),
+            };
+            let path = dir.path.join(&candidate);
+            let mut temp = TempFile {
+                dir: Arc::clone(dir),
+                path,
+                file,
+                linked: true,
+                _owned: None,
+            };
+            let dup = temp
+                .file
+                .try_clone()
+                .map_err(|e| Error::io("duplicating descriptor of", &temp.path, e))?;
+            // A sweep may have locked and unlinked the new file between its creation and this
+            // flock: then the name no longer holds it, and another name is tried.
+            let Ok(owned) = Flock::lock(dup, FlockArg::LockExclusiveNonblock) else {
+                temp.linked = false;
+                continue;
+            };
+            let ino = temp.file.metadata().map(|m| m.ino()).ok();
+            if dir.stat(&candidate).ok().map(|st| st.st_ino) != ino {
+                temp.linked = false;
+                continue;
+            }
+            temp._owned = Some(owned);
+            repair_mode(&temp.file, 0o600, &temp.path)?;
+            return Ok(temp);
+        }
+        Err(Error::io(
+            "creating temporary file in",
+            &dir.path,
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        ))
     }
 
     /// Renames the file over `destination` (a name in the same directory).
@@ -921,7 +999,8 @@ fn is_own_file(dir: &ShardDir, name: &OsStr) -> bool {
 }
 
 /// Removes every temp file of the shard at `path` but `keep` (the caller's own): left by writers
-/// that died mid-write. Only called under the lock, when no live writer can own a temp file.
+/// that died mid-write. Only called under the lock; a bulk write that builds its file without
+/// the lock holds a `flock` on it, and such a file is skipped.
 ///
 /// Only regular files owned by the effective user are removed: a file another user planted
 /// under such a name in a shared directory is not ours to remove and is skipped, as is a
@@ -947,6 +1026,15 @@ fn sweep_stale_temps(dir: &ShardDir, path: &Path, keep: &Path, warnings: &mut Ve
         {
             continue;
         }
+        // A bulk write building its file without the shard's lock holds a flock on it: live,
+        // not stale. The flock taken here is held across the unlink, so the writer's own check
+        // (its name still holds its file) sees the removal if it raced this.
+        let Ok(file) = dir.open_file(&name, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0) else {
+            continue;
+        };
+        let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
         match dir.unlink(&name) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

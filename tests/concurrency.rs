@@ -126,3 +126,58 @@ fn a_held_lock_makes_a_writer_time_out_with_an_error() {
     assert_eq!(snapshot.get(b"during"), None);
     assert_eq!(snapshot.get(b"after"), Some(&b"3"[..]));
 }
+
+/// #12.4: the startup path can fail fast. With the lock held elsewhere, `try_put_one` (and any
+/// write under a zero lock timeout) returns `Error::LockBusy` at once and writes nothing.
+#[test]
+fn try_put_one_never_waits_for_a_held_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.shard");
+    let shard = Shard::open(&path).unwrap();
+    let _ = shard.put_one("a", "1").unwrap();
+    let lock = std::fs::File::open(shard.lock_path()).unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        shard.try_put_one("b", "2"),
+        Err(warmshard::Error::LockBusy { .. })
+    ));
+    let zero = Shard::open_with(&path, Options::new().lock_timeout(Duration::ZERO)).unwrap();
+    assert!(matches!(
+        zero.put_one("b", "2"),
+        Err(warmshard::Error::LockBusy { .. })
+    ));
+    assert!(started.elapsed() < Duration::from_secs(1), "it waited");
+    assert_eq!(shard.get(b"b"), None);
+    drop(held);
+    let _ = shard.try_put_one("b", "2").unwrap();
+    assert_eq!(shard.get(b"b").as_deref(), Some(&b"2"[..]));
+}
+
+/// #12.4: a bulk write builds its file without the lock, so a `put_one` made meanwhile does not
+/// wait for it; and a merge-mode bulk write merges the shard as it is at commit, so that put is
+/// not lost.
+#[test]
+fn a_bulk_write_in_progress_blocks_no_writer_and_loses_no_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bulk.shard");
+    let shard = Shard::open(&path).unwrap();
+    let _ = shard.put_one("before", "1").unwrap();
+    let mut bulk = shard.bulk_writer(warmshard::BulkMode::Merge).unwrap();
+    for i in 0..1000 {
+        bulk.add(format!("bulk{i}").as_bytes(), &[3u8; 100])
+            .unwrap();
+    }
+    let other = Shard::open_with(&path, Options::new().lock_timeout(Duration::ZERO)).unwrap();
+    let _ = other.put_one("meanwhile", "2").unwrap();
+    let _ = bulk.commit().unwrap();
+    let snapshot = Shard::open(&path).unwrap().snapshot();
+    assert_eq!(snapshot.get(b"before"), Some(&b"1"[..]));
+    assert_eq!(
+        snapshot.get(b"meanwhile"),
+        Some(&b"2"[..]),
+        "lost the write made meanwhile"
+    );
+    assert_eq!(snapshot.get(b"bulk999"), Some(&[3u8; 100][..]));
+    assert_eq!(snapshot.len(), 1002);
+}
