@@ -88,9 +88,7 @@ fn lock_is_held(lock: &Path) -> bool {
 }
 
 fn spawn_role(role: &str, envs: &[(&str, String)], stderr: &Path) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_process_entry_point", "--nocapture"])
-        .env(ROLE, role)
+    common::child_process(ROLE, role)
         .envs(envs.iter().map(|(k, v)| (*k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -771,17 +771,21 @@ fn cli_as_victim(path: &Path, args: &[&str]) -> (Option<i32>, Vec<u8>, String) {
     (out.status.code(), out.stdout, stderr)
 }
 
-/// A symlink at `link` to `target`, owned by `uid` (another user planted it).
+/// A symlink at `link` to `target`, owned by `uid` (another user planted it). Made under
+/// another name, given to `uid`, then renamed into place: a symlink at `link` is never root's,
+/// even for an instant (root's symlinks are trusted).
 fn plant_symlink(target: &Path, link: &Path, uid: u32) {
-    std::os::unix::fs::symlink(target, link).unwrap();
+    let staging = link.with_extension("planting");
+    std::os::unix::fs::symlink(target, &staging).unwrap();
     nix::unistd::fchownat(
         nix::fcntl::AT_FDCWD,
-        link,
+        &staging,
         Some(uid.into()),
         None,
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .unwrap();
+    std::fs::rename(&staging, link).unwrap();
 }
 
 /// #11.6: another user plants a symlink in a shared sticky directory where the user's shard
@@ -932,4 +936,187 @@ fn a_flipping_directory_symlink_never_makes_reads_serve_another_directory() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let flips = flipper.join().unwrap();
     eprintln!("{flips} flips; CLI reads: {new} served NEW, {refused} refused or missed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Moved from bad_input.rs (the cases hostile.rs did not already cover).
+
+fn valid_shard_bytes(dir: &Path) -> Vec<u8> {
+    let path = dir.join("source.shard");
+    let shard = Shard::open_with(&path, Options::new().producer("test 1").durable(false)).unwrap();
+    shard
+        .replace_all((0..40).map(|i| (format!("key-{i}"), vec![i as u8; 10 + i])))
+        .unwrap();
+    std::fs::read(&path).unwrap()
+}
+
+/// Writes `bytes` as a shard, opens it, reads it every way, and returns its health.
+fn health_of(dir: &Path, bytes: &[u8]) -> Health {
+    let path = dir.join("bad.shard");
+    std::fs::write(&path, bytes).unwrap();
+    let shard = Shard::open_with(&path, Options::new().producer("test 1")).unwrap();
+    let snapshot = shard.snapshot();
+    for i in 0..40 {
+        let _ = snapshot.get(format!("key-{i}").as_bytes());
+    }
+    let _ = snapshot.iter().count();
+    let _ = snapshot.verify();
+    if !snapshot.health().is_valid() {
+        assert!(snapshot.is_empty());
+        assert_eq!(snapshot.get(b"key-1"), None);
+    }
+    snapshot.health().clone()
+}
+
+#[test]
+fn empty_and_garbage_files_read_as_empty_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(health_of(dir.path(), b""), Health::EmptyFile);
+    assert_eq!(
+        health_of(dir.path(), b"#!/bin/sh\necho hi\n"),
+        Health::NotAShard
+    );
+    assert_eq!(health_of(dir.path(), &[0u8; 4096]), Health::NotAShard);
+    let mut garbage = b"WARMSHRD".to_vec();
+    garbage.extend((0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+    assert!(!health_of(dir.path(), &garbage).is_valid());
+}
+
+#[test]
+fn wrong_magic_version_width_endianness_read_as_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = valid_shard_bytes(dir.path());
+    // Open reads the trailer (the last 32 bytes); the preamble mirrors it for people and tools.
+    let t = good.len() - 32;
+    let patched = |at: usize, byte: u8| {
+        let mut b = good.clone();
+        b[at] = byte;
+        b
+    };
+    let mut foreign = patched(0, b'w');
+    foreign[t] = b'w';
+    assert_eq!(health_of(dir.path(), &foreign), Health::NotAShard);
+    assert!(matches!(
+        health_of(dir.path(), &patched(t, b'w')),
+        Health::Truncated { .. }
+    ));
+    assert_eq!(
+        health_of(dir.path(), &patched(t + 8, 1)),
+        Health::UnsupportedVersion {
+            found: 1,
+            supported: 2
+        }
+    );
+    assert!(matches!(
+        health_of(dir.path(), &patched(t + 12, 32)),
+        Health::IncompatibleLayout {
+            pointer_width_bits: 32,
+            ..
+        }
+    ));
+    assert!(matches!(
+        health_of(dir.path(), &patched(t + 13, 2)),
+        Health::IncompatibleLayout { endianness: 2, .. }
+    ));
+}
+
+#[test]
+fn corrupting_any_single_byte_of_the_index_or_root_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = valid_shard_bytes(dir.path());
+    // The tail holds the slot table and the rkyv root.
+    let tail_start = good.len().saturating_sub(1200);
+    for at in tail_start..good.len() {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut bad = good.clone();
+            bad[at] ^= flip;
+            let _ = health_of(dir.path(), &bad);
+        }
+    }
+}
+
+#[test]
+fn directory_fifo_and_device_at_the_path_are_errors_not_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("a-directory");
+    std::fs::create_dir(&sub).unwrap();
+    let err = Shard::open(&sub).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            warmshard::Error::NotAFile {
+                kind: "directory",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let fifo = dir.path().join("a-fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Opening a FIFO without a writer would block forever without O_NONBLOCK.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fifo_path = fifo.clone();
+    std::thread::spawn(move || tx.send(Shard::open(&fifo_path).map(|_| ())).unwrap());
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("opening a FIFO hung");
+    assert!(matches!(
+        result,
+        Err(warmshard::Error::NotAFile { kind: "FIFO", .. })
+    ));
+
+    let err = Shard::open("/dev/null").unwrap_err();
+    assert!(
+        matches!(err, warmshard::Error::NotAFile { kind: "device", .. }),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Moved from security.rs (the cases hostile.rs did not already cover).
+
+#[test]
+fn new_files_are_0600_and_new_directories_0700() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/c/cache.shard");
+    let shard = Shard::open(&path).unwrap();
+    assert_eq!(
+        shard.health(),
+        Health::DirectoryMissing {
+            dir: dir.path().join("a/b/c")
+        }
+    );
+    assert!(
+        !dir.path().join("a").exists(),
+        "opening for reads must not create directories"
+    );
+    shard.put_one("k", "v").unwrap();
+    for d in ["a", "a/b", "a/b/c"] {
+        assert_eq!(mode(&dir.path().join(d)), 0o700, "{d}");
+    }
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&shard.lock_path()), 0o600);
+}
+
+#[test]
+fn a_shard_made_writable_by_others_after_it_was_mapped_is_refused_by_the_next_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("later.shard");
+    let shard = Shard::open_with(&path, Options::new().durable(false)).unwrap();
+    shard.put_one("k", "v").unwrap();
+    assert_eq!(shard.snapshot().get(b"k"), Some(&b"v"[..]));
+    // Same inode, new mode: others could now change the bytes this handle has mapped.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let snapshot = shard.snapshot();
+    assert!(
+        matches!(snapshot.health(), Health::Untrusted { .. }),
+        "{:?}",
+        snapshot.health()
+    );
+    assert_eq!(snapshot.get(b"k"), None);
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
