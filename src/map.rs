@@ -182,15 +182,35 @@ impl ShardFiles {
         (self.base.identity, self.delta_identity)
     }
 
+    /// The delta's record of `key`, if the delta has one. **The delta wins over the base**: this
+    /// is the one place that rule is applied; [`find`](ShardFiles::find),
+    /// [`find_many`](ShardFiles::find_many) and [`records`](ShardFiles::records) all go
+    /// through it.
+    #[inline]
+    fn delta_record(&self, key: &[u8]) -> Option<Record<'_>> {
+        let delta = self.delta.as_ref()?;
+        delta.layout.find(delta.bytes(), key)
+    }
+
     /// Finds the newest record of `key`: the delta's if it has one, else the base's.
     #[inline]
     pub fn find(&self, key: &[u8]) -> Option<Record<'_>> {
-        if let Some(delta) = &self.delta
-            && let Some(record) = delta.layout.find(delta.bytes(), key)
-        {
-            return Some(record);
+        self.delta_record(key)
+            .or_else(|| self.base.layout.find(self.base.bytes(), key))
+    }
+
+    /// [`find`](ShardFiles::find) for many keys: `out[i]` becomes the newest record of
+    /// `keys[i]`. The base is searched as a batch (overlapping its memory accesses); the
+    /// delta, small and recent, key by key.
+    pub fn find_many<'a>(&'a self, keys: &[&[u8]], out: &mut Vec<Option<Record<'a>>>) {
+        self.base.layout.find_many(self.base.bytes(), keys, out);
+        if self.delta.is_some() {
+            for (key, record) in keys.iter().zip(out.iter_mut()) {
+                if let Some(newer) = self.delta_record(key) {
+                    *record = Some(newer);
+                }
+            }
         }
-        self.base.layout.find(self.base.bytes(), key)
     }
 
     /// Every newest record: the delta's, then the base's not shadowed by the delta.
@@ -204,10 +224,7 @@ impl ShardFiles {
             .layout
             .slots(self.base.bytes())
             .filter_map(|(_, _, r)| r)
-            .filter(move |r| match &self.delta {
-                Some(d) => d.layout.find(d.bytes(), r.key).is_none(),
-                None => true,
-            });
+            .filter(move |r| self.delta_record(r.key).is_none());
         delta.chain(base)
     }
 
@@ -232,14 +249,12 @@ impl ShardFiles {
         let Some(delta) = &self.delta else {
             return self.base.live_count();
         };
-        let floor = self.base.policy.min_generation;
+        let policy = &self.base.policy;
         *self.live_count.get_or_init(|| {
-            if self.base.header.oldest_generation >= floor
-                && delta.header.oldest_generation >= floor
-            {
+            if policy.all_live(&self.base.header) && policy.all_live(&delta.header) {
                 return self.stored_count(); // every entry is live
             }
-            self.records().filter(|r| r.generation >= floor).count() as u64
+            self.records().filter(|r| policy.is_live(r)).count() as u64
         })
     }
 }
@@ -252,6 +267,22 @@ pub(crate) struct ReadPolicy {
     pub min_generation: u64,
     pub verify_values: bool,
     pub populate: bool,
+}
+
+impl ReadPolicy {
+    /// **The generation floor**, the one place it is applied: a record written under a
+    /// generation older than this handle's reads as a miss (and the next write drops it).
+    #[inline]
+    pub fn is_live(&self, record: &Record<'_>) -> bool {
+        record.generation >= self.min_generation
+    }
+
+    /// True when every record of the file with this header passes the floor (its oldest
+    /// generation does), so counts need no scan.
+    #[inline]
+    pub fn all_live(&self, header: &Header) -> bool {
+        header.oldest_generation >= self.min_generation
+    }
 }
 
 /// Identity of a shard file: (device, inode). Writers always rename a new file into place, so a
@@ -308,14 +339,14 @@ impl Loaded {
     /// Entries that read as hits (generation filter applied). O(1) unless the policy's
     /// generation floor is above the shard's oldest entry, then O(n) once.
     pub fn live_count(&self) -> u64 {
-        if self.header.oldest_generation >= self.policy.min_generation {
+        if self.policy.all_live(&self.header) {
             return self.layout.entry_count();
         }
         *self.live_count.get_or_init(|| {
             let bytes = self.bytes();
             self.layout
                 .slots(bytes)
-                .filter(|(_, _, r)| r.is_some_and(|r| r.generation >= self.policy.min_generation))
+                .filter(|(_, _, r)| r.as_ref().is_some_and(|r| self.policy.is_live(r)))
                 .count() as u64
         })
     }

@@ -517,7 +517,7 @@ impl<'s> Transaction<'s> {
     ///   key, so a record whose key bytes changed (and no longer match its slot) must not become
     ///   the entry of the key it now spells.
     fn keep(&mut self, record: &Record<'_>, drop_key: &impl Fn(&[u8]) -> bool) -> Result<()> {
-        let floor = self.shard.options().generation;
+        let policy = &self.current.base.policy;
         let served = |record: &Record<'_>| {
             self.current
                 .find(record.key)
@@ -526,7 +526,7 @@ impl<'s> Transaction<'s> {
         if drop_key(record.key) || self.builder.contains(record.key) || !served(record) {
             return Ok(());
         }
-        if record.generation < floor {
+        if !policy.is_live(record) {
             self.older_generation += 1;
             return Ok(());
         }
@@ -568,9 +568,8 @@ impl<'s> Transaction<'s> {
         self.lock()?;
         self.require_readable()?;
         let current = Arc::clone(&self.current);
-        let floor = self.shard.options().generation;
         if !current.base.health.is_valid()
-            || current.base.header.oldest_generation < floor
+            || !current.base.policy.all_live(&current.base.header)
             || current.delta_squatted
         {
             // No base to extend, or one holding entries of an older generation that this write
