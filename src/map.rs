@@ -84,6 +84,28 @@ impl ShardFiles {
         }
     }
 
+    /// The shard's files as they are on disk now: `previous` (the view a handle saw last) if
+    /// neither file was replaced since it was mapped (published files never change in place),
+    /// else a fresh view, opened in `dir` when the caller holds the directory's handle.
+    pub fn current(
+        previous: Option<Arc<ShardFiles>>,
+        dir: Option<&ShardDir>,
+        paths: &crate::shard::ShardPaths,
+        policy: &ReadPolicy,
+    ) -> Result<Arc<ShardFiles>> {
+        if let Some(previous) = previous
+            && identity_on_disk(paths) == Some(previous.identity())
+        {
+            return Ok(previous);
+        }
+        let (path, delta) = (paths.path(), paths.delta_path());
+        let files = match dir {
+            Some(dir) => Self::open_in(dir, path, &delta, policy)?,
+            None => Self::open(path, &delta, policy)?,
+        };
+        Ok(Arc::new(files))
+    }
+
     /// [`open`](ShardFiles::open) in the directory `dir`, already opened and checked: both
     /// files are opened relative to that one handle.
     pub fn open_in(
@@ -501,6 +523,26 @@ impl Loaded {
         )
         .unwrap_or("")
     }
+}
+
+/// Identities of both files on disk, or `None` when a file there no longer passes the trust
+/// checks (its owner or mode changed in place): then the view must be rebuilt, which refuses
+/// it.
+fn identity_on_disk(paths: &crate::shard::ShardPaths) -> Option<FilesIdentity> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let identity = |path: &Path| -> Result<Option<(u64, u64)>, ()> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => {
+                trust::check_file(&meta, euid).map_err(|_| ())?;
+                Ok(Some((meta.dev(), meta.ino())))
+            }
+            Err(_) => Ok(None),
+        }
+    };
+    Some((
+        identity(paths.path()).ok()?,
+        identity(&paths.delta_path()).ok()?,
+    ))
 }
 
 /// The directory holding `path` (`.` for a bare file name).

@@ -7,7 +7,7 @@ use parking_lot::RwLock;
 
 use crate::error::Result;
 use crate::health::Health;
-use crate::map::{FilesIdentity, Loaded, ShardFiles};
+use crate::map::{Loaded, ShardFiles};
 use crate::options::Options;
 use crate::snapshot::{Snapshot, Value};
 use crate::write::{Locking, Transaction, WriteOutcome};
@@ -30,12 +30,34 @@ use crate::write::{Locking, Transaction, WriteOutcome};
 /// # Ok(()) }
 /// ```
 pub struct Shard {
-    path: PathBuf,
-    lock_path: PathBuf,
-    delta_path: PathBuf,
+    paths: ShardPaths,
     options: Options,
     /// The files the last snapshot or write saw; `None` until the first one, which opens them.
     current: RwLock<Option<Arc<ShardFiles>>>,
+}
+
+/// The paths of a shard's files: what a write needs to know of where it writes.
+pub(crate) struct ShardPaths {
+    path: PathBuf,
+    lock_path: PathBuf,
+    delta_path: PathBuf,
+}
+
+impl ShardPaths {
+    /// The base file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The lock file's path.
+    pub fn lock_path(&self) -> PathBuf {
+        self.lock_path.clone()
+    }
+
+    /// The delta file's path.
+    pub fn delta_path(&self) -> PathBuf {
+        self.delta_path.clone()
+    }
 }
 
 impl Shard {
@@ -70,9 +92,11 @@ impl Shard {
             )))
         };
         Ok(Shard {
-            path,
-            lock_path,
-            delta_path,
+            paths: ShardPaths {
+                path,
+                lock_path,
+                delta_path,
+            },
             options,
             current: RwLock::new(current),
         })
@@ -91,18 +115,18 @@ impl Shard {
 
     /// The shard file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.paths.path()
     }
 
     /// The sidecar lock file's path (`<path>.lock`).
     pub fn lock_path(&self) -> PathBuf {
-        self.lock_path.clone()
+        self.paths.lock_path()
     }
 
     /// The delta file's path (`<path>.delta`): recent small writes, folded into the shard file
     /// by a later write.
     pub fn delta_path(&self) -> PathBuf {
-        self.delta_path.clone()
+        self.paths.delta_path()
     }
 
     /// The options this handle was opened with.
@@ -133,48 +157,33 @@ impl Shard {
     /// replaced since it was mapped (published files never change in place), else a fresh one,
     /// which becomes current.
     pub(crate) fn current_files(&self) -> Result<Arc<ShardFiles>> {
-        self.current_files_with(None)
-    }
-
-    /// [`current_files`](Shard::current_files) for a write, which opened and checked the
-    /// shard's directory already: the files are read relative to that handle.
-    pub(crate) fn current_files_in(&self, dir: &crate::dir::ShardDir) -> Result<Arc<ShardFiles>> {
-        self.current_files_with(Some(dir))
-    }
-
-    fn current_files_with(&self, dir: Option<&crate::dir::ShardDir>) -> Result<Arc<ShardFiles>> {
         let current = self.current.read().clone();
-        if let Some(current) = current
-            && (!self.options.enabled || self.identity_on_disk() == Some(current.identity()))
+        if !self.options.enabled
+            && let Some(current) = current
         {
             return Ok(current);
         }
         let policy = self.options.read_policy();
-        let files = match dir {
-            Some(dir) => ShardFiles::open_in(dir, &self.path, &self.delta_path, &policy)?,
-            None => ShardFiles::open(&self.path, &self.delta_path, &policy)?,
-        };
-        let files = Arc::new(files);
+        let files = ShardFiles::current(current, None, &self.paths, &policy)?;
         self.install(Arc::clone(&files));
         Ok(files)
     }
 
-    /// Identities of both files on disk, or `None` when a file there no longer passes the
-    /// trust checks (its owner or mode changed in place): then the view must be rebuilt, which
-    /// refuses it.
-    fn identity_on_disk(&self) -> Option<FilesIdentity> {
-        use std::os::unix::fs::MetadataExt;
-        let euid = nix::unistd::geteuid().as_raw();
-        let identity = |path: &Path| -> Result<Option<(u64, u64)>, ()> {
-            match std::fs::symlink_metadata(path) {
-                Ok(meta) => {
-                    crate::trust::check_file(&meta, euid).map_err(|_| ())?;
-                    Ok(Some((meta.dev(), meta.ino())))
-                }
-                Err(_) => Ok(None),
-            }
-        };
-        Some((identity(&self.path).ok()?, identity(&self.delta_path).ok()?))
+    /// The view a write starts from (reused if the files are unchanged on disk).
+    fn seen(&self) -> Option<Arc<ShardFiles>> {
+        self.current.read().clone()
+    }
+
+    /// Starts a transaction on this shard's files.
+    fn transaction(&self, locking: Locking) -> Result<Transaction<'_>> {
+        Transaction::begin(&self.paths, &self.options, self.seen(), locking)
+    }
+
+    /// Installs the view a committed write returned, and returns its outcome.
+    fn finish(&self, written: Result<(WriteOutcome, Arc<ShardFiles>)>) -> Result<WriteOutcome> {
+        let (outcome, files) = written?;
+        self.install(files);
+        Ok(outcome)
     }
 
     pub(crate) fn install(&self, files: Arc<ShardFiles>) {
@@ -280,7 +289,7 @@ impl Shard {
         if !self.options.enabled {
             return Ok(WriteOutcome::Disabled);
         }
-        let mut tx = Transaction::begin(self, self.locking())?;
+        let mut tx = self.transaction(self.locking())?;
         let doomed: hashbrown::HashSet<Vec<u8>> = {
             let current = Snapshot::new(Arc::clone(&tx.current));
             keys.into_iter()
@@ -292,7 +301,7 @@ impl Shard {
             return Ok(WriteOutcome::Unchanged);
         }
         tx.keep_current(|key| doomed.contains(key))?;
-        tx.commit()
+        self.finish(tx.commit())
     }
 
     /// Rewrites the shard as one file: folds the delta file into it and drops every entry that
@@ -302,9 +311,9 @@ impl Shard {
         if !self.options.enabled {
             return Ok(WriteOutcome::Disabled);
         }
-        let mut tx = Transaction::begin(self, self.locking())?;
+        let mut tx = self.transaction(self.locking())?;
         tx.keep_current(|_| false)?;
-        tx.commit()
+        self.finish(tx.commit())
     }
 
     /// Removes the shard file and its delta file (under the lock). Readers holding snapshots
@@ -313,7 +322,7 @@ impl Shard {
         if !self.options.enabled {
             return Ok(WriteOutcome::Disabled);
         }
-        Transaction::begin(self, self.locking())?.remove_files()
+        self.finish(self.transaction(self.locking())?.remove_files())
     }
 
     /// Starts a bulk write (e.g. a prewarm from an init command): streams each added value to a
@@ -342,11 +351,15 @@ impl Shard {
 
     fn writer(&self, mode: BulkMode, locking: Locking) -> Result<BulkWriter<'_>> {
         let tx = if self.options.enabled {
-            Some(Transaction::begin(self, locking)?)
+            Some(self.transaction(locking)?)
         } else {
             None
         };
-        Ok(BulkWriter { tx, mode })
+        Ok(BulkWriter {
+            shard: self,
+            tx,
+            mode,
+        })
     }
 
     /// Writes that must see the current entries from their start take the lock at once.
@@ -374,7 +387,7 @@ fn refuse_special_file(path: &Path) -> Result<()> {
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shard")
-            .field("path", &self.path)
+            .field("path", &self.path())
             .field("options", &self.options)
             .finish()
     }
@@ -392,6 +405,7 @@ pub enum BulkMode {
 /// A write of many entries committed at once; see [`Shard::bulk_writer`]. Takes the shard's
 /// write lock only to commit.
 pub struct BulkWriter<'s> {
+    shard: &'s Shard,
     tx: Option<Transaction<'s>>,
     mode: BulkMode,
 }
@@ -420,9 +434,9 @@ impl BulkWriter<'_> {
         let Some(tx) = self.tx else {
             return Ok(WriteOutcome::Disabled);
         };
-        match self.mode {
+        self.shard.finish(match self.mode {
             BulkMode::Merge => tx.commit_merge(),
             BulkMode::Replace => tx.commit(),
-        }
+        })
     }
 }

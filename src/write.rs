@@ -58,7 +58,8 @@ use crate::error::{Error, Result};
 use crate::format::{self, Encoder, Record, Slot, Summary};
 use crate::map::{self, Loaded, ShardFiles};
 use crate::names;
-use crate::shard::Shard;
+use crate::options::Options;
+use crate::shard::ShardPaths;
 
 /// The producer recorded when neither the options nor an existing shard name one.
 pub const DEFAULT_PRODUCER: &str = "warmshard";
@@ -324,7 +325,10 @@ impl Builder {
 /// temp file on drop. Released earlier, the next writer would create its own temp file at the
 /// fixed name and this drop would unlink it, failing that writer's rename (#11.2).
 pub(crate) struct Transaction<'s> {
-    shard: &'s Shard,
+    /// The shard's paths and the handle's options: all a write needs of its `Shard`, which it
+    /// never calls back; the new view of the files is returned to the caller to install.
+    shard: &'s ShardPaths,
+    options: &'s Options,
     /// The shard's directory, opened and checked once: every file operation of the write is
     /// made relative to it.
     dir: Arc<ShardDir>,
@@ -365,7 +369,12 @@ impl<'s> Transaction<'s> {
     /// is taken, and the current shard re-read, only by [`lock`](Transaction::lock) at commit.
     /// Other writers go on meanwhile; a merge-mode bulk write merges the current entries at
     /// commit, under the lock, so none of their writes is lost.
-    pub fn begin(shard: &'s Shard, locking: Locking) -> Result<Transaction<'s>> {
+    pub fn begin(
+        shard: &'s ShardPaths,
+        options: &'s Options,
+        previous: Option<Arc<ShardFiles>>,
+        locking: Locking,
+    ) -> Result<Transaction<'s>> {
         let path = shard.path();
         let dir = Arc::new(ShardDir::create(map::parent_dir(path))?);
         let lock = match locking {
@@ -375,7 +384,8 @@ impl<'s> Transaction<'s> {
         // Re-read under the lock: a concurrent writer may have published since this handle
         // last looked; unchanged files are reused, not mapped again. (Without the lock, this
         // view only names the producer; `lock` reads the shard again.)
-        let current = shard.current_files_in(&dir)?;
+        let policy = options.read_policy();
+        let current = ShardFiles::current(previous, Some(&dir), shard, &policy)?;
         let mut warnings = Vec::new();
         let temp = match locking {
             Locking::Now(_) => TempFile::create(&dir, path, &mut warnings)?,
@@ -385,7 +395,7 @@ impl<'s> Transaction<'s> {
             .file
             .try_clone()
             .map_err(|e| Error::io("duplicating descriptor of", &temp.path, e))?;
-        let producer = match &shard.options().producer {
+        let producer = match &options.producer {
             Some(p) => p.as_str(),
             None if current.base.health.is_valid() && !current.base.producer().is_empty() => {
                 current.base.producer()
@@ -396,6 +406,7 @@ impl<'s> Transaction<'s> {
             .map_err(|e| Error::io("writing", &temp.path, e))?;
         Ok(Transaction {
             shard,
+            options,
             dir,
             lock,
             current,
@@ -420,13 +431,15 @@ impl<'s> Transaction<'s> {
     /// re-reads the current shard under it.
     pub fn lock(&mut self) -> Result<()> {
         if self.lock.is_none() {
-            let timeout = self.shard.options().lock_timeout;
+            let timeout = self.options.lock_timeout;
             self.lock = Some(WriteLock::acquire(
                 &self.dir,
                 &self.shard.lock_path(),
                 timeout,
             )?);
-            self.current = self.shard.current_files_in(&self.dir)?;
+            let policy = self.options.read_policy();
+            let seen = Some(Arc::clone(&self.current));
+            self.current = ShardFiles::current(seen, Some(&self.dir), self.shard, &policy)?;
         }
         Ok(())
     }
@@ -440,7 +453,7 @@ impl<'s> Transaction<'s> {
 
     /// Adds or replaces one entry, written under the handle's generation.
     pub fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let generation = self.shard.options().generation;
+        let generation = self.options.generation;
         let offset = self
             .builder
             .encoder
@@ -550,7 +563,7 @@ impl<'s> Transaction<'s> {
 
     fn check_size(&self) -> Result<()> {
         let size = self.builder.encoder.records_len();
-        let max = self.shard.options().max_size;
+        let max = self.options.max_size;
         if size > max {
             return Err(Error::TooLarge { size, max });
         }
@@ -564,7 +577,7 @@ impl<'s> Transaction<'s> {
 
     /// Commits what was added as a merge into the current entries: as a new delta file when
     /// the result stays small, else as a new base.
-    pub fn commit_merge(mut self) -> Result<WriteOutcome> {
+    pub fn commit_merge(mut self) -> Result<(WriteOutcome, Arc<ShardFiles>)> {
         self.lock()?;
         self.require_readable()?;
         let current = Arc::clone(&self.current);
@@ -593,7 +606,7 @@ impl<'s> Transaction<'s> {
     }
 
     /// Commits what was added (and kept) as the whole new shard.
-    pub fn commit(mut self) -> Result<WriteOutcome> {
+    pub fn commit(mut self) -> Result<(WriteOutcome, Arc<ShardFiles>)> {
         self.lock()?;
         self.commit_as(Target::Base)
     }
@@ -601,10 +614,11 @@ impl<'s> Transaction<'s> {
     /// Step 5: finishes the file, makes it durable and renames it into place. The lock is
     /// released only after everything else the transaction holds, the temp file included, is
     /// dropped (see the struct's doc).
-    fn commit_as(self, target: Target) -> Result<WriteOutcome> {
+    fn commit_as(self, target: Target) -> Result<(WriteOutcome, Arc<ShardFiles>)> {
         let Transaction {
             lock,
             shard,
+            options,
             dir,
             current,
             temp,
@@ -614,7 +628,7 @@ impl<'s> Transaction<'s> {
             mut dropped,
             mut warnings,
         } = self;
-        let floor = shard.options().generation;
+        let floor = options.generation;
         for (entries, reason) in [
             (older_generation, DropReason::OlderGeneration { floor }),
             (bad_checksum, DropReason::BadChecksum),
@@ -626,17 +640,27 @@ impl<'s> Transaction<'s> {
                 });
             }
         }
-        let result = publish(shard, &dir, &current, temp, builder, target, &mut warnings);
+        let result = publish(
+            shard,
+            options,
+            &dir,
+            &current,
+            temp,
+            builder,
+            target,
+            &mut warnings,
+        );
         drop(dir);
         drop(lock);
-        let (published, file_bytes, entries) = result?;
-        Ok(WriteOutcome::Committed {
-            entries,
+        let (published, file_bytes, files) = result?;
+        let outcome = WriteOutcome::Committed {
+            entries: files.live_count(),
             file_bytes,
             published,
             dropped,
             warnings,
-        })
+        };
+        Ok((outcome, files))
     }
 
     /// Removes the shard's files (under the lock); the temp file is dropped unused.
@@ -647,10 +671,11 @@ impl<'s> Transaction<'s> {
     /// state that was never committed. Once the shard file is gone the write has happened: a
     /// delta that cannot be removed (a directory at its name, a file not ours to remove) is a
     /// warning in the outcome, and readers ignore it (a delta whose base is gone is unused).
-    pub fn remove_files(self) -> Result<WriteOutcome> {
+    pub fn remove_files(self) -> Result<(WriteOutcome, Arc<ShardFiles>)> {
         let Transaction {
             lock,
             shard,
+            options,
             dir,
             temp,
             mut warnings,
@@ -665,21 +690,18 @@ impl<'s> Transaction<'s> {
                 Err(e) => return Err(Error::io("removing", path, e)),
             };
             remove_old_delta(&dir, &shard.delta_path(), &mut warnings);
-            if removed && shard.options().durable {
+            if removed && options.durable {
                 sync_dir_after_commit(&dir, &mut warnings);
             }
-            let policy = shard.options().read_policy();
+            let policy = options.read_policy();
             let missing = Loaded::empty(crate::Health::Missing, None, policy);
-            shard.install(Arc::new(ShardFiles::base_only(
-                Arc::new(missing),
-                None,
-                None,
-            )));
-            Ok(removed)
+            let files = Arc::new(ShardFiles::base_only(Arc::new(missing), None, None));
+            Ok((removed, files))
         })();
         drop(temp);
         drop(lock);
-        Ok(if result? {
+        let (removed, files) = result?;
+        let outcome = if removed {
             WriteOutcome::Committed {
                 entries: 0,
                 file_bytes: 0,
@@ -689,25 +711,28 @@ impl<'s> Transaction<'s> {
             }
         } else {
             WriteOutcome::Unchanged
-        })
+        };
+        Ok((outcome, files))
     }
 }
 
-/// Finishes the new file, makes it durable, renames it into place and installs the new view in
-/// `shard`; returns which file was published, its size and the entries the shard now holds. The temp file is dropped (unlinked if
+/// Finishes the new file, makes it durable and renames it into place; returns which file was
+/// published, its size and the new view of the shard's files (for the `Shard` to install). The temp file is dropped (unlinked if
 /// it was not renamed) before this returns, so before the caller releases the lock.
 ///
 /// Everything before the rename can fail the write (the old shard is then untouched); nothing
 /// after it does: the write is committed, and a clean-up that fails is a warning.
+#[allow(clippy::too_many_arguments)] // the write's parts, each used once
 fn publish(
-    shard: &Shard,
+    shard: &ShardPaths,
+    options: &Options,
     dir: &ShardDir,
     current: &ShardFiles,
     mut temp: TempFile,
     builder: Builder,
     target: Target,
     warnings: &mut Vec<String>,
-) -> Result<(Published, u64, u64)> {
+) -> Result<(Published, u64, Arc<ShardFiles>)> {
     let Builder {
         encoder,
         mut slots,
@@ -734,12 +759,12 @@ fn publish(
     let (out, len, header) = encoder.finish(&slots, &summary).map_err(io)?;
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     drop(file);
-    let max = shard.options().max_size;
+    let max = options.max_size;
     if len > max {
         return Err(Error::TooLarge { size: len, max });
     }
     format::patch_header(&temp.file, &header).map_err(io)?;
-    let durable = shard.options().durable;
+    let durable = options.durable;
     if durable {
         temp.file.sync_data().map_err(io)?;
     }
@@ -768,7 +793,7 @@ fn publish(
     if durable {
         sync_dir_after_commit(dir, warnings);
     }
-    let policy = shard.options().read_policy();
+    let policy = options.read_policy();
     // (0, 0) if fstat fails: no file on disk has it, so the next snapshot maps the files anew.
     let identity = temp
         .file
@@ -779,14 +804,12 @@ fn publish(
         Target::Base => ShardFiles::base_only(Arc::new(loaded), None, None),
         Target::Delta => ShardFiles::pair(Arc::clone(&current.base), loaded),
     };
-    let entries = files.live_count();
-    shard.install(Arc::new(files));
     drop(temp);
     let published = match target {
         Target::Base => Published::Base,
         Target::Delta => Published::Delta,
     };
-    Ok((published, len, entries))
+    Ok((published, len, Arc::new(files)))
 }
 
 /// Removes the delta file a new base replaced (or `clear` removed the base of). The write is
