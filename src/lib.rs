@@ -35,6 +35,7 @@
 pub mod format;
 pub mod paths;
 
+mod dir;
 mod error;
 mod health;
 mod location;

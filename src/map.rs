@@ -6,9 +6,9 @@
 //! the preamble checks and rkyv validation pass. [`ShardFiles`] pairs a base with the delta file
 //! that extends it, if any.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use memmap2::{Mmap, MmapOptions};
 use once_cell::sync::OnceCell;
 
+use crate::dir::{Opened, ShardDir};
 use crate::error::{Error, Result};
 use crate::format::{self, Header, Layout, Record};
 use crate::health::Health;
@@ -60,9 +61,62 @@ impl ShardFiles {
     /// (The other order needs a `stat` of the base after a missing delta, to tell "no delta"
     /// from "a writer replaced the base and removed its delta in between".)
     pub fn open(path: &Path, delta_path: &Path, policy: &ReadPolicy) -> Result<ShardFiles> {
-        let mut trust = TrustContext::new(path);
-        let delta = Loaded::open(delta_path, policy.clone(), &mut trust);
-        let base = Arc::new(Loaded::open(path, policy.clone(), &mut trust)?);
+        let dir_path = parent_dir(path);
+        let euid = nix::unistd::geteuid().as_raw();
+        let empty = |health| {
+            Ok(Self::base_only(
+                Arc::new(Loaded::empty(health, None, policy.clone())),
+                None,
+                None,
+            ))
+        };
+        match ShardDir::open(dir_path, euid) {
+            Ok(Opened::Dir(dir)) => Self::open_in(&dir, path, delta_path, policy),
+            Ok(Opened::Missing) => empty(Health::DirectoryMissing {
+                dir: dir_path.to_path_buf(),
+            }),
+            Err(Ok(refused)) => empty(Health::Untrusted {
+                reason: format!("{}: {}", refused.path.display(), refused.reason),
+            }),
+            Err(Err(e)) => empty(Health::Unreadable {
+                error: format!("opening directory {}: {e}", dir_path.display()),
+            }),
+        }
+    }
+
+    /// The shard's files as they are on disk now: `previous` (the view a handle saw last) if
+    /// neither file was replaced since it was mapped (published files never change in place),
+    /// else a fresh view, opened in `dir` when the caller holds the directory's handle.
+    pub fn current(
+        previous: Option<Arc<ShardFiles>>,
+        dir: Option<&ShardDir>,
+        paths: &crate::shard::ShardPaths,
+        policy: &ReadPolicy,
+    ) -> Result<Arc<ShardFiles>> {
+        if let Some(previous) = previous
+            && identity_on_disk(paths) == Some(previous.identity())
+        {
+            return Ok(previous);
+        }
+        let (path, delta) = (paths.path(), paths.delta_path());
+        let files = match dir {
+            Some(dir) => Self::open_in(dir, path, &delta, policy)?,
+            None => Self::open(path, &delta, policy)?,
+        };
+        Ok(Arc::new(files))
+    }
+
+    /// [`open`](ShardFiles::open) in the directory `dir`, already opened and checked: both
+    /// files are opened relative to that one handle.
+    pub fn open_in(
+        dir: &ShardDir,
+        path: &Path,
+        delta_path: &Path,
+        policy: &ReadPolicy,
+    ) -> Result<ShardFiles> {
+        let euid = nix::unistd::geteuid().as_raw();
+        let delta = Loaded::open(dir, delta_path, policy.clone(), euid);
+        let base = Arc::new(Loaded::open(dir, path, policy.clone(), euid)?);
         let delta = match delta {
             Ok(delta) => delta,
             Err(Error::NotAFile { kind, .. }) => {
@@ -150,15 +204,35 @@ impl ShardFiles {
         (self.base.identity, self.delta_identity)
     }
 
+    /// The delta's record of `key`, if the delta has one. **The delta wins over the base**: this
+    /// is the one place that rule is applied; [`find`](ShardFiles::find),
+    /// [`find_many`](ShardFiles::find_many) and [`records`](ShardFiles::records) all go
+    /// through it.
+    #[inline]
+    fn delta_record(&self, key: &[u8]) -> Option<Record<'_>> {
+        let delta = self.delta.as_ref()?;
+        delta.layout.find(delta.bytes(), key)
+    }
+
     /// Finds the newest record of `key`: the delta's if it has one, else the base's.
     #[inline]
     pub fn find(&self, key: &[u8]) -> Option<Record<'_>> {
-        if let Some(delta) = &self.delta
-            && let Some(record) = delta.layout.find(delta.bytes(), key)
-        {
-            return Some(record);
+        self.delta_record(key)
+            .or_else(|| self.base.layout.find(self.base.bytes(), key))
+    }
+
+    /// [`find`](ShardFiles::find) for many keys: `out[i]` becomes the newest record of
+    /// `keys[i]`. The base is searched as a batch (overlapping its memory accesses); the
+    /// delta, small and recent, key by key.
+    pub fn find_many<'a>(&'a self, keys: &[&[u8]], out: &mut Vec<Option<Record<'a>>>) {
+        self.base.layout.find_many(self.base.bytes(), keys, out);
+        if self.delta.is_some() {
+            for (key, record) in keys.iter().zip(out.iter_mut()) {
+                if let Some(newer) = self.delta_record(key) {
+                    *record = Some(newer);
+                }
+            }
         }
-        self.base.layout.find(self.base.bytes(), key)
     }
 
     /// Every newest record: the delta's, then the base's not shadowed by the delta.
@@ -172,10 +246,7 @@ impl ShardFiles {
             .layout
             .slots(self.base.bytes())
             .filter_map(|(_, _, r)| r)
-            .filter(move |r| match &self.delta {
-                Some(d) => d.layout.find(d.bytes(), r.key).is_none(),
-                None => true,
-            });
+            .filter(move |r| self.delta_record(r.key).is_none());
         delta.chain(base)
     }
 
@@ -200,14 +271,12 @@ impl ShardFiles {
         let Some(delta) = &self.delta else {
             return self.base.live_count();
         };
-        let floor = self.base.policy.min_generation;
+        let policy = &self.base.policy;
         *self.live_count.get_or_init(|| {
-            if self.base.header.oldest_generation >= floor
-                && delta.header.oldest_generation >= floor
-            {
+            if policy.all_live(&self.base.header) && policy.all_live(&delta.header) {
                 return self.stored_count(); // every entry is live
             }
-            self.records().filter(|r| r.generation >= floor).count() as u64
+            self.records().filter(|r| policy.is_live(r)).count() as u64
         })
     }
 }
@@ -220,6 +289,22 @@ pub(crate) struct ReadPolicy {
     pub min_generation: u64,
     pub verify_values: bool,
     pub populate: bool,
+}
+
+impl ReadPolicy {
+    /// **The generation floor**, the one place it is applied: a record written under a
+    /// generation older than this handle's reads as a miss (and the next write drops it).
+    #[inline]
+    pub fn is_live(&self, record: &Record<'_>) -> bool {
+        record.generation >= self.min_generation
+    }
+
+    /// True when every record of the file with this header passes the floor (its oldest
+    /// generation does), so counts need no scan.
+    #[inline]
+    pub fn all_live(&self, header: &Header) -> bool {
+        header.oldest_generation >= self.min_generation
+    }
 }
 
 /// Identity of a shard file: (device, inode). Writers always rename a new file into place, so a
@@ -276,27 +361,30 @@ impl Loaded {
     /// Entries that read as hits (generation filter applied). O(1) unless the policy's
     /// generation floor is above the shard's oldest entry, then O(n) once.
     pub fn live_count(&self) -> u64 {
-        if self.header.oldest_generation >= self.policy.min_generation {
+        if self.policy.all_live(&self.header) {
             return self.layout.entry_count();
         }
         *self.live_count.get_or_init(|| {
             let bytes = self.bytes();
             self.layout
                 .slots(bytes)
-                .filter(|(_, _, r)| r.is_some_and(|r| r.generation >= self.policy.min_generation))
+                .filter(|(_, _, r)| r.as_ref().is_some_and(|r| self.policy.is_live(r)))
                 .count() as u64
         })
     }
 
     /// Opens the shard at `path`. Fails only when something other than a regular file sits
     /// there; every other problem yields an empty view whose `health` says why.
-    pub fn open(path: &Path, policy: ReadPolicy, trust: &mut TrustContext) -> Result<Loaded> {
-        let file = OpenOptions::new()
-            .read(true)
-            // O_NONBLOCK: opening a FIFO must not wait for a writer. O_NOFOLLOW: a symlink at
-            // the shard path could point anywhere, so it is refused rather than followed.
-            .custom_flags(libc_flags())
-            .open(path);
+    pub fn open(dir: &ShardDir, path: &Path, policy: ReadPolicy, euid: u32) -> Result<Loaded> {
+        // O_NONBLOCK: opening a FIFO must not wait for a writer. O_NOFOLLOW (always added by
+        // `open_file`): a symlink at the shard path could point anywhere, so it is refused
+        // rather than followed.
+        let name = path.file_name().unwrap_or_default();
+        let file = dir.open_file(
+            name,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK,
+            0,
+        );
         let file = match file {
             Ok(file) => file,
             Err(e) => return Self::open_failed(path, e, policy),
@@ -311,9 +399,7 @@ impl Loaded {
             });
         }
         let identity = (meta.dev(), meta.ino());
-        let mut loaded = if let Err(reason) = trust::check_file(&meta, trust.euid) {
-            Self::empty(Health::Untrusted { reason }, Some(identity), policy)
-        } else if let Err(reason) = trust.check_parent() {
+        let mut loaded = if let Err(reason) = trust::check_file(&meta, euid) {
             Self::empty(Health::Untrusted { reason }, Some(identity), policy)
         } else {
             Self::from_trusted_file(&file, meta.len(), identity, policy)
@@ -439,8 +525,24 @@ impl Loaded {
     }
 }
 
-fn libc_flags() -> i32 {
-    nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC
+/// Identities of both files on disk, or `None` when a file there no longer passes the trust
+/// checks (its owner or mode changed in place): then the view must be rebuilt, which refuses
+/// it.
+fn identity_on_disk(paths: &crate::shard::ShardPaths) -> Option<FilesIdentity> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let identity = |path: &Path| -> Result<Option<(u64, u64)>, ()> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => {
+                trust::check_file(&meta, euid).map_err(|_| ())?;
+                Ok(Some((meta.dev(), meta.ino())))
+            }
+            Err(_) => Ok(None),
+        }
+    };
+    Some((
+        identity(paths.path()).ok()?,
+        identity(&paths.delta_path()).ok()?,
+    ))
 }
 
 /// The directory holding `path` (`.` for a bare file name).
@@ -448,37 +550,5 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    }
-}
-
-/// The trust checks of one [`ShardFiles::open`]: the effective uid, read once, and the verdict
-/// on the directory holding both files, checked at most once (the base and its delta share it).
-pub(crate) struct TrustContext<'p> {
-    euid: u32,
-    dir: &'p Path,
-    dir_verdict: Option<Result<(), String>>,
-}
-
-impl<'p> TrustContext<'p> {
-    /// Checks for the files in the directory holding `path`.
-    pub fn new(path: &'p Path) -> TrustContext<'p> {
-        TrustContext {
-            euid: nix::unistd::geteuid().as_raw(),
-            dir: parent_dir(path),
-            dir_verdict: None,
-        }
-    }
-
-    /// Checks that the directory cannot be written by other users (one `stat`, the first time).
-    fn check_parent(&mut self) -> Result<(), String> {
-        let (dir, euid) = (self.dir, self.euid);
-        self.dir_verdict
-            .get_or_insert_with(|| {
-                let meta = std::fs::metadata(dir)
-                    .map_err(|e| format!("cannot stat {}: {e}", dir.display()))?;
-                trust::check_dir_as(&meta, euid)
-                    .map_err(|reason| format!("{}: {reason}", dir.display()))
-            })
-            .clone()
     }
 }

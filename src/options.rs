@@ -15,7 +15,11 @@ use crate::map::ReadPolicy;
 ///     .durable(false);
 /// assert_eq!(options.lock_timeout, Duration::from_secs(2));
 /// ```
+///
+/// The fields are public for reading; new ones may be added (the struct is
+/// `#[non_exhaustive]`), so build it with [`Options::new`] and the setters.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Options {
     /// Producer string required of shards read, and written into new ones. `None` accepts any
     /// producer and keeps the existing one on write (or writes `"warmshard"`).
@@ -24,9 +28,15 @@ pub struct Options {
     /// generation read as misses and are dropped by the next write. Default 0.
     pub generation: u64,
     /// Largest shard file that is read (a larger one reads as empty) or written (a larger result
-    /// is an error). Default 4 GiB.
+    /// is an error). Default 4 GiB. A shard over the limit is not written over by a write that
+    /// keeps entries: that write fails with
+    /// [`Error::CurrentUnreadable`](crate::Error::CurrentUnreadable).
     pub max_size: u64,
-    /// How long a write waits for another writer's lock before failing. Default 10 s.
+    /// How long a write waits for another writer's lock before failing with
+    /// [`Error::LockTimeout`](crate::Error::LockTimeout). Default 10 s. Zero means one try,
+    /// never waiting: a busy lock fails the write at once with
+    /// [`Error::LockBusy`](crate::Error::LockBusy) (what
+    /// [`Shard::try_put_one`](crate::Shard::try_put_one) does).
     pub lock_timeout: Duration,
     /// Whether writes fsync the new file and the directory before returning. Default true.
     pub durable: bool,
@@ -92,7 +102,8 @@ impl Options {
         self
     }
 
-    /// Sets how long a write waits for the lock.
+    /// Sets how long a write waits for the lock; [`Duration::ZERO`] never waits (see
+    /// [`Options::lock_timeout`](Options#structfield.lock_timeout)).
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = timeout;
         self

@@ -7,10 +7,10 @@ use parking_lot::RwLock;
 
 use crate::error::Result;
 use crate::health::Health;
-use crate::map::{FilesIdentity, Loaded, ShardFiles};
+use crate::map::{Loaded, ShardFiles};
 use crate::options::Options;
 use crate::snapshot::{Snapshot, Value};
-use crate::write::{Transaction, WriteOutcome};
+use crate::write::{Locking, Transaction, WriteOutcome};
 
 /// A handle on one shard file.
 ///
@@ -30,12 +30,34 @@ use crate::write::{Transaction, WriteOutcome};
 /// # Ok(()) }
 /// ```
 pub struct Shard {
-    path: PathBuf,
-    lock_path: PathBuf,
-    delta_path: PathBuf,
+    paths: ShardPaths,
     options: Options,
     /// The files the last snapshot or write saw; `None` until the first one, which opens them.
     current: RwLock<Option<Arc<ShardFiles>>>,
+}
+
+/// The paths of a shard's files: what a write needs to know of where it writes.
+pub(crate) struct ShardPaths {
+    path: PathBuf,
+    lock_path: PathBuf,
+    delta_path: PathBuf,
+}
+
+impl ShardPaths {
+    /// The base file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The lock file's path.
+    pub fn lock_path(&self) -> PathBuf {
+        self.lock_path.clone()
+    }
+
+    /// The delta file's path.
+    pub fn delta_path(&self) -> PathBuf {
+        self.delta_path.clone()
+    }
 }
 
 impl Shard {
@@ -70,9 +92,11 @@ impl Shard {
             )))
         };
         Ok(Shard {
-            path,
-            lock_path,
-            delta_path,
+            paths: ShardPaths {
+                path,
+                lock_path,
+                delta_path,
+            },
             options,
             current: RwLock::new(current),
         })
@@ -91,18 +115,18 @@ impl Shard {
 
     /// The shard file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.paths.path()
     }
 
     /// The sidecar lock file's path (`<path>.lock`).
     pub fn lock_path(&self) -> PathBuf {
-        self.lock_path.clone()
+        self.paths.lock_path()
     }
 
     /// The delta file's path (`<path>.delta`): recent small writes, folded into the shard file
     /// by a later write.
     pub fn delta_path(&self) -> PathBuf {
-        self.delta_path.clone()
+        self.paths.delta_path()
     }
 
     /// The options this handle was opened with.
@@ -134,33 +158,32 @@ impl Shard {
     /// which becomes current.
     pub(crate) fn current_files(&self) -> Result<Arc<ShardFiles>> {
         let current = self.current.read().clone();
-        if let Some(current) = current
-            && (!self.options.enabled || self.identity_on_disk() == Some(current.identity()))
+        if !self.options.enabled
+            && let Some(current) = current
         {
             return Ok(current);
         }
         let policy = self.options.read_policy();
-        let files = Arc::new(ShardFiles::open(&self.path, &self.delta_path, &policy)?);
+        let files = ShardFiles::current(current, None, &self.paths, &policy)?;
         self.install(Arc::clone(&files));
         Ok(files)
     }
 
-    /// Identities of both files on disk, or `None` when a file there no longer passes the
-    /// trust checks (its owner or mode changed in place): then the view must be rebuilt, which
-    /// refuses it.
-    fn identity_on_disk(&self) -> Option<FilesIdentity> {
-        use std::os::unix::fs::MetadataExt;
-        let euid = nix::unistd::geteuid().as_raw();
-        let identity = |path: &Path| -> Result<Option<(u64, u64)>, ()> {
-            match std::fs::symlink_metadata(path) {
-                Ok(meta) => {
-                    crate::trust::check_file(&meta, euid).map_err(|_| ())?;
-                    Ok(Some((meta.dev(), meta.ino())))
-                }
-                Err(_) => Ok(None),
-            }
-        };
-        Some((identity(&self.path).ok()?, identity(&self.delta_path).ok()?))
+    /// The view a write starts from (reused if the files are unchanged on disk).
+    fn seen(&self) -> Option<Arc<ShardFiles>> {
+        self.current.read().clone()
+    }
+
+    /// Starts a transaction on this shard's files.
+    fn transaction(&self, locking: Locking) -> Result<Transaction<'_>> {
+        Transaction::begin(&self.paths, &self.options, self.seen(), locking)
+    }
+
+    /// Installs the view a committed write returned, and returns its outcome.
+    fn finish(&self, written: Result<(WriteOutcome, Arc<ShardFiles>)>) -> Result<WriteOutcome> {
+        let (outcome, files) = written?;
+        self.install(files);
+        Ok(outcome)
     }
 
     pub(crate) fn install(&self, files: Arc<ShardFiles>) {
@@ -178,9 +201,34 @@ impl Shard {
         self.snapshot().health().clone()
     }
 
-    /// Inserts or replaces one entry.
+    /// Inserts or replaces one entry. Waits up to [`Options::lock_timeout`] (default 10 s) for
+    /// another writer's lock; on a path where waiting is worse than skipping the write (a
+    /// shell storing one cache miss at startup), use [`try_put_one`](Shard::try_put_one).
     pub fn put_one(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<WriteOutcome> {
         self.merge_in([(key, value)])
+    }
+
+    /// [`put_one`](Shard::put_one) that never waits: when another process holds the write lock
+    /// (e.g. a prewarm publishing), it returns [`Error::LockBusy`](crate::Error::LockBusy) at
+    /// once and writes nothing. For the startup path, where a miss stored later is better than
+    /// a stall. (The same as a zero [`Options::lock_timeout`].)
+    ///
+    /// ```
+    /// # fn main() -> warmshard::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let shard = warmshard::Shard::open(dir.path().join("s.shard"))?;
+    /// match shard.try_put_one("_git_checkout", "compiled bytes") {
+    ///     Ok(_) | Err(warmshard::Error::LockBusy { .. }) => {} // stored, or skipped: no wait
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn try_put_one(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<WriteOutcome> {
+        self.merge_with([(key, value)], Locking::Now(std::time::Duration::ZERO))
     }
 
     /// Inserts or replaces `entries`, keeping every other entry. When a key repeats, the last
@@ -190,7 +238,19 @@ impl Shard {
         K: AsRef<[u8]>,
         V: AsRef<[u8]>,
     {
-        let mut writer = self.bulk_writer(BulkMode::Merge)?;
+        self.merge_with(entries, Locking::Now(self.options.lock_timeout))
+    }
+
+    fn merge_with<K, V>(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+        locking: Locking,
+    ) -> Result<WriteOutcome>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        let mut writer = self.writer(BulkMode::Merge, locking)?;
         for (key, value) in entries {
             writer.add(key.as_ref(), value.as_ref())?;
         }
@@ -214,7 +274,14 @@ impl Shard {
         writer.commit()
     }
 
-    /// Removes `keys`; returns [`WriteOutcome::Unchanged`] without rewriting when none exists.
+    /// Removes one key; see [`remove`](Shard::remove).
+    pub fn remove_one(&self, key: impl AsRef<[u8]>) -> Result<WriteOutcome> {
+        self.remove([key])
+    }
+
+    /// Removes `keys` (any iterable of keys, e.g. `["a", "b"]` or a `Vec<Vec<u8>>`; for one key,
+    /// [`remove_one`](Shard::remove_one)); returns [`WriteOutcome::Unchanged`] without
+    /// rewriting when none exists.
     pub fn remove<K: AsRef<[u8]>>(
         &self,
         keys: impl IntoIterator<Item = K>,
@@ -222,7 +289,7 @@ impl Shard {
         if !self.options.enabled {
             return Ok(WriteOutcome::Disabled);
         }
-        let mut tx = Transaction::begin(self)?;
+        let mut tx = self.transaction(self.locking())?;
         let doomed: hashbrown::HashSet<Vec<u8>> = {
             let current = Snapshot::new(Arc::clone(&tx.current));
             keys.into_iter()
@@ -234,7 +301,7 @@ impl Shard {
             return Ok(WriteOutcome::Unchanged);
         }
         tx.keep_current(|key| doomed.contains(key))?;
-        tx.commit()
+        self.finish(tx.commit())
     }
 
     /// Rewrites the shard as one file: folds the delta file into it and drops every entry that
@@ -244,9 +311,9 @@ impl Shard {
         if !self.options.enabled {
             return Ok(WriteOutcome::Disabled);
         }
-        let mut tx = Transaction::begin(self)?;
+        let mut tx = self.transaction(self.locking())?;
         tx.keep_current(|_| false)?;
-        tx.commit()
+        self.finish(tx.commit())
     }
 
     /// Removes the shard file and its delta file (under the lock). Readers holding snapshots
@@ -255,12 +322,15 @@ impl Shard {
         if !self.options.enabled {
             return Ok(WriteOutcome::Disabled);
         }
-        Transaction::begin(self)?.remove_files()
+        self.finish(self.transaction(self.locking())?.remove_files())
     }
 
-    /// Starts a bulk write (e.g. a prewarm from an init command): takes the lock now, streams
-    /// each added value to the new file, and publishes everything at [`commit`](BulkWriter::commit).
-    /// Dropping the writer without committing leaves the shard as it was.
+    /// Starts a bulk write (e.g. a prewarm from an init command): streams each added value to a
+    /// new file **without holding the write lock**, so other writers (a shell storing a miss)
+    /// are not kept waiting while it builds; [`commit`](BulkWriter::commit) takes the lock,
+    /// re-reads the shard (merging its current entries in [`BulkMode::Merge`], so no write
+    /// made meanwhile is lost) and publishes everything at once. Dropping the writer without
+    /// committing leaves the shard as it was.
     ///
     /// ```
     /// # fn main() -> warmshard::Result<()> {
@@ -276,12 +346,25 @@ impl Shard {
     /// # Ok(()) }
     /// ```
     pub fn bulk_writer(&self, mode: BulkMode) -> Result<BulkWriter<'_>> {
+        self.writer(mode, Locking::AtCommit)
+    }
+
+    fn writer(&self, mode: BulkMode, locking: Locking) -> Result<BulkWriter<'_>> {
         let tx = if self.options.enabled {
-            Some(Transaction::begin(self)?)
+            Some(self.transaction(locking)?)
         } else {
             None
         };
-        Ok(BulkWriter { tx, mode })
+        Ok(BulkWriter {
+            shard: self,
+            tx,
+            mode,
+        })
+    }
+
+    /// Writes that must see the current entries from their start take the lock at once.
+    fn locking(&self) -> Locking {
+        Locking::Now(self.options.lock_timeout)
     }
 }
 
@@ -304,7 +387,7 @@ fn refuse_special_file(path: &Path) -> Result<()> {
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shard")
-            .field("path", &self.path)
+            .field("path", &self.path())
             .field("options", &self.options)
             .finish()
     }
@@ -319,9 +402,10 @@ pub enum BulkMode {
     Merge,
 }
 
-/// A write of many entries committed at once; see [`Shard::bulk_writer`]. Holds the shard's
-/// write lock until committed or dropped.
+/// A write of many entries committed at once; see [`Shard::bulk_writer`]. Takes the shard's
+/// write lock only to commit.
 pub struct BulkWriter<'s> {
+    shard: &'s Shard,
     tx: Option<Transaction<'s>>,
     mode: BulkMode,
 }
@@ -350,9 +434,9 @@ impl BulkWriter<'_> {
         let Some(tx) = self.tx else {
             return Ok(WriteOutcome::Disabled);
         };
-        match self.mode {
+        self.shard.finish(match self.mode {
             BulkMode::Merge => tx.commit_merge(),
             BulkMode::Replace => tx.commit(),
-        }
+        })
     }
 }

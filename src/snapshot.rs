@@ -39,7 +39,7 @@ impl Snapshot {
     #[inline]
     fn live<'a>(&self, record: Record<'a>) -> Option<Record<'a>> {
         let policy = &self.files.base.policy;
-        if record.generation < policy.min_generation {
+        if !policy.is_live(&record) {
             return None;
         }
         if policy.verify_values && format::value_checksum(record.value) != record.checksum {
@@ -72,17 +72,8 @@ impl Snapshot {
     /// # Ok(()) }
     /// ```
     pub fn get_many<'s>(&'s self, keys: &[&[u8]], out: &mut Vec<Option<&'s [u8]>>) {
-        let base = &self.files.base;
         let mut records = Vec::with_capacity(keys.len());
-        base.layout.find_many(base.bytes(), keys, &mut records);
-        if let Some(delta) = &self.files.delta {
-            // The delta is small and recent: check it key by key, it wins where it has the key.
-            for (key, record) in keys.iter().zip(records.iter_mut()) {
-                if let Some(newer) = delta.layout.find(delta.bytes(), key) {
-                    *record = Some(newer);
-                }
-            }
-        }
+        self.files.find_many(keys, &mut records);
         out.clear();
         out.extend(
             records
@@ -145,11 +136,11 @@ impl Snapshot {
     /// Figures about the shard behind this snapshot.
     pub fn stats(&self) -> Stats {
         let h = &self.files.base.header;
-        let floor = self.files.base.policy.min_generation;
+        let policy = &self.files.base.policy;
         let (value_bytes, delta_bytes) = match &self.files.delta {
             None => (h.value_bytes, 0),
             Some(delta) => {
-                let live = self.files.records().filter(|r| r.generation >= floor);
+                let live = self.files.records().filter(|r| policy.is_live(r));
                 (
                     live.map(|r| r.value.len() as u64).sum(),
                     delta.header.file_len,

@@ -31,12 +31,8 @@ pub(crate) fn check_file(meta: &Metadata, euid: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks the metadata of the directory that holds a shard.
-pub(crate) fn check_dir(meta: &Metadata) -> Result<(), String> {
-    check_dir_as(meta, nix::unistd::geteuid().as_raw())
-}
-
-/// [`check_dir`] for the effective uid `euid`.
+/// Checks the metadata of a directory that holds a shard, or of one of its ancestors, for the
+/// effective uid `euid`.
 pub(crate) fn check_dir_as(meta: &Metadata, euid: u32) -> Result<(), String> {
     if meta.uid() != euid && meta.uid() != 0 {
         return Err(format!(

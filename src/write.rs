@@ -1,6 +1,8 @@
 //! The write protocol, which exists once: every write goes through a [`Transaction`].
 //!
-//! 1. create the shard's directory if needed (0700) and refuse it if others could write it;
+//! 1. create the shard's directory if needed (0700, whatever the umask), open it once as a
+//!    handle and refuse it if others could write it or any ancestor (see [`crate::dir`]); every
+//!    later open, rename, unlink and fsync of the write is made relative to that handle;
 //! 2. take an exclusive `flock` on the sidecar `<shard>.lock`, waiting at most the lock timeout;
 //! 3. re-read the current shard under the lock, so no concurrent write is lost;
 //! 4. create a new file (0600) at the fixed temp name `.<shard>.tmp`, first unlinking any file a
@@ -40,22 +42,24 @@
 //! **base** (renamed over the shard) and then removes the delta; a crash between the two leaves a
 //! delta whose `base_id` no longer matches, which readers ignore.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::BufWriter;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashTable;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{Flock, FlockArg, OFlag};
 
+use crate::dir::ShardDir;
 use crate::error::{Error, Result};
 use crate::format::{self, Encoder, Record, Slot, Summary};
 use crate::map::{self, Loaded, ShardFiles};
 use crate::names;
-use crate::shard::Shard;
-use crate::trust;
+use crate::options::Options;
+use crate::shard::ShardPaths;
 
 /// The producer recorded when neither the options nor an existing shard name one.
 pub const DEFAULT_PRODUCER: &str = "warmshard";
@@ -178,25 +182,16 @@ impl WriteLock {
     /// The lock file is opened read-only (`flock` needs no more), so a lock file whose mode an
     /// odd umask left at 0400 still works; its mode is then set to 0600 (`fchmod` on the open
     /// descriptor, only when it is ours and wrong), so what a umask took away is repaired.
-    pub fn acquire(path: &Path, timeout: Duration) -> Result<WriteLock> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .create(true)
-            // `create` needs write or append access in std's checks; O_CREAT with O_RDONLY
-            // is valid for the system, so ask for append, which writes nothing here.
-            .append(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(path)
+    pub fn acquire(dir: &ShardDir, path: &Path, timeout: Duration) -> Result<WriteLock> {
+        let name = path.file_name().unwrap_or_default();
+        let mut file = dir
+            .open_file(name, OFlag::O_RDWR | OFlag::O_CREAT, 0o600)
             .or_else(|e| {
                 // An existing lock file left 0400 by a umask: open it read-only to lock it.
                 if e.kind() != std::io::ErrorKind::PermissionDenied {
                     return Err(e);
                 }
-                OpenOptions::new()
-                    .read(true)
-                    .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-                    .open(path)
+                dir.open_file(name, OFlag::O_RDONLY, 0)
                     // No file to lock that way either: the first error says why.
                     .map_err(|_| e)
             })
@@ -330,7 +325,13 @@ impl Builder {
 /// temp file on drop. Released earlier, the next writer would create its own temp file at the
 /// fixed name and this drop would unlink it, failing that writer's rename (#11.2).
 pub(crate) struct Transaction<'s> {
-    shard: &'s Shard,
+    /// The shard's paths and the handle's options: all a write needs of its `Shard`, which it
+    /// never calls back; the new view of the files is returned to the caller to install.
+    shard: &'s ShardPaths,
+    options: &'s Options,
+    /// The shard's directory, opened and checked once: every file operation of the write is
+    /// made relative to it.
+    dir: Arc<ShardDir>,
     pub current: Arc<ShardFiles>,
     temp: TempFile,
     builder: Builder,
@@ -340,7 +341,17 @@ pub(crate) struct Transaction<'s> {
     /// What was dropped wholesale (a rebuild over a file rejected for its content).
     dropped: Vec<Dropped>,
     warnings: Vec<String>,
-    lock: WriteLock,
+    /// `None` for a bulk write still building its file (see [`Transaction::begin_unlocked`]).
+    lock: Option<WriteLock>,
+}
+
+/// When a write takes the lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Locking {
+    /// Now, waiting at most this long (zero: one try).
+    Now(Duration),
+    /// At commit: the new file is built without the lock (a bulk write).
+    AtCommit,
 }
 
 /// Which file a commit publishes.
@@ -352,21 +363,39 @@ enum Target {
 
 impl<'s> Transaction<'s> {
     /// Steps 1–4 of the protocol: directory, lock, re-read, stale temp cleanup and temp file.
-    pub fn begin(shard: &'s Shard) -> Result<Transaction<'s>> {
+    ///
+    /// With [`Locking::AtCommit`] (a bulk write) the lock is not taken here: the new file is
+    /// built under a fresh random name (`O_EXCL`, `flock`ed so no sweep removes it), and the lock
+    /// is taken, and the current shard re-read, only by [`lock`](Transaction::lock) at commit.
+    /// Other writers go on meanwhile; a merge-mode bulk write merges the current entries at
+    /// commit, under the lock, so none of their writes is lost.
+    pub fn begin(
+        shard: &'s ShardPaths,
+        options: &'s Options,
+        previous: Option<Arc<ShardFiles>>,
+        locking: Locking,
+    ) -> Result<Transaction<'s>> {
         let path = shard.path();
-        let dir = map::parent_dir(path);
-        ensure_private_dir(dir)?;
-        let lock = WriteLock::acquire(&shard.lock_path(), shard.options().lock_timeout)?;
+        let dir = Arc::new(ShardDir::create(map::parent_dir(path))?);
+        let lock = match locking {
+            Locking::Now(timeout) => Some(WriteLock::acquire(&dir, &shard.lock_path(), timeout)?),
+            Locking::AtCommit => None,
+        };
         // Re-read under the lock: a concurrent writer may have published since this handle
-        // last looked; unchanged files are reused, not mapped again.
-        let current = shard.current_files()?;
+        // last looked; unchanged files are reused, not mapped again. (Without the lock, this
+        // view only names the producer; `lock` reads the shard again.)
+        let policy = options.read_policy();
+        let current = ShardFiles::current(previous, Some(&dir), shard, &policy)?;
         let mut warnings = Vec::new();
-        let temp = TempFile::create(dir, path, &mut warnings)?;
+        let temp = match locking {
+            Locking::Now(_) => TempFile::create(&dir, path, &mut warnings)?,
+            Locking::AtCommit => TempFile::create_random(&dir, path)?,
+        };
         let out = temp
             .file
             .try_clone()
             .map_err(|e| Error::io("duplicating descriptor of", &temp.path, e))?;
-        let producer = match &shard.options().producer {
+        let producer = match &options.producer {
             Some(p) => p.as_str(),
             None if current.base.health.is_valid() && !current.base.producer().is_empty() => {
                 current.base.producer()
@@ -377,6 +406,8 @@ impl<'s> Transaction<'s> {
             .map_err(|e| Error::io("writing", &temp.path, e))?;
         Ok(Transaction {
             shard,
+            options,
+            dir,
             lock,
             current,
             temp,
@@ -396,6 +427,23 @@ impl<'s> Transaction<'s> {
         })
     }
 
+    /// Takes the lock if this transaction does not hold it yet (a bulk write at commit), and
+    /// re-reads the current shard under it.
+    pub fn lock(&mut self) -> Result<()> {
+        if self.lock.is_none() {
+            let timeout = self.options.lock_timeout;
+            self.lock = Some(WriteLock::acquire(
+                &self.dir,
+                &self.shard.lock_path(),
+                timeout,
+            )?);
+            let policy = self.options.read_policy();
+            let seen = Some(Arc::clone(&self.current));
+            self.current = ShardFiles::current(seen, Some(&self.dir), self.shard, &policy)?;
+        }
+        Ok(())
+    }
+
     fn write_error(&self, e: std::io::Error) -> Error {
         if e.kind() == std::io::ErrorKind::InvalidInput {
             return Error::InvalidInput(e.to_string());
@@ -405,7 +453,7 @@ impl<'s> Transaction<'s> {
 
     /// Adds or replaces one entry, written under the handle's generation.
     pub fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let generation = self.shard.options().generation;
+        let generation = self.options.generation;
         let offset = self
             .builder
             .encoder
@@ -419,6 +467,7 @@ impl<'s> Transaction<'s> {
     /// not already added, verbatim (checksum included); see [`keep`](Transaction::keep) for what
     /// is left behind.
     pub fn keep_current(&mut self, drop_key: impl Fn(&[u8]) -> bool) -> Result<()> {
+        self.lock()?;
         self.require_readable()?;
         self.note_rebuild();
         let current = Arc::clone(&self.current);
@@ -481,7 +530,7 @@ impl<'s> Transaction<'s> {
     ///   key, so a record whose key bytes changed (and no longer match its slot) must not become
     ///   the entry of the key it now spells.
     fn keep(&mut self, record: &Record<'_>, drop_key: &impl Fn(&[u8]) -> bool) -> Result<()> {
-        let floor = self.shard.options().generation;
+        let policy = &self.current.base.policy;
         let served = |record: &Record<'_>| {
             self.current
                 .find(record.key)
@@ -490,7 +539,7 @@ impl<'s> Transaction<'s> {
         if drop_key(record.key) || self.builder.contains(record.key) || !served(record) {
             return Ok(());
         }
-        if record.generation < floor {
+        if !policy.is_live(record) {
             self.older_generation += 1;
             return Ok(());
         }
@@ -514,7 +563,7 @@ impl<'s> Transaction<'s> {
 
     fn check_size(&self) -> Result<()> {
         let size = self.builder.encoder.records_len();
-        let max = self.shard.options().max_size;
+        let max = self.options.max_size;
         if size > max {
             return Err(Error::TooLarge { size, max });
         }
@@ -528,12 +577,12 @@ impl<'s> Transaction<'s> {
 
     /// Commits what was added as a merge into the current entries: as a new delta file when
     /// the result stays small, else as a new base.
-    pub fn commit_merge(mut self) -> Result<WriteOutcome> {
+    pub fn commit_merge(mut self) -> Result<(WriteOutcome, Arc<ShardFiles>)> {
+        self.lock()?;
         self.require_readable()?;
         let current = Arc::clone(&self.current);
-        let floor = self.shard.options().generation;
         if !current.base.health.is_valid()
-            || current.base.header.oldest_generation < floor
+            || !current.base.policy.all_live(&current.base.header)
             || current.delta_squatted
         {
             // No base to extend, or one holding entries of an older generation that this write
@@ -557,17 +606,20 @@ impl<'s> Transaction<'s> {
     }
 
     /// Commits what was added (and kept) as the whole new shard.
-    pub fn commit(self) -> Result<WriteOutcome> {
+    pub fn commit(mut self) -> Result<(WriteOutcome, Arc<ShardFiles>)> {
+        self.lock()?;
         self.commit_as(Target::Base)
     }
 
     /// Step 5: finishes the file, makes it durable and renames it into place. The lock is
     /// released only after everything else the transaction holds, the temp file included, is
     /// dropped (see the struct's doc).
-    fn commit_as(self, target: Target) -> Result<WriteOutcome> {
+    fn commit_as(self, target: Target) -> Result<(WriteOutcome, Arc<ShardFiles>)> {
         let Transaction {
             lock,
             shard,
+            options,
+            dir,
             current,
             temp,
             builder,
@@ -576,7 +628,7 @@ impl<'s> Transaction<'s> {
             mut dropped,
             mut warnings,
         } = self;
-        let floor = shard.options().generation;
+        let floor = options.generation;
         for (entries, reason) in [
             (older_generation, DropReason::OlderGeneration { floor }),
             (bad_checksum, DropReason::BadChecksum),
@@ -588,16 +640,27 @@ impl<'s> Transaction<'s> {
                 });
             }
         }
-        let result = publish(shard, &current, temp, builder, target, &mut warnings);
+        let result = publish(
+            shard,
+            options,
+            &dir,
+            &current,
+            temp,
+            builder,
+            target,
+            &mut warnings,
+        );
+        drop(dir);
         drop(lock);
-        let (published, file_bytes, entries) = result?;
-        Ok(WriteOutcome::Committed {
-            entries,
+        let (published, file_bytes, files) = result?;
+        let outcome = WriteOutcome::Committed {
+            entries: files.live_count(),
             file_bytes,
             published,
             dropped,
             warnings,
-        })
+        };
+        Ok((outcome, files))
     }
 
     /// Removes the shard's files (under the lock); the temp file is dropped unused.
@@ -608,38 +671,37 @@ impl<'s> Transaction<'s> {
     /// state that was never committed. Once the shard file is gone the write has happened: a
     /// delta that cannot be removed (a directory at its name, a file not ours to remove) is a
     /// warning in the outcome, and readers ignore it (a delta whose base is gone is unused).
-    pub fn remove_files(self) -> Result<WriteOutcome> {
+    pub fn remove_files(self) -> Result<(WriteOutcome, Arc<ShardFiles>)> {
         let Transaction {
             lock,
             shard,
+            options,
+            dir,
             temp,
             mut warnings,
             ..
         } = self;
         let result = (|| {
-            sweep_stale_temps(shard.path(), &temp.path, &mut warnings);
+            sweep_stale_temps(&dir, shard.path(), &temp.path, &mut warnings);
             let path = shard.path();
-            let removed = match fs::remove_file(path) {
+            let removed = match dir.unlink(file_name(path)) {
                 Ok(()) => true,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
                 Err(e) => return Err(Error::io("removing", path, e)),
             };
-            remove_old_delta(&shard.delta_path(), &mut warnings);
-            if removed && shard.options().durable {
-                sync_dir_after_commit(map::parent_dir(path), &mut warnings);
+            remove_old_delta(&dir, &shard.delta_path(), &mut warnings);
+            if removed && options.durable {
+                sync_dir_after_commit(&dir, &mut warnings);
             }
-            let policy = shard.options().read_policy();
+            let policy = options.read_policy();
             let missing = Loaded::empty(crate::Health::Missing, None, policy);
-            shard.install(Arc::new(ShardFiles::base_only(
-                Arc::new(missing),
-                None,
-                None,
-            )));
-            Ok(removed)
+            let files = Arc::new(ShardFiles::base_only(Arc::new(missing), None, None));
+            Ok((removed, files))
         })();
         drop(temp);
         drop(lock);
-        Ok(if result? {
+        let (removed, files) = result?;
+        let outcome = if removed {
             WriteOutcome::Committed {
                 entries: 0,
                 file_bytes: 0,
@@ -649,24 +711,28 @@ impl<'s> Transaction<'s> {
             }
         } else {
             WriteOutcome::Unchanged
-        })
+        };
+        Ok((outcome, files))
     }
 }
 
-/// Finishes the new file, makes it durable, renames it into place and installs the new view in
-/// `shard`; returns which file was published, its size and the entries the shard now holds. The temp file is dropped (unlinked if
+/// Finishes the new file, makes it durable and renames it into place; returns which file was
+/// published, its size and the new view of the shard's files (for the `Shard` to install). The temp file is dropped (unlinked if
 /// it was not renamed) before this returns, so before the caller releases the lock.
 ///
 /// Everything before the rename can fail the write (the old shard is then untouched); nothing
 /// after it does: the write is committed, and a clean-up that fails is a warning.
+#[allow(clippy::too_many_arguments)] // the write's parts, each used once
 fn publish(
-    shard: &Shard,
+    shard: &ShardPaths,
+    options: &Options,
+    dir: &ShardDir,
     current: &ShardFiles,
     mut temp: TempFile,
     builder: Builder,
     target: Target,
     warnings: &mut Vec<String>,
-) -> Result<(Published, u64, u64)> {
+) -> Result<(Published, u64, Arc<ShardFiles>)> {
     let Builder {
         encoder,
         mut slots,
@@ -693,12 +759,12 @@ fn publish(
     let (out, len, header) = encoder.finish(&slots, &summary).map_err(io)?;
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     drop(file);
-    let max = shard.options().max_size;
+    let max = options.max_size;
     if len > max {
         return Err(Error::TooLarge { size: len, max });
     }
     format::patch_header(&temp.file, &header).map_err(io)?;
-    let durable = shard.options().durable;
+    let durable = options.durable;
     if durable {
         temp.file.sync_data().map_err(io)?;
     }
@@ -710,7 +776,7 @@ fn publish(
     if target == Target::Base {
         // Writing a base costs O(shard) anyway: the moment to sweep the directory for temp
         // files under names this version does not use (see `TempFile`).
-        sweep_stale_temps(shard.path(), &temp.path, warnings);
+        sweep_stale_temps(dir, shard.path(), &temp.path, warnings);
     }
     // A delta written without fsync replaces a regular file by exchange (see
     // `TempFile::publish`); losing it to a power failure loses only the recent small writes.
@@ -722,12 +788,12 @@ fn publish(
         // The new base holds the delta's entries; the old delta no longer matches it (readers
         // ignore a delta whose base_id is not the base's), so failing to remove it only leaves
         // a file behind.
-        remove_old_delta(&delta_path, warnings);
+        remove_old_delta(dir, &delta_path, warnings);
     }
     if durable {
-        sync_dir_after_commit(map::parent_dir(&destination), warnings);
+        sync_dir_after_commit(dir, warnings);
     }
-    let policy = shard.options().read_policy();
+    let policy = options.read_policy();
     // (0, 0) if fstat fails: no file on disk has it, so the next snapshot maps the files anew.
     let identity = temp
         .file
@@ -738,20 +804,18 @@ fn publish(
         Target::Base => ShardFiles::base_only(Arc::new(loaded), None, None),
         Target::Delta => ShardFiles::pair(Arc::clone(&current.base), loaded),
     };
-    let entries = files.live_count();
-    shard.install(Arc::new(files));
     drop(temp);
     let published = match target {
         Target::Base => Published::Base,
         Target::Delta => Published::Delta,
     };
-    Ok((published, len, entries))
+    Ok((published, len, Arc::new(files)))
 }
 
 /// Removes the delta file a new base replaced (or `clear` removed the base of). The write is
 /// committed already: a failure is a warning.
-fn remove_old_delta(delta_path: &Path, warnings: &mut Vec<String>) {
-    match fs::remove_file(delta_path) {
+fn remove_old_delta(dir: &ShardDir, delta_path: &Path, warnings: &mut Vec<String>) {
+    match dir.unlink(file_name(delta_path)) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => warnings.push(format!(
@@ -764,10 +828,12 @@ fn remove_old_delta(delta_path: &Path, warnings: &mut Vec<String>) {
 
 /// Syncs the directory after a committed rename; a failure means the write may not survive a
 /// power loss, which is a warning (the write is visible and will not be undone).
-fn sync_dir_after_commit(dir: &Path, warnings: &mut Vec<String>) {
-    if let Err(e) = sync_dir(dir) {
+fn sync_dir_after_commit(dir: &ShardDir, warnings: &mut Vec<String>) {
+    if let Err(e) = dir.sync() {
         warnings.push(format!(
-            "the write was committed, but it may not survive a power loss: {e}"
+            "the write was committed, but it may not survive a power loss: syncing directory \
+             {}: {e}",
+            dir.path.display()
         ));
     }
 }
@@ -789,69 +855,110 @@ fn sync_dir_after_commit(dir: &Path, warnings: &mut Vec<String>) {
 ///
 /// The file's mode is set to 0600 after creation (`fchmod`), whatever the umask.
 struct TempFile {
+    dir: Arc<ShardDir>,
     path: PathBuf,
     file: File,
     /// False once the name no longer holds a file of ours to remove.
     linked: bool,
+    /// For a random name: a `flock` on the file, held while it is being written, which tells a
+    /// sweep that a live writer owns it (a bulk write builds it without the shard's lock).
+    _owned: Option<Flock<File>>,
+}
+
+/// The file name of one of the shard's paths (all of which have one).
+fn file_name(path: &Path) -> &OsStr {
+    path.file_name().unwrap_or_default()
 }
 
 impl TempFile {
-    fn create(dir: &Path, shard: &Path, warnings: &mut Vec<String>) -> Result<TempFile> {
-        let name = shard.file_name().unwrap_or_default();
-        let fixed = dir.join(names::fixed_temp(name));
-        let create = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-                .open(&fixed)
-        };
+    fn create(dir: &Arc<ShardDir>, shard: &Path, warnings: &mut Vec<String>) -> Result<TempFile> {
+        let name = file_name(shard);
+        let fixed = names::fixed_temp(name);
+        let create =
+            |n: &OsStr| dir.open_file(n, OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL, 0o600);
         // Usually nothing is there: try first, unlink what a dead writer left only if needed,
         // and only if it is a file of ours.
-        let mut opened = create();
+        let mut opened = create(&fixed);
         if matches!(&opened, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
-            && is_own_file(&fixed)
-            && fs::remove_file(&fixed).is_ok()
+            && is_own_file(dir, &fixed)
+            && dir.unlink(&fixed).is_ok()
         {
-            opened = create();
+            opened = create(&fixed);
         }
-        match opened {
-            Ok(file) => {
-                let temp = TempFile {
-                    path: fixed,
-                    file,
-                    linked: true,
-                };
-                repair_mode(&temp.file, 0o600, &temp.path)?;
-                return Ok(temp);
-            }
+        let (file, chosen) = match opened {
+            Ok(file) => (file, fixed),
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::io("creating temporary file", &fixed, e));
+                return Err(Error::io(
+                    "creating temporary file",
+                    dir.path.join(&fixed),
+                    e,
+                ));
             }
-            // Not ours to remove: another name.
-            Err(_) => {}
-        }
-        sweep_stale_temps(shard, &fixed, warnings);
-        let (file, path) = tempfile::Builder::new()
-            .prefix(&names::temp_prefix(name))
-            .suffix(names::TEMP_SUFFIX)
-            .rand_bytes(names::RANDOM_LEN)
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .tempfile_in(dir)
-            .and_then(|t| t.keep().map_err(|e| e.error))
-            .map_err(|e| Error::io("creating temporary file in", dir, e))?;
+            // Not ours to remove: a fresh name, O_EXCL.
+            Err(_) => {
+                sweep_stale_temps(dir, shard, Path::new(&fixed), warnings);
+                return Self::create_random(dir, shard);
+            }
+        };
         let temp = TempFile {
-            path,
+            dir: Arc::clone(dir),
+            path: dir.path.join(&chosen),
             file,
             linked: true,
+            _owned: None,
         };
         repair_mode(&temp.file, 0o600, &temp.path)?;
         Ok(temp)
     }
 
-    /// Renames the file over `destination`.
+    /// A temp file under a fresh random name `.<name>.XXXXXX.tmp` (`O_EXCL`), `flock`ed for as
+    /// long as it lives, so that a sweep by a writer holding the shard's lock skips it. Needs
+    /// no lock: a bulk write builds its file this way while other writers go on.
+    fn create_random(dir: &Arc<ShardDir>, shard: &Path) -> Result<TempFile> {
+        let name = file_name(shard);
+        let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL;
+        for _ in 0..100 {
+            let candidate = random_temp_name(name);
+            let file = match dir.open_file(&candidate, flags, 0o600) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io("creating temporary file in", &dir.path, e)),
+            };
+            let path = dir.path.join(&candidate);
+            let mut temp = TempFile {
+                dir: Arc::clone(dir),
+                path,
+                file,
+                linked: true,
+                _owned: None,
+            };
+            let dup = temp
+                .file
+                .try_clone()
+                .map_err(|e| Error::io("duplicating descriptor of", &temp.path, e))?;
+            // A sweep may have locked and unlinked the new file between its creation and this
+            // flock: then the name no longer holds it, and another name is tried.
+            let Ok(owned) = Flock::lock(dup, FlockArg::LockExclusiveNonblock) else {
+                temp.linked = false;
+                continue;
+            };
+            let ino = temp.file.metadata().map(|m| m.ino()).ok();
+            if dir.stat(&candidate).ok().map(|st| st.st_ino) != ino {
+                temp.linked = false;
+                continue;
+            }
+            temp._owned = Some(owned);
+            repair_mode(&temp.file, 0o600, &temp.path)?;
+            return Ok(temp);
+        }
+        Err(Error::io(
+            "creating temporary file in",
+            &dir.path,
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        ))
+    }
+
+    /// Renames the file over `destination` (a name in the same directory).
     ///
     /// With `exchange`, swaps it with the file at `destination` instead (`RENAME_EXCHANGE`),
     /// where the system supports that and `destination` exists: the old file then sits under
@@ -862,147 +969,112 @@ impl TempFile {
     /// exchange does not, so a small file replaced again soon after never reaches the disk.
     /// Only for files whose loss on power failure is acceptable.
     fn publish(&mut self, destination: &Path, exchange: bool) -> Result<()> {
-        if exchange && exchange_files(&self.path, destination)? {
+        let (from, to) = (file_name(&self.path), file_name(destination));
+        if exchange
+            && self
+                .dir
+                .exchange(from, to)
+                .map_err(|e| Error::io("exchanging new shard with", destination, e))?
+        {
             return Ok(());
         }
-        fs::rename(&self.path, destination)
+        self.dir
+            .rename(from, to)
             .map_err(|e| Error::io("renaming new shard over", destination, e))?;
         self.linked = false;
         Ok(())
     }
 }
 
-/// Atomically swaps the files at `a` and `b`; false (nothing done) when `b` does not exist or
-/// the system or file system cannot exchange.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn exchange_files(a: &Path, b: &Path) -> Result<bool> {
-    use nix::errno::Errno;
-    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
-    match renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE) {
-        Ok(()) => Ok(true),
-        Err(Errno::ENOENT | Errno::EINVAL | Errno::ENOSYS) => Ok(false),
-        Err(e) => Err(Error::io("exchanging new shard with", b, e.into())),
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn exchange_files(_: &Path, _: &Path) -> Result<bool> {
-    Ok(false)
+/// `.<name>.XXXXXX.tmp` with six random alphanumerics.
+fn random_temp_name(name: &OsStr) -> OsString {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bits = new_shard_id();
+    let mut s = names::temp_prefix(name);
+    let random: String = (0..names::RANDOM_LEN)
+        .map(|_| {
+            let c = ALPHABET[(bits % ALPHABET.len() as u64) as usize] as char;
+            bits /= ALPHABET.len() as u64;
+            c
+        })
+        .collect();
+    s.push(random);
+    s.push(names::TEMP_SUFFIX);
+    s
 }
 
 impl Drop for TempFile {
     fn drop(&mut self) {
         if self.linked {
-            let _ = fs::remove_file(&self.path);
+            let _ = self.dir.unlink(file_name(&self.path));
         }
     }
 }
 
-/// True when `path` is a regular file owned by the effective user (`lstat`): the only kind of
-/// file a writer ever removes from the shard's directory.
-fn is_own_file(path: &Path) -> bool {
-    fs::symlink_metadata(path)
-        .is_ok_and(|m| m.file_type().is_file() && m.uid() == nix::unistd::geteuid().as_raw())
-}
-
-/// Creates `dir` and its missing parents with mode 0700 and checks that others cannot write it.
-///
-/// Each directory this creates gets its mode set to 0700 after `mkdir`, since the umask may
-/// have taken bits away (umask 277 makes `mkdir(0700)` give 0500, and nothing could then be
-/// created in it).
-pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
-    let meta = match fs::metadata(dir) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_private_dirs(dir)?;
-            fs::metadata(dir).map_err(|e| Error::io("reading metadata of", dir, e))?
-        }
-        Err(e) => return Err(Error::io("reading metadata of", dir, e)),
-    };
-    if !meta.is_dir() {
-        return Err(Error::NotAFile {
-            path: dir.to_path_buf(),
-            kind: "non-directory where the shard's directory should be",
-        });
-    }
-    trust::check_dir(&meta).map_err(|reason| Error::Untrusted {
-        path: dir.to_path_buf(),
-        reason,
+/// True when `name` in `dir` is a regular file owned by the effective user (`lstat`): the only
+/// kind of file a writer ever removes from the shard's directory.
+fn is_own_file(dir: &ShardDir, name: &OsStr) -> bool {
+    dir.stat(name).is_ok_and(|st| {
+        (st.st_mode & nix::libc::S_IFMT) == nix::libc::S_IFREG
+            && st.st_uid == nix::unistd::geteuid().as_raw()
     })
 }
 
-/// `mkdir -p` with mode 0700 for every directory it creates, whatever the umask.
-fn create_private_dirs(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if dir.as_os_str().is_empty() || dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent() {
-        create_private_dirs(parent)?;
-    }
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io("setting the mode of", dir, e)),
-        // Another writer created it meanwhile: judged by the caller's checks.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::io("creating directory", dir, e)),
-    }
-}
-
 /// Removes every temp file of the shard at `path` but `keep` (the caller's own): left by writers
-/// that died mid-write. Only called under the lock, when no live writer can own a temp file.
+/// that died mid-write. Only called under the lock; a bulk write that builds its file without
+/// the lock holds a `flock` on it, and such a file is skipped.
 ///
 /// Only regular files owned by the effective user are removed: a file another user planted
 /// under such a name in a shared directory is not ours to remove and is skipped, as is a
 /// directory. A removal that fails anyway is a warning, never a failed write: a stale temp file
 /// costs only its space.
-fn sweep_stale_temps(path: &Path, keep: &Path, warnings: &mut Vec<String>) {
-    let dir = map::parent_dir(path);
-    let shard = path.file_name().unwrap_or_default();
+fn sweep_stale_temps(dir: &ShardDir, path: &Path, keep: &Path, warnings: &mut Vec<String>) {
+    let shard = file_name(path);
     let keep = keep.file_name();
-    let euid = nix::unistd::geteuid().as_raw();
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
+    let names = match dir.names() {
+        Ok(names) => names,
         Err(e) => {
             warnings.push(format!(
                 "could not list {} for stale temporary files: {e}",
-                dir.display()
+                dir.path.display()
             ));
             return;
         }
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if Some(name.as_os_str()) == keep || !names::is_temp_name(shard, &name) {
+    for name in names {
+        if Some(name.as_os_str()) == keep
+            || !names::is_temp_name(shard, &name)
+            || !is_own_file(dir, &name)
+        {
             continue;
         }
-        let ours = entry
-            .metadata()
-            .is_ok_and(|m| m.file_type().is_file() && m.uid() == euid);
-        if !ours {
+        // A bulk write building its file without the shard's lock holds a flock on it: live,
+        // not stale. The flock taken here is held across the unlink, so the writer's own check
+        // (its name still holds its file) sees the removal if it raced this.
+        let Ok(file) = dir.open_file(&name, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0) else {
             continue;
-        }
-        let stale = entry.path();
-        match fs::remove_file(&stale) {
+        };
+        let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        match dir.unlink(&name) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => warnings.push(format!(
                 "could not remove stale temporary file {}: {e}",
-                stale.display()
+                dir.path.join(&name).display()
             )),
         }
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("syncing directory", dir, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn open_dir(path: &Path) -> Arc<ShardDir> {
+        Arc::new(ShardDir::create(path).unwrap())
+    }
 
     #[test]
     fn a_shard_sweeps_only_its_own_temp_names() {
@@ -1022,7 +1094,7 @@ mod tests {
         }
         let keep = dir.path().join(".a.keepme.tmp");
         let mut warnings = Vec::new();
-        sweep_stale_temps(&shard, &keep, &mut warnings);
+        sweep_stale_temps(&open_dir(dir.path()), &shard, &keep, &mut warnings);
         assert!(warnings.is_empty(), "{warnings:?}");
         for (name, swept) in names {
             assert_eq!(!dir.path().join(name).exists(), swept, "{name}");
@@ -1032,18 +1104,19 @@ mod tests {
     #[test]
     fn exchange_swaps_two_files_and_declines_a_missing_target() {
         let dir = tempfile::tempdir().unwrap();
+        let handle = open_dir(dir.path());
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         fs::write(&a, b"new").unwrap();
         let missing = dir.path().join("missing");
         assert!(
-            !exchange_files(&a, &missing).unwrap(),
+            !handle.exchange("a".as_ref(), "missing".as_ref()).unwrap(),
             "nothing to swap with"
         );
         assert_eq!(fs::read(&a).unwrap(), b"new", "left as it was");
         assert!(!missing.exists());
 
         fs::write(&b, b"old").unwrap();
-        if exchange_files(&a, &b).unwrap() {
+        if handle.exchange("a".as_ref(), "b".as_ref()).unwrap() {
             assert_eq!(fs::read(&b).unwrap(), b"new");
             assert_eq!(fs::read(&a).unwrap(), b"old");
         } else {
@@ -1058,7 +1131,7 @@ mod tests {
         let shard = dir.path().join("s.shard");
         let delta = dir.path().join("s.shard.delta");
         fs::write(&delta, b"old delta").unwrap();
-        let mut temp = TempFile::create(dir.path(), &shard, &mut Vec::new()).unwrap();
+        let mut temp = TempFile::create(&open_dir(dir.path()), &shard, &mut Vec::new()).unwrap();
         assert_eq!(temp.path, dir.path().join(".s.shard.tmp"));
         std::io::Write::write_all(&mut temp.file, b"new delta").unwrap();
         temp.publish(&delta, true).unwrap();
@@ -1068,7 +1141,7 @@ mod tests {
         assert!(!path.exists(), "the old file is unlinked");
         // Without an old file to swap with, publishing renames.
         fs::remove_file(&delta).unwrap();
-        let mut temp = TempFile::create(dir.path(), &shard, &mut Vec::new()).unwrap();
+        let mut temp = TempFile::create(&open_dir(dir.path()), &shard, &mut Vec::new()).unwrap();
         std::io::Write::write_all(&mut temp.file, b"first").unwrap();
         temp.publish(&delta, true).unwrap();
         drop(temp);

@@ -375,3 +375,64 @@ fn stale_temp_files_are_removed_by_later_writes() {
     assert!(!other.exists(), "clear sweeps too");
     assert_eq!(temp_files(dir.path()), Vec::<String>::new());
 }
+
+/// #12.7: the frictions a new user hit. One key removes with `remove_one`; `?` converts an
+/// `std::io::Error`; a write's `file_bytes` is the size of the file it published, and says
+/// which; a shard whose directory does not exist says so instead of reading as a plain miss.
+#[test]
+fn small_api_frictions_are_gone() {
+    use warmshard::Published;
+    let dir = tempfile::tempdir().unwrap();
+    let shard = Shard::open(dir.path().join("f.shard")).unwrap();
+    let _ = shard
+        .replace_all((0..2000).map(|i| (format!("k{i}"), vec![1u8; 100])))
+        .unwrap();
+    let outcome = shard.put_one("small", "v").unwrap();
+    let WriteOutcome::Committed {
+        file_bytes,
+        published,
+        ..
+    } = outcome
+    else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(published, Published::Delta);
+    assert_eq!(
+        file_bytes,
+        std::fs::metadata(shard.delta_path()).unwrap().len()
+    );
+    let outcome = shard.compact().unwrap();
+    let WriteOutcome::Committed {
+        file_bytes,
+        published,
+        ..
+    } = outcome
+    else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(published, Published::Base);
+    assert_eq!(file_bytes, std::fs::metadata(shard.path()).unwrap().len());
+
+    assert!(matches!(
+        shard.remove_one("small").unwrap(),
+        WriteOutcome::Committed { .. }
+    ));
+    assert_eq!(shard.remove_one("small").unwrap(), WriteOutcome::Unchanged);
+
+    fn read_config(path: &std::path::Path) -> warmshard::Result<Vec<u8>> {
+        Ok(std::fs::read(path)?)
+    }
+    assert!(matches!(
+        read_config(&dir.path().join("absent")),
+        Err(warmshard::Error::Os(_))
+    ));
+
+    let typo = Shard::open(dir.path().join("no-such-dir/f.shard")).unwrap();
+    assert_eq!(typo.get(b"k1"), None);
+    assert_eq!(
+        typo.health(),
+        Health::DirectoryMissing {
+            dir: dir.path().join("no-such-dir")
+        }
+    );
+}

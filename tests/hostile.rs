@@ -756,3 +756,370 @@ fn umasks_that_take_owner_bits_still_give_0700_directories_and_0600_files() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(mode(&lock), 0o600, "lock file repaired");
 }
+
+/// Runs the CLI on `path` with `args` (as root, the victim in these tests); returns exit code,
+/// stdout and stderr.
+fn cli_as_victim(path: &Path, args: &[&str]) -> (Option<i32>, Vec<u8>, String) {
+    let out = Command::new(common::warmshard_bin())
+        .arg("--shard")
+        .arg(path)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), out.stdout, stderr)
+}
+
+/// A symlink at `link` to `target`, owned by `uid` (another user planted it). Made under
+/// another name, given to `uid`, then renamed into place: a symlink at `link` is never root's,
+/// even for an instant (root's symlinks are trusted).
+fn plant_symlink(target: &Path, link: &Path, uid: u32) {
+    let staging = link.with_extension("planting");
+    std::os::unix::fs::symlink(target, &staging).unwrap();
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        &staging,
+        Some(uid.into()),
+        None,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    std::fs::rename(&staging, link).unwrap();
+}
+
+/// #11.6: another user plants a symlink in a shared sticky directory where the user's shard
+/// directory should be, pointing at another directory of the user's: writes are refused with an
+/// error naming it (before the fix the shard landed in the symlink's target), reads are
+/// untrusted (before: they served the target's shard).
+#[test]
+fn a_symlink_planted_where_the_shard_directory_should_be_is_refused() {
+    let Some((other, _)) = common::second_user("a planted directory symlink") else {
+        return;
+    };
+    let shared = common::sticky_dir();
+    let private = tempfile::tempdir().unwrap();
+    let elsewhere = private.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let _ = Shard::open_with(elsewhere.join("s.shard"), options())
+        .unwrap()
+        .put_one("k", "OLD")
+        .unwrap();
+    let before = std::fs::read(elsewhere.join("s.shard")).unwrap();
+    let link = shared.path().join("cache");
+    plant_symlink(&elsewhere, &link, other);
+    let path = link.join("s.shard");
+
+    let (code, stdout, stderr) = cli_as_victim(&path, &["get", "k"]);
+    assert_ne!(stdout, b"OLD", "a read served the symlink target's shard");
+    assert_eq!(code, Some(1), "{stderr}");
+    let (code, _, stderr) = cli_as_victim(&path, &["put", "k2"]);
+    assert_eq!(
+        code,
+        Some(2),
+        "the write went through the symlink: {stderr}"
+    );
+    assert!(stderr.contains(&link.display().to_string()), "{stderr}");
+    assert!(stderr.contains("symlink"), "{stderr}");
+    assert_eq!(std::fs::read(elsewhere.join("s.shard")).unwrap(), before);
+    let lib = Shard::open_with(&path, options()).unwrap();
+    assert!(
+        matches!(lib.health(), Health::Untrusted { .. }),
+        "{:?}",
+        lib.health()
+    );
+    assert!(matches!(
+        lib.put_one("k", "v"),
+        Err(Error::Untrusted { .. })
+    ));
+    // A symlink the user made is theirs to follow.
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    assert_eq!(cli_as_victim(&path, &["get", "k"]).1, b"OLD");
+}
+
+/// #11.6: a world-writable, non-sticky ancestor lets another user rename the shard's directory
+/// away and put another in its place, so such a shard is refused, reads and writes, with the
+/// ancestor named (as OpenSSH's StrictModes refuses key files). Before the fix only the shard's
+/// own directory was checked.
+#[test]
+fn a_world_writable_non_sticky_ancestor_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mine = open.join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let path = mine.join("deep/s.shard");
+    let (code, _, stderr) = cli_as_victim(&path, &["put", "k"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:", open.display())),
+        "names it: {stderr}"
+    );
+    assert!(!path.exists());
+    let shard = Shard::open_with(&path, options()).unwrap();
+    match shard.put_one("k", "v") {
+        Err(Error::Untrusted { path: refused, .. }) => assert_eq!(refused, open),
+        other => panic!("expected Untrusted, got {other:?}"),
+    }
+    // With the sticky bit (as /tmp), others cannot rename what is ours: accepted.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let _ = shard.put_one("k", "v").unwrap();
+    // A reader refuses it too once the bit is gone.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let health = Shard::open(&path).unwrap().health();
+    let Health::Untrusted { reason } = health else {
+        panic!("{health:?}");
+    };
+    assert!(reason.contains(&open.display().to_string()), "{reason}");
+}
+
+/// #11.6: a symlink that another user flips, at the shard directory's name, between the user's
+/// real directory (shard NEW) and another directory (shard OLD): a read never serves OLD.
+/// Before the fix the directory was checked by path and the files opened by path again, so
+/// reads served OLD whenever the symlink was in place.
+#[test]
+fn a_flipping_directory_symlink_never_makes_reads_serve_another_directory() {
+    let Some((other, _)) = common::second_user("a flipping directory symlink") else {
+        return;
+    };
+    let shared = common::sticky_dir();
+    let private = tempfile::tempdir().unwrap();
+    let stale = private.path().join("stale");
+    std::fs::create_dir(&stale).unwrap();
+    let _ = Shard::open_with(stale.join("s.shard"), options())
+        .unwrap()
+        .put_one("k", "OLD")
+        .unwrap();
+    let real = shared.path().join("cache");
+    let aside = shared.path().join("cache.aside");
+    let _ = Shard::open_with(real.join("s.shard"), options())
+        .unwrap()
+        .put_one("k", "NEW")
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (stop, real, aside, stale) = (stop.clone(), real.clone(), aside.clone(), stale.clone());
+        std::thread::spawn(move || {
+            let mut flips = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::rename(&real, &aside).unwrap();
+                plant_symlink(&stale, &real, other);
+                std::thread::sleep(Duration::from_micros(200));
+                std::fs::remove_file(&real).unwrap();
+                std::fs::rename(&aside, &real).unwrap();
+                std::thread::sleep(Duration::from_micros(200));
+                flips += 1;
+            }
+            flips
+        })
+    };
+    let (mut new, mut refused) = (0, 0);
+    for _ in 0..100 {
+        let (code, stdout, _) = cli_as_victim(&real.join("s.shard"), &["get", "k"]);
+        assert_ne!(stdout, b"OLD", "a read served the other directory's shard");
+        match code {
+            Some(0) => new += 1,
+            _ => refused += 1,
+        }
+    }
+    for _ in 0..2000 {
+        let value = Shard::open(real.join("s.shard")).unwrap().get(b"k");
+        assert_ne!(
+            value.as_deref(),
+            Some(&b"OLD"[..]),
+            "the library served OLD"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flips = flipper.join().unwrap();
+    eprintln!("{flips} flips; CLI reads: {new} served NEW, {refused} refused or missed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Moved from bad_input.rs (the cases hostile.rs did not already cover).
+
+fn valid_shard_bytes(dir: &Path) -> Vec<u8> {
+    let path = dir.join("source.shard");
+    let shard = Shard::open_with(&path, Options::new().producer("test 1").durable(false)).unwrap();
+    shard
+        .replace_all((0..40).map(|i| (format!("key-{i}"), vec![i as u8; 10 + i])))
+        .unwrap();
+    std::fs::read(&path).unwrap()
+}
+
+/// Writes `bytes` as a shard, opens it, reads it every way, and returns its health.
+fn health_of(dir: &Path, bytes: &[u8]) -> Health {
+    let path = dir.join("bad.shard");
+    std::fs::write(&path, bytes).unwrap();
+    let shard = Shard::open_with(&path, Options::new().producer("test 1")).unwrap();
+    let snapshot = shard.snapshot();
+    for i in 0..40 {
+        let _ = snapshot.get(format!("key-{i}").as_bytes());
+    }
+    let _ = snapshot.iter().count();
+    let _ = snapshot.verify();
+    if !snapshot.health().is_valid() {
+        assert!(snapshot.is_empty());
+        assert_eq!(snapshot.get(b"key-1"), None);
+    }
+    snapshot.health().clone()
+}
+
+#[test]
+fn empty_and_garbage_files_read_as_empty_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(health_of(dir.path(), b""), Health::EmptyFile);
+    assert_eq!(
+        health_of(dir.path(), b"#!/bin/sh\necho hi\n"),
+        Health::NotAShard
+    );
+    assert_eq!(health_of(dir.path(), &[0u8; 4096]), Health::NotAShard);
+    let mut garbage = b"WARMSHRD".to_vec();
+    garbage.extend((0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+    assert!(!health_of(dir.path(), &garbage).is_valid());
+}
+
+#[test]
+fn wrong_magic_version_width_endianness_read_as_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = valid_shard_bytes(dir.path());
+    // Open reads the trailer (the last 32 bytes); the preamble mirrors it for people and tools.
+    let t = good.len() - 32;
+    let patched = |at: usize, byte: u8| {
+        let mut b = good.clone();
+        b[at] = byte;
+        b
+    };
+    let mut foreign = patched(0, b'w');
+    foreign[t] = b'w';
+    assert_eq!(health_of(dir.path(), &foreign), Health::NotAShard);
+    assert!(matches!(
+        health_of(dir.path(), &patched(t, b'w')),
+        Health::Truncated { .. }
+    ));
+    assert_eq!(
+        health_of(dir.path(), &patched(t + 8, 1)),
+        Health::UnsupportedVersion {
+            found: 1,
+            supported: warmshard::format::FORMAT_VERSION
+        }
+    );
+    // Another pointer width or endianness than this build's rkyv uses: foreign.
+    let width = if good[t + 12] == 32 { 64 } else { 32 };
+    assert!(matches!(
+        health_of(dir.path(), &patched(t + 12, width)),
+        Health::IncompatibleLayout {
+            pointer_width_bits,
+            ..
+        } if pointer_width_bits == width
+    ));
+    let endianness = 3 - good[t + 13];
+    assert!(matches!(
+        health_of(dir.path(), &patched(t + 13, endianness)),
+        Health::IncompatibleLayout { endianness: e, .. } if e == endianness
+    ));
+}
+
+#[test]
+fn corrupting_any_single_byte_of_the_index_or_root_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = valid_shard_bytes(dir.path());
+    // The tail holds the slot table and the rkyv root.
+    let tail_start = good.len().saturating_sub(1200);
+    for at in tail_start..good.len() {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut bad = good.clone();
+            bad[at] ^= flip;
+            let _ = health_of(dir.path(), &bad);
+        }
+    }
+}
+
+#[test]
+fn directory_fifo_and_device_at_the_path_are_errors_not_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("a-directory");
+    std::fs::create_dir(&sub).unwrap();
+    let err = Shard::open(&sub).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            warmshard::Error::NotAFile {
+                kind: "directory",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let fifo = dir.path().join("a-fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Opening a FIFO without a writer would block forever without O_NONBLOCK.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fifo_path = fifo.clone();
+    std::thread::spawn(move || tx.send(Shard::open(&fifo_path).map(|_| ())).unwrap());
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("opening a FIFO hung");
+    assert!(matches!(
+        result,
+        Err(warmshard::Error::NotAFile { kind: "FIFO", .. })
+    ));
+
+    let err = Shard::open("/dev/null").unwrap_err();
+    assert!(
+        matches!(err, warmshard::Error::NotAFile { kind: "device", .. }),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Moved from security.rs (the cases hostile.rs did not already cover).
+
+#[test]
+fn new_files_are_0600_and_new_directories_0700() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/c/cache.shard");
+    let shard = Shard::open(&path).unwrap();
+    assert_eq!(
+        shard.health(),
+        Health::DirectoryMissing {
+            dir: dir.path().join("a/b/c")
+        }
+    );
+    assert!(
+        !dir.path().join("a").exists(),
+        "opening for reads must not create directories"
+    );
+    shard.put_one("k", "v").unwrap();
+    for d in ["a", "a/b", "a/b/c"] {
+        assert_eq!(mode(&dir.path().join(d)), 0o700, "{d}");
+    }
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&shard.lock_path()), 0o600);
+}
+
+#[test]
+fn a_shard_made_writable_by_others_after_it_was_mapped_is_refused_by_the_next_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("later.shard");
+    let shard = Shard::open_with(&path, Options::new().durable(false)).unwrap();
+    shard.put_one("k", "v").unwrap();
+    assert_eq!(shard.snapshot().get(b"k"), Some(&b"v"[..]));
+    // Same inode, new mode: others could now change the bytes this handle has mapped.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let snapshot = shard.snapshot();
+    assert!(
+        matches!(snapshot.health(), Health::Untrusted { .. }),
+        "{:?}",
+        snapshot.health()
+    );
+    assert_eq!(snapshot.get(b"k"), None);
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}

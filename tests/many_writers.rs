@@ -1,4 +1,6 @@
-//! Promise: concurrent writer processes never lose each other's entries, every racing mix of
+//! Promise: concurrent writers (processes, or threads of one handle) never lose each other's
+//! entries and never fail because of each other (a busy lock fails a write only after its
+//! timeout, or at once for `try_put_one`), every racing mix of
 //! `put_one`, `merge_in` and `replace_all` leaves a state that some serial order of the same
 //! writes would produce, and readers running throughout never see an error, a torn state or a
 //! wrong value.
@@ -10,14 +12,17 @@
 //! durable writes).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use warmshard::{Health, Options, Shard, Snapshot};
+use nix::fcntl::{Flock, FlockArg};
+use warmshard::{Error, Health, Options, Shard, Snapshot};
+
+mod common;
 
 const ROLE: &str = "WARMSHARD_MANY_ROLE";
 
@@ -79,9 +84,7 @@ fn read_checked(snapshot: &Snapshot) -> Entries {
 }
 
 fn spawn_role(role: &str, shard: &Path, envs: &[(&str, String)], stderr: PathBuf) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_process_entry_point", "--nocapture"])
-        .env(ROLE, role)
+    common::child_process(ROLE, role)
         .env("MANY_SHARD", shard)
         .envs(envs.iter().map(|(k, v)| (*k, v)))
         .stdin(Stdio::null())
@@ -485,6 +488,139 @@ fn every_kind_of_write_racing_for_seconds_never_fails_another() {
         steps.iter().sum::<u64>(),
         entries.len()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads of one handle, and the lock (moved from concurrency.rs).
+
+const BIN: &str = env!("CARGO_BIN_EXE_warmshard");
+
+#[test]
+fn threads_sharing_one_handle_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard =
+        Shard::open_with(dir.path().join("t.shard"), Options::new().durable(false)).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let shard = &shard;
+            s.spawn(move || {
+                for i in 0..25 {
+                    shard
+                        .put_one(format!("t{t}-{i}"), format!("{t}:{i}"))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(shard.snapshot().len(), 100);
+}
+
+#[test]
+fn a_held_lock_makes_a_writer_time_out_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("locked.shard");
+    let shard = Shard::open_with(
+        &path,
+        Options::new()
+            .lock_timeout(Duration::from_millis(300))
+            .durable(false),
+    )
+    .unwrap();
+    shard.put_one("before", "1").unwrap();
+
+    let lock_file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(shard.lock_path())
+        .unwrap();
+    let held = Flock::lock(lock_file, FlockArg::LockExclusive).unwrap();
+
+    let started = Instant::now();
+    let err = shard.put_one("during", "2").unwrap_err();
+    let waited = started.elapsed();
+    assert!(matches!(err, Error::LockTimeout { .. }), "{err}");
+    assert!(
+        waited >= Duration::from_millis(300),
+        "gave up after {waited:?}"
+    );
+    assert!(err.to_string().contains("another process is writing"));
+
+    // The CLI reports the same as exit status 2 with the reason.
+    let out = Command::new(BIN)
+        .args([
+            "--shard",
+            path.to_str().unwrap(),
+            "--lock-timeout",
+            "0.2",
+            "rm",
+            "before",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not lock"));
+
+    drop(held);
+    shard.put_one("after", "3").unwrap();
+    let snapshot = shard.snapshot();
+    assert_eq!(snapshot.get(b"before"), Some(&b"1"[..]));
+    assert_eq!(snapshot.get(b"during"), None);
+    assert_eq!(snapshot.get(b"after"), Some(&b"3"[..]));
+}
+
+/// #12.4: the startup path can fail fast. With the lock held elsewhere, `try_put_one` (and any
+/// write under a zero lock timeout) returns `Error::LockBusy` at once and writes nothing.
+#[test]
+fn try_put_one_never_waits_for_a_held_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.shard");
+    let shard = Shard::open(&path).unwrap();
+    let _ = shard.put_one("a", "1").unwrap();
+    let lock = std::fs::File::open(shard.lock_path()).unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        shard.try_put_one("b", "2"),
+        Err(warmshard::Error::LockBusy { .. })
+    ));
+    let zero = Shard::open_with(&path, Options::new().lock_timeout(Duration::ZERO)).unwrap();
+    assert!(matches!(
+        zero.put_one("b", "2"),
+        Err(warmshard::Error::LockBusy { .. })
+    ));
+    assert!(started.elapsed() < Duration::from_secs(1), "it waited");
+    assert_eq!(shard.get(b"b"), None);
+    drop(held);
+    let _ = shard.try_put_one("b", "2").unwrap();
+    assert_eq!(shard.get(b"b").as_deref(), Some(&b"2"[..]));
+}
+
+/// #12.4: a bulk write builds its file without the lock, so a `put_one` made meanwhile does not
+/// wait for it; and a merge-mode bulk write merges the shard as it is at commit, so that put is
+/// not lost.
+#[test]
+fn a_bulk_write_in_progress_blocks_no_writer_and_loses_no_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bulk.shard");
+    let shard = Shard::open(&path).unwrap();
+    let _ = shard.put_one("before", "1").unwrap();
+    let mut bulk = shard.bulk_writer(warmshard::BulkMode::Merge).unwrap();
+    for i in 0..1000 {
+        bulk.add(format!("bulk{i}").as_bytes(), &[3u8; 100])
+            .unwrap();
+    }
+    let other = Shard::open_with(&path, Options::new().lock_timeout(Duration::ZERO)).unwrap();
+    let _ = other.put_one("meanwhile", "2").unwrap();
+    let _ = bulk.commit().unwrap();
+    let snapshot = Shard::open(&path).unwrap().snapshot();
+    assert_eq!(snapshot.get(b"before"), Some(&b"1"[..]));
+    assert_eq!(
+        snapshot.get(b"meanwhile"),
+        Some(&b"2"[..]),
+        "lost the write made meanwhile"
+    );
+    assert_eq!(snapshot.get(b"bulk999"), Some(&[3u8; 100][..]));
+    assert_eq!(snapshot.len(), 1002);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -90,9 +90,7 @@ fn with_file_size_limit(command: &mut Command, limit: u64) -> &mut Command {
 /// file; returns what it printed: `OK` or `ERR <errno> <message>`.
 fn put_big_with_limit(path: &Path, limit: u64) -> String {
     let out = with_file_size_limit(
-        Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_process_entry_point", "--nocapture"])
-            .env(ROLE, "put-big")
+        common::child_process(ROLE, "put-big")
             .env("FAILURES_SHARD", path)
             .stdin(Stdio::null()),
         limit,
@@ -230,9 +228,7 @@ fn a_write_to_a_full_filesystem_fails_cleanly() {
     let Some(_mount) = mount(&["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"], &mnt) else {
         return;
     };
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_process_entry_point", "--nocapture"])
-        .env(ROLE, "full-fs")
+    let out = common::child_process(ROLE, "full-fs")
         .env("FAILURES_MNT", &mnt)
         .stdin(Stdio::null())
         .output()

@@ -72,3 +72,15 @@ pub fn sticky_dir() -> tempfile::TempDir {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     dir
 }
+
+/// This test binary run again as a child process that runs only its test
+/// `child_process_entry_point`, with `var=role` set: how the test files start writer, reader
+/// and lock-holder processes (each file's entry point does nothing unless its variable is set).
+pub fn child_process(var: &str, role: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", "child_process_entry_point", "--nocapture"])
+        .env(var, role)
+        .stdin(std::process::Stdio::null());
+    command
+}
