@@ -16,7 +16,11 @@ pub fn temp_files(dir: &Path) -> Vec<String> {
 /// The CLI binary: the one cargo built, or `$WARMSHARD_TEST_BIN` (to run the CLI tests against
 /// another build, e.g. the code before a fix, and see them fail).
 pub fn warmshard_bin() -> String {
-    std::env::var("WARMSHARD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_warmshard").into())
+    std::env::var("WARMSHARD_TEST_BIN").unwrap_or_else(|_| {
+        option_env!("CARGO_BIN_EXE_warmshard")
+            .expect("the CLI tests need the binary: build with the default `cli` feature")
+            .into()
+    })
 }
 
 /// The name of the second local user the tests create (`useradd`) to play another user.
