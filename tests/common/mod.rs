@@ -15,12 +15,9 @@ pub fn temp_files(dir: &Path) -> Vec<String> {
 
 /// The CLI binary: the one cargo built, or `$WARMSHARD_TEST_BIN` (to run the CLI tests against
 /// another build, e.g. the code before a fix, and see them fail).
+#[cfg(feature = "cli")]
 pub fn warmshard_bin() -> String {
-    std::env::var("WARMSHARD_TEST_BIN").unwrap_or_else(|_| {
-        option_env!("CARGO_BIN_EXE_warmshard")
-            .expect("the CLI tests need the binary: build with the default `cli` feature")
-            .into()
-    })
+    std::env::var("WARMSHARD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_warmshard").into())
 }
 
 /// The name of the second local user the tests create (`useradd`) to play another user.
@@ -53,6 +50,7 @@ pub fn second_user(what: &str) -> Option<(u32, u32)> {
 
 /// Runs `sh -c script` (with `$WARMSHARD_BIN` naming the CLI binary), as `user` when given, in a
 /// child process: the place for `umask`, `ulimit -v` and other per-process settings.
+#[cfg(feature = "cli")]
 pub fn sh(user: Option<(u32, u32)>, script: &str) -> std::process::Output {
     use std::os::unix::process::CommandExt;
     let mut command = std::process::Command::new("sh");
