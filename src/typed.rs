@@ -43,17 +43,28 @@ use crate::shard::{BulkMode, BulkWriter, Shard};
 use crate::snapshot::Snapshot;
 use crate::write::WriteOutcome;
 
-/// A type whose archived form a snapshot can validate and read in place: any
-/// `#[derive(rkyv::Archive)]` type (rkyv's `bytecheck` derives the check).
-pub trait ReadTyped:
-    Archive<Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>>
+/// The archived forms a snapshot can validate: checkable with both of rancor's error types
+/// ([`Snapshot::get_typed`] validates with the cheaper `Failure`, which carries no message;
+/// [`Snapshot::try_get_typed`] with `Error`, which carries the reason).
+pub trait CheckedArchive:
+    Portable
+    + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+    + for<'a> CheckBytes<HighValidator<'a, rancor::Failure>>
 {
 }
 
-impl<T> ReadTyped for T where
-    T: Archive<Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>>
+impl<A> CheckedArchive for A where
+    A: Portable
+        + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+        + for<'a> CheckBytes<HighValidator<'a, rancor::Failure>>
 {
 }
+
+/// A type whose archived form a snapshot can validate and read in place: any
+/// `#[derive(rkyv::Archive)]` type (rkyv's `bytecheck` derives the check).
+pub trait ReadTyped: Archive<Archived: CheckedArchive> {}
+
+impl<T> ReadTyped for T where T: Archive<Archived: CheckedArchive> {}
 
 /// A type a shard can store as a typed entry: any `#[derive(rkyv::Archive, rkyv::Serialize)]`
 /// type.
@@ -122,7 +133,8 @@ impl Snapshot {
     #[inline]
     pub fn get_typed<T: ReadTyped>(&self, key: &[u8]) -> Option<&T::Archived> {
         let value = self.get(key)?;
-        rkyv::access::<T::Archived, rancor::Error>(value).ok()
+        // `Failure` carries no message: a refused value costs no allocation here.
+        rkyv::access::<T::Archived, rancor::Failure>(value).ok()
     }
 
     /// Like [`get_typed`](Snapshot::get_typed), but says why a stored value was refused:
