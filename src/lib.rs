@@ -58,7 +58,7 @@ pub use options::{DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_SIZE, Options};
 pub use rkyv;
 pub use shard::{BulkMode, BulkWriter, Shard};
 pub use snapshot::{Snapshot, Stats, Value, VerifyError};
-pub use typed::{InvalidValue, ReadTyped, WriteTyped};
+pub use typed::{CheckedArchive, InvalidValue, ReadTyped, WriteTyped};
 pub use write::{DEFAULT_PRODUCER, DropReason, Dropped, Published, WriteOutcome};
 
 /// Not API: a view into shard files for warmshard's own tests and fuzz targets, which check

@@ -43,17 +43,28 @@ use crate::shard::{BulkMode, BulkWriter, Shard};
 use crate::snapshot::Snapshot;
 use crate::write::WriteOutcome;
 
-/// A type whose archived form a snapshot can validate and read in place: any
-/// `#[derive(rkyv::Archive)]` type (rkyv's `bytecheck` derives the check).
-pub trait ReadTyped:
-    Archive<Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>>
+/// The archived forms a snapshot can validate: checkable with both of rancor's error types
+/// ([`Snapshot::get_typed`] validates with the cheaper `Failure`, which carries no message;
+/// [`Snapshot::try_get_typed`] with `Error`, which carries the reason).
+pub trait CheckedArchive:
+    Portable
+    + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+    + for<'a> CheckBytes<HighValidator<'a, rancor::Failure>>
 {
 }
 
-impl<T> ReadTyped for T where
-    T: Archive<Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>>
+impl<A> CheckedArchive for A where
+    A: Portable
+        + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+        + for<'a> CheckBytes<HighValidator<'a, rancor::Failure>>
 {
 }
+
+/// A type whose archived form a snapshot can validate and read in place: any
+/// `#[derive(rkyv::Archive)]` type (rkyv's `bytecheck` derives the check).
+pub trait ReadTyped: Archive<Archived: CheckedArchive> {}
+
+impl<T> ReadTyped for T where T: Archive<Archived: CheckedArchive> {}
 
 /// A type a shard can store as a typed entry: any `#[derive(rkyv::Archive, rkyv::Serialize)]`
 /// type.
@@ -94,10 +105,36 @@ impl Snapshot {
     /// The value stored under `key` as an archived `T`, validated (that value only) and read in
     /// place in the mapping; `None` if absent or if the value is not a valid archived `T` (see
     /// [`try_get_typed`](Snapshot::try_get_typed) for the reason).
+    ///
+    /// Values are 16-byte aligned in the file, so any archived type is read where it lies;
+    /// the value was stored with [`Shard::put_typed`] (or `merge_in_typed`,
+    /// `replace_all_typed`, [`BulkWriter::add_typed`]) by a build with the same rkyv format
+    /// features (a shard from another reads as
+    /// [`Health::IncompatibleLayout`](crate::Health::IncompatibleLayout)).
+    ///
+    /// ```
+    /// # fn main() -> warmshard::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// #[derive(rkyv::Archive, rkyv::Serialize)]
+    /// struct Compiled {
+    ///     binary_mtime: u64,
+    ///     chunk: Vec<u8>,
+    /// }
+    ///
+    /// let shard = warmshard::Shard::open(dir.path().join("typed.shard"))?;
+    /// shard.put_typed("greet", &Compiled { binary_mtime: 7, chunk: vec![1, 2, 3] })?;
+    ///
+    /// let snapshot = shard.snapshot();
+    /// let entry = snapshot.get_typed::<Compiled>(b"greet").expect("a hit");
+    /// assert_eq!(entry.binary_mtime, 7); // in place: no copy, no deserialization
+    /// assert_eq!(entry.chunk.as_slice(), [1, 2, 3]);
+    /// # Ok(()) }
+    /// ```
     #[inline]
     pub fn get_typed<T: ReadTyped>(&self, key: &[u8]) -> Option<&T::Archived> {
         let value = self.get(key)?;
-        rkyv::access::<T::Archived, rancor::Error>(value).ok()
+        // `Failure` carries no message: a refused value costs no allocation here.
+        rkyv::access::<T::Archived, rancor::Failure>(value).ok()
     }
 
     /// Like [`get_typed`](Snapshot::get_typed), but says why a stored value was refused:

@@ -143,7 +143,7 @@ fn stats_json_and_verify() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["entries"], 7);
     assert_eq!(json["value_bytes"], 70);
-    assert_eq!(json["format_version"], 2);
+    assert_eq!(json["format_version"], warmshard::format::FORMAT_VERSION);
     assert_eq!(json["producer"], "tool 2.0");
     // Small puts land in the delta file of recent writes; stats count both files.
     let delta = dir.path().join("stats.shard.delta");
