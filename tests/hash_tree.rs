@@ -377,11 +377,9 @@ fn json_output_lists_the_same_files() {
 
 /// Runs hash-tree through the library, for the report's directory counts.
 fn hash_tree_lib(root: &Path, shard: &Path) -> warmshard::paths::HashTreeReport {
-    let options = warmshard::paths::HashTreeOptions {
-        shard: Some(shard.to_path_buf()),
-        shard_options: warmshard::Options::new().durable(false),
-        ..Default::default()
-    };
+    let options = warmshard::paths::HashTreeOptions::default()
+        .shard(shard)
+        .shard_options(warmshard::Options::new().durable(false));
     warmshard::paths::hash_tree(root, &options).unwrap()
 }
 
@@ -431,12 +429,10 @@ fn unchanged_directories_are_not_read_again_and_changed_ones_are() {
     assert_eq!(sha256sum_text(&rewritten), sha256sum_manifest(&root));
 
     // With the listing cache off, every directory is read, and nothing else changes.
-    let options = warmshard::paths::HashTreeOptions {
-        shard: Some(shard.clone()),
-        shard_options: warmshard::Options::new().durable(false),
-        listing_cache: false,
-        ..Default::default()
-    };
+    let options = warmshard::paths::HashTreeOptions::default()
+        .shard(&shard)
+        .shard_options(warmshard::Options::new().durable(false))
+        .listing_cache(false);
     let uncached = warmshard::paths::hash_tree(&root, &options).unwrap();
     assert_eq!((uncached.dirs_read, uncached.hashed), (9, 0));
     assert_eq!(uncached.manifest, rewritten.manifest);
@@ -724,11 +720,11 @@ fn excluded_paths_are_left_out_and_excluded_directories_never_read() {
     assert!(some.contains("  d2/target/out\n"), "{some}");
     assert_eq!(some.lines().count(), 31);
     // Excluded directories are not visited at all: 12 directories, 3 of them excluded.
-    let options = |exclude: &[&str]| warmshard::paths::HashTreeOptions {
-        shard: Some(shard.clone()),
-        shard_options: warmshard::Options::new().durable(false),
-        exclude: warmshard::paths::Exclude::new(exclude),
-        ..Default::default()
+    let options = |exclude: &[&str]| {
+        warmshard::paths::HashTreeOptions::default()
+            .shard(&shard)
+            .shard_options(warmshard::Options::new().durable(false))
+            .exclude(warmshard::paths::Exclude::new(exclude))
     };
     let report = warmshard::paths::hash_tree(&root, &options(&[])).unwrap();
     assert_eq!(report.dirs, 12);

@@ -48,7 +48,18 @@ pub(super) const DIMENSION: &str = "sha256";
 /// Length of each hashing thread's read buffer.
 const READ_BUFFER_LEN: usize = 256 * 1024;
 
-/// Settings for [`hash_tree`].
+/// Settings for [`hash_tree`]: start from [`Default`] and set what differs, with the builder
+/// methods or the public fields.
+///
+/// ```
+/// use warmshard::paths::{Exclude, HashTreeOptions};
+/// let options = HashTreeOptions::default()
+///     .shard("/tmp/tree.shard")
+///     .exclude(Exclude::new([".git", "target"]))
+///     .threads(2);
+/// assert_eq!(options.threads, 2);
+/// ```
+#[non_exhaustive]
 pub struct HashTreeOptions {
     /// Cache shard to use; `None` means one per canonical root under the user cache directory
     /// ([`shard_path_for_root`]).
@@ -65,7 +76,7 @@ pub struct HashTreeOptions {
     /// set by `hash_tree`.
     pub shard_options: Options,
     /// Called now and then from worker threads with (files seen, bytes hashed).
-    pub progress: Option<Box<dyn Fn(u64, u64) + Sync>>,
+    pub progress: Option<Box<dyn Fn(u64, u64) + Send + Sync>>,
     /// Paths left out of the manifest (see [`Exclude`]); an excluded directory is never read.
     /// The cache keeps whole listings, so a run with other exclusions reuses them; the hashes
     /// of excluded files are dropped from the cache.
@@ -86,8 +97,53 @@ impl Default for HashTreeOptions {
     }
 }
 
+impl HashTreeOptions {
+    /// Sets [`shard`](HashTreeOptions::shard).
+    pub fn shard(mut self, path: impl Into<PathBuf>) -> Self {
+        self.shard = Some(path.into());
+        self
+    }
+
+    /// Sets [`threads`](HashTreeOptions::threads) (at least 1).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// Sets [`racy_margin`](HashTreeOptions::racy_margin).
+    pub fn racy_margin(mut self, margin: Duration) -> Self {
+        self.racy_margin = margin;
+        self
+    }
+
+    /// Sets [`listing_cache`](HashTreeOptions::listing_cache).
+    pub fn listing_cache(mut self, on: bool) -> Self {
+        self.listing_cache = on;
+        self
+    }
+
+    /// Sets [`shard_options`](HashTreeOptions::shard_options).
+    pub fn shard_options(mut self, options: Options) -> Self {
+        self.shard_options = options;
+        self
+    }
+
+    /// Sets [`progress`](HashTreeOptions::progress).
+    pub fn progress(mut self, progress: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Box::new(progress));
+        self
+    }
+
+    /// Sets [`exclude`](HashTreeOptions::exclude).
+    pub fn exclude(mut self, exclude: Exclude) -> Self {
+        self.exclude = exclude;
+        self
+    }
+}
+
 /// What a [`hash_tree`] run produced and did.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct HashTreeReport {
     /// The manifest, sorted by path bytes.
     pub manifest: Manifest,
@@ -726,6 +782,14 @@ mod tests {
         assert_eq!(stamp, Stamp::lstat(&path).unwrap());
         assert_ne!(stamp.ino, walked.ino);
         assert_eq!(sha256, <[u8; 32]>::from(Sha256::digest(b"new content")));
+    }
+
+    #[test]
+    fn options_can_move_to_another_thread() {
+        fn is_send<T: Send>(_: &T) {}
+        let options = HashTreeOptions::default().progress(|_, _| {});
+        is_send(&options);
+        std::thread::spawn(move || drop(options)).join().unwrap();
     }
 
     #[test]
