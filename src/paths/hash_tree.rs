@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::cache::{PathEntry, encode_entry_into, recorded_hours};
+use super::error::PathError;
 use super::exclude::Exclude;
 use super::listing::{Listed, Listing, listing_key};
 use super::manifest::{Manifest, ManifestDir, in_manifest_order, push_hex};
@@ -161,7 +162,7 @@ pub struct HashTreeReport {
     /// Wall time of the run.
     pub elapsed: Duration,
     /// Files or directories that could not be read (left out of the manifest).
-    pub errors: Vec<String>,
+    pub errors: Vec<PathError>,
     /// The cache shard used.
     pub shard_path: PathBuf,
     /// Whether the cache shard was rewritten.
@@ -229,7 +230,7 @@ struct Hashed {
 }
 
 /// `Ok(None)`: the file turned out not to be a regular file, or was gone, when opened.
-type HashResult = std::result::Result<Option<Hashed>, String>;
+type HashResult = std::io::Result<Option<Hashed>>;
 
 /// Files of one directory hashed by one task: few small files, or one large one.
 const BATCH_FILES: usize = 64;
@@ -345,8 +346,8 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                 READ_BUFFER.with_borrow_mut(|buffer| {
                     buffer.resize(READ_BUFFER_LEN, 0);
                     for (i, name, stamp, old_value) in batch {
-                        let result = hash_file_at(&handle, &name, stamp, buffer, bytes_hashed)
-                            .map(|hashed| {
+                        let result = hash_file_at(&handle, &name, stamp, buffer, bytes_hashed).map(
+                            |hashed| {
                                 let (stamp, sha256) = hashed?;
                                 let racy = stamp.is_racy(taken_at, racy_margin);
                                 encode_entry_into(
@@ -362,8 +363,8 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                                     sha256,
                                     changed: old_value.as_deref() != Some(value.as_slice()),
                                 })
-                            })
-                            .map_err(|e| format!("{}: {e}", name.to_string_lossy()));
+                            },
+                        );
                         results.push((i, result));
                     }
                 });
@@ -403,8 +404,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                         continue;
                     }
                     Err(e) => {
-                        let error = format!("{}: {e}", name.to_string_lossy());
-                        hashed.lock().push((i, Err(error)));
+                        hashed.lock().push((i, Err(e.into())));
                         known.push(None);
                         continue;
                     }
@@ -463,14 +463,11 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
             .find(|e| e.path == root)
             .map_or_else(
                 || std::io::Error::other("the directory could not be read"),
-                |e| e.error,
+                |e| e.source,
             );
         return Err(Error::io("reading", &root, error));
     }
-    let mut errors: Vec<String> = walk_errors
-        .into_iter()
-        .map(|e| format!("{}: {}", e.path.display(), e.error))
-        .collect();
+    let mut errors = walk_errors;
 
     // Take in what was hashed.
     let mut hashed_ok = 0u64;
@@ -491,14 +488,17 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                     dir.fresh[i] = Some((hashed.stamp, hashed.racy));
                     hashed_ok += 1;
                 }
-                Err(e) => {
-                    let dir_path = root.join(OsStr::from_bytes(rel));
-                    errors.push(format!("{}/{e}", dir_path.display()));
+                Err(source) => {
+                    let name = dir.listing.name(&dir.listing.entries[i].0);
+                    let path = root
+                        .join(OsStr::from_bytes(rel))
+                        .join(OsStr::from_bytes(name));
+                    errors.push(PathError { path, source });
                 }
             }
         }
     }
-    errors.sort();
+    errors.sort_by(|a, b| a.path.cmp(&b.path));
     changed |= dirs.iter().any(|(_, dir)| dir.fresh_listing.is_some());
 
     // Rewrite only if an entry changed, or the cache holds an entry of a file or directory that
