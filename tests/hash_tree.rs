@@ -377,11 +377,9 @@ fn json_output_lists_the_same_files() {
 
 /// Runs hash-tree through the library, for the report's directory counts.
 fn hash_tree_lib(root: &Path, shard: &Path) -> warmshard::paths::HashTreeReport {
-    let options = warmshard::paths::HashTreeOptions {
-        shard: Some(shard.to_path_buf()),
-        shard_options: warmshard::Options::new().durable(false),
-        ..Default::default()
-    };
+    let options = warmshard::paths::HashTreeOptions::default()
+        .shard(shard)
+        .shard_options(warmshard::Options::new().durable(false));
     warmshard::paths::hash_tree(root, &options).unwrap()
 }
 
@@ -431,12 +429,10 @@ fn unchanged_directories_are_not_read_again_and_changed_ones_are() {
     assert_eq!(sha256sum_text(&rewritten), sha256sum_manifest(&root));
 
     // With the listing cache off, every directory is read, and nothing else changes.
-    let options = warmshard::paths::HashTreeOptions {
-        shard: Some(shard.clone()),
-        shard_options: warmshard::Options::new().durable(false),
-        listing_cache: false,
-        ..Default::default()
-    };
+    let options = warmshard::paths::HashTreeOptions::default()
+        .shard(&shard)
+        .shard_options(warmshard::Options::new().durable(false))
+        .listing_cache(false);
     let uncached = warmshard::paths::hash_tree(&root, &options).unwrap();
     assert_eq!((uncached.dirs_read, uncached.hashed), (9, 0));
     assert_eq!(uncached.manifest, rewritten.manifest);
@@ -724,11 +720,11 @@ fn excluded_paths_are_left_out_and_excluded_directories_never_read() {
     assert!(some.contains("  d2/target/out\n"), "{some}");
     assert_eq!(some.lines().count(), 31);
     // Excluded directories are not visited at all: 12 directories, 3 of them excluded.
-    let options = |exclude: &[&str]| warmshard::paths::HashTreeOptions {
-        shard: Some(shard.clone()),
-        shard_options: warmshard::Options::new().durable(false),
-        exclude: warmshard::paths::Exclude::new(exclude),
-        ..Default::default()
+    let options = |exclude: &[&str]| {
+        warmshard::paths::HashTreeOptions::default()
+            .shard(&shard)
+            .shard_options(warmshard::Options::new().durable(false))
+            .exclude(warmshard::paths::Exclude::new(exclude))
     };
     let report = warmshard::paths::hash_tree(&root, &options(&[])).unwrap();
     assert_eq!(report.dirs, 12);
@@ -738,4 +734,51 @@ fn excluded_paths_are_left_out_and_excluded_directories_never_read() {
     let again = run(&[]);
     assert!(again.contains("  target/out\n") && again.contains("  d1/main.o\n"));
     drop(tmp);
+}
+
+#[test]
+fn an_unreadable_file_is_left_out_and_named_with_its_full_path() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        println!("SKIPPED: no user 'nobody' to run as");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("sub/open"), "x").unwrap();
+    std::fs::write(root.join("sub/secret"), "y").unwrap();
+    std::fs::set_permissions(
+        root.join("sub/secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    nix::unistd::chown(&cache, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let out = Command::new(BIN)
+        .args(["--no-fsync", "--shard"])
+        .arg(cache.join("c.shard"))
+        .arg("hash-tree")
+        .arg(&root)
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}  sub/open\n", sha_of(b"x"))
+    );
+    let secret = std::fs::canonicalize(&root).unwrap().join("sub/secret");
+    assert!(
+        stderr.contains(&format!("{}: Permission denied", secret.display())),
+        "{stderr}"
+    );
+    // The library's errors are typed: the path, and the OS error.
+    let _typed: fn(&warmshard::paths::PathError) -> (&Path, Option<i32>) =
+        |e| (e.path(), e.raw_os_error());
 }

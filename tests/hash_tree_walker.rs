@@ -38,11 +38,9 @@ fn walk(cache: &TreeCache, dir: &Path, out: &mut Vec<(PathBuf, [u8; 32])>) {
 }
 
 fn options(shard: &Path) -> HashTreeOptions {
-    HashTreeOptions {
-        shard: Some(shard.to_path_buf()),
-        shard_options: warmshard::Options::new().durable(false),
-        ..Default::default()
-    }
+    HashTreeOptions::default()
+        .shard(shard)
+        .shard_options(warmshard::Options::new().durable(false))
 }
 
 fn open(root: &Path, shard: &Path) -> TreeCache {

@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::cache::{PathEntry, encode_entry_into, recorded_hours};
+use super::error::PathError;
 use super::exclude::Exclude;
 use super::listing::{Listed, Listing, listing_key};
 use super::manifest::{Manifest, ManifestDir, in_manifest_order, push_hex};
@@ -48,7 +49,18 @@ pub(super) const DIMENSION: &str = "sha256";
 /// Length of each hashing thread's read buffer.
 const READ_BUFFER_LEN: usize = 256 * 1024;
 
-/// Settings for [`hash_tree`].
+/// Settings for [`hash_tree`]: start from [`Default`] and set what differs, with the builder
+/// methods or the public fields.
+///
+/// ```
+/// use warmshard::paths::{Exclude, HashTreeOptions};
+/// let options = HashTreeOptions::default()
+///     .shard("/tmp/tree.shard")
+///     .exclude(Exclude::new([".git", "target"]))
+///     .threads(2);
+/// assert_eq!(options.threads, 2);
+/// ```
+#[non_exhaustive]
 pub struct HashTreeOptions {
     /// Cache shard to use; `None` means one per canonical root under the user cache directory
     /// ([`shard_path_for_root`]).
@@ -65,7 +77,7 @@ pub struct HashTreeOptions {
     /// set by `hash_tree`.
     pub shard_options: Options,
     /// Called now and then from worker threads with (files seen, bytes hashed).
-    pub progress: Option<Box<dyn Fn(u64, u64) + Sync>>,
+    pub progress: Option<Box<dyn Fn(u64, u64) + Send + Sync>>,
     /// Paths left out of the manifest (see [`Exclude`]); an excluded directory is never read.
     /// The cache keeps whole listings, so a run with other exclusions reuses them; the hashes
     /// of excluded files are dropped from the cache.
@@ -86,8 +98,53 @@ impl Default for HashTreeOptions {
     }
 }
 
+impl HashTreeOptions {
+    /// Sets [`shard`](HashTreeOptions::shard).
+    pub fn shard(mut self, path: impl Into<PathBuf>) -> Self {
+        self.shard = Some(path.into());
+        self
+    }
+
+    /// Sets [`threads`](HashTreeOptions::threads) (at least 1).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// Sets [`racy_margin`](HashTreeOptions::racy_margin).
+    pub fn racy_margin(mut self, margin: Duration) -> Self {
+        self.racy_margin = margin;
+        self
+    }
+
+    /// Sets [`listing_cache`](HashTreeOptions::listing_cache).
+    pub fn listing_cache(mut self, on: bool) -> Self {
+        self.listing_cache = on;
+        self
+    }
+
+    /// Sets [`shard_options`](HashTreeOptions::shard_options).
+    pub fn shard_options(mut self, options: Options) -> Self {
+        self.shard_options = options;
+        self
+    }
+
+    /// Sets [`progress`](HashTreeOptions::progress).
+    pub fn progress(mut self, progress: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Box::new(progress));
+        self
+    }
+
+    /// Sets [`exclude`](HashTreeOptions::exclude).
+    pub fn exclude(mut self, exclude: Exclude) -> Self {
+        self.exclude = exclude;
+        self
+    }
+}
+
 /// What a [`hash_tree`] run produced and did.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct HashTreeReport {
     /// The manifest, sorted by path bytes.
     pub manifest: Manifest,
@@ -105,7 +162,7 @@ pub struct HashTreeReport {
     /// Wall time of the run.
     pub elapsed: Duration,
     /// Files or directories that could not be read (left out of the manifest).
-    pub errors: Vec<String>,
+    pub errors: Vec<PathError>,
     /// The cache shard used.
     pub shard_path: PathBuf,
     /// Whether the cache shard was rewritten.
@@ -173,7 +230,7 @@ struct Hashed {
 }
 
 /// `Ok(None)`: the file turned out not to be a regular file, or was gone, when opened.
-type HashResult = std::result::Result<Option<Hashed>, String>;
+type HashResult = std::io::Result<Option<Hashed>>;
 
 /// Files of one directory hashed by one task: few small files, or one large one.
 const BATCH_FILES: usize = 64;
@@ -289,8 +346,8 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                 READ_BUFFER.with_borrow_mut(|buffer| {
                     buffer.resize(READ_BUFFER_LEN, 0);
                     for (i, name, stamp, old_value) in batch {
-                        let result = hash_file_at(&handle, &name, stamp, buffer, bytes_hashed)
-                            .map(|hashed| {
+                        let result = hash_file_at(&handle, &name, stamp, buffer, bytes_hashed).map(
+                            |hashed| {
                                 let (stamp, sha256) = hashed?;
                                 let racy = stamp.is_racy(taken_at, racy_margin);
                                 encode_entry_into(
@@ -306,8 +363,8 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                                     sha256,
                                     changed: old_value.as_deref() != Some(value.as_slice()),
                                 })
-                            })
-                            .map_err(|e| format!("{}: {e}", name.to_string_lossy()));
+                            },
+                        );
                         results.push((i, result));
                     }
                 });
@@ -347,8 +404,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                         continue;
                     }
                     Err(e) => {
-                        let error = format!("{}: {e}", name.to_string_lossy());
-                        hashed.lock().push((i, Err(error)));
+                        hashed.lock().push((i, Err(e.into())));
                         known.push(None);
                         continue;
                     }
@@ -407,14 +463,11 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
             .find(|e| e.path == root)
             .map_or_else(
                 || std::io::Error::other("the directory could not be read"),
-                |e| e.error,
+                |e| e.source,
             );
         return Err(Error::io("reading", &root, error));
     }
-    let mut errors: Vec<String> = walk_errors
-        .into_iter()
-        .map(|e| format!("{}: {}", e.path.display(), e.error))
-        .collect();
+    let mut errors = walk_errors;
 
     // Take in what was hashed.
     let mut hashed_ok = 0u64;
@@ -435,14 +488,17 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
                     dir.fresh[i] = Some((hashed.stamp, hashed.racy));
                     hashed_ok += 1;
                 }
-                Err(e) => {
-                    let dir_path = root.join(OsStr::from_bytes(rel));
-                    errors.push(format!("{}/{e}", dir_path.display()));
+                Err(source) => {
+                    let name = dir.listing.name(&dir.listing.entries[i].0);
+                    let path = root
+                        .join(OsStr::from_bytes(rel))
+                        .join(OsStr::from_bytes(name));
+                    errors.push(PathError { path, source });
                 }
             }
         }
     }
-    errors.sort();
+    errors.sort_by(|a, b| a.path.cmp(&b.path));
     changed |= dirs.iter().any(|(_, dir)| dir.fresh_listing.is_some());
 
     // Rewrite only if an entry changed, or the cache holds an entry of a file or directory that
@@ -726,6 +782,14 @@ mod tests {
         assert_eq!(stamp, Stamp::lstat(&path).unwrap());
         assert_ne!(stamp.ino, walked.ino);
         assert_eq!(sha256, <[u8; 32]>::from(Sha256::digest(b"new content")));
+    }
+
+    #[test]
+    fn options_can_move_to_another_thread() {
+        fn is_send<T: Send>(_: &T) {}
+        let options = HashTreeOptions::default().progress(|_, _| {});
+        is_send(&options);
+        std::thread::spawn(move || drop(options)).join().unwrap();
     }
 
     #[test]

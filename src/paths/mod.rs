@@ -11,6 +11,7 @@
 //! only what the stamps say changed.
 
 mod cache;
+mod error;
 mod exclude;
 mod hash_tree;
 mod listing;
@@ -21,6 +22,7 @@ mod tree_cache;
 mod walk;
 
 pub use cache::{PathCache, PathEntry, PathView};
+pub use error::PathError;
 pub use exclude::Exclude;
 pub use hash_tree::{HashTreeOptions, HashTreeReport, hash_tree, shard_path_for_root};
 pub use manifest::{Manifest, ManifestLine};

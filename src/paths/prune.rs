@@ -178,6 +178,19 @@ impl PathCache {
         let snapshot = shard.snapshot();
         match snapshot.health() {
             Health::Valid | Health::Missing | Health::EmptyFile => {}
+            // WARMSHARD=0: nothing is read or written.
+            Health::Disabled => {
+                return Ok(PruneReport {
+                    examined: 0,
+                    gone: 0,
+                    changed: 0,
+                    old: 0,
+                    for_size: 0,
+                    kept: 0,
+                    outcome: WriteOutcome::Disabled,
+                    elapsed: started.elapsed(),
+                });
+            }
             // Never rewrite over a file whose entries we could not see.
             health => {
                 return Err(Error::InvalidInput(format!(

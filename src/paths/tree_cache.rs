@@ -172,7 +172,7 @@ impl TreeCache {
         let mut failed = Vec::new();
         let listing = read_listing(&handle, excluded, &path, &mut failed);
         if let Some(error) = failed.into_iter().next() {
-            return Err(Error::io("reading", error.path, error.error));
+            return Err(Error::io("reading", error.path, error.source));
         }
         let listing = listing.unwrap_or_default();
         self.listings_read.fetch_add(1, Ordering::Relaxed);

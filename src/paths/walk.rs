@@ -25,11 +25,7 @@ use super::listing::{Listed, Listing, dir_key};
 use super::stamp::Stamp;
 
 /// A directory or file that could not be read during the walk.
-#[derive(Debug)]
-pub(crate) struct WalkError {
-    pub path: PathBuf,
-    pub error: std::io::Error,
-}
+pub(crate) use super::error::PathError as WalkError;
 
 /// Names in one directory that must not be reported (the cache's own files).
 #[derive(Debug)]
@@ -320,7 +316,7 @@ fn open_and_list(
     let mut fail = |error: nix::errno::Errno| {
         failed.push(WalkError {
             path: path_of(rel),
-            error: error.into(),
+            source: error.into(),
         })
     };
     let opened = match (parent, root_handle) {
@@ -434,7 +430,7 @@ pub(crate) fn read_listing(
         Err(errno) => {
             failed.push(WalkError {
                 path: dir_path.to_path_buf(),
-                error: errno.into(),
+                source: errno.into(),
             });
             return None;
         }
@@ -447,7 +443,7 @@ pub(crate) fn read_listing(
             Err(errno) => {
                 failed.push(WalkError {
                     path: dir_path.to_path_buf(),
-                    error: errno.into(),
+                    source: errno.into(),
                 });
                 break;
             }
@@ -487,7 +483,7 @@ pub(crate) fn read_listing(
             Err(nix::errno::Errno::ENOENT) => {} // removed since listed
             Err(errno) => failed.push(WalkError {
                 path: dir_path.join(std::ffi::OsStr::from_bytes(name.to_bytes())),
-                error: errno.into(),
+                source: errno.into(),
             }),
         }
     }

@@ -29,13 +29,13 @@ pub(crate) struct HashTreeArgs {
 }
 
 pub(crate) fn run(args: HashTreeArgs) -> Outcome {
-    let mut options = HashTreeOptions {
-        shard: args.shard,
-        shard_options: args.options,
-        listing_cache: args.listing_cache,
-        exclude: warmshard::paths::Exclude::new(args.exclude.iter().map(|p| p.as_bytes())),
-        ..HashTreeOptions::default()
-    };
+    let mut options = HashTreeOptions::default()
+        .shard_options(args.options)
+        .listing_cache(args.listing_cache)
+        .exclude(warmshard::paths::Exclude::new(
+            args.exclude.iter().map(|p| p.as_bytes()),
+        ));
+    options.shard = args.shard;
     if let Some(threads) = args.threads {
         options.threads = threads.max(1);
     }
