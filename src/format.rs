@@ -486,14 +486,14 @@ impl Layout {
     }
 
     /// The slots a lookup of `hash` scans: from its home through the probe limit, clipped to the
-    /// table (empty when the home lies past the table's end).
+    /// table (empty when the home lies past the table's end), with the index of the first.
     #[inline(always)]
-    fn candidates<'a>(&self, slots: &'a [u8], hash: u64) -> &'a [u8] {
+    fn candidates<'a>(&self, slots: &'a [u8], hash: u64) -> (usize, &'a [u8]) {
         let home = home_slot(hash, self.slot_capacity) as usize;
         let start = home.saturating_mul(SLOT_LEN).min(slots.len());
         let span = self.probe_limit.saturating_add(1).saturating_mul(SLOT_LEN);
         let end = start.saturating_add(span).min(slots.len());
-        &slots[start..end]
+        (start / SLOT_LEN, &slots[start..end])
     }
 
     /// The record offset of the first slot holding `hash`'s tag among `candidates`, scanning
@@ -516,11 +516,18 @@ impl Layout {
     /// Finds `key`; returns its record, or `None`. `file` is the same bytes given to [`parse`].
     #[inline(always)]
     pub fn find<'a>(&self, file: &'a [u8], key: &[u8]) -> Option<Record<'a>> {
+        self.find_slot(file, key).map(|(_, record)| record)
+    }
+
+    /// Finds `key`; returns the index of the slot that serves it and its record.
+    #[inline(always)]
+    fn find_slot<'a>(&self, file: &'a [u8], key: &[u8]) -> Option<(usize, Record<'a>)> {
         let hash = key_hash(key);
         let tag = slot_tag(hash);
         let slots = file.get(self.slots.clone())?;
         let records = file.get(self.records.clone())?;
-        for slot in self.candidates(slots, hash).chunks_exact(SLOT_LEN) {
+        let (first, candidates) = self.candidates(slots, hash);
+        for (j, slot) in candidates.chunks_exact(SLOT_LEN).enumerate() {
             let stored = read_u32(slot, 0)?;
             if stored > tag {
                 // Slots are in hash order and contiguous from the home on: the key is absent.
@@ -533,7 +540,7 @@ impl Layout {
             // the key comparison rejects it and the scan goes on.
             let offset = u64::from(read_u32(slot, 4)?);
             if let Some(record) = record_with_key(records, offset, key) {
-                return Some(record);
+                return Some((first + j, record));
             }
         }
         None
@@ -557,7 +564,7 @@ impl Layout {
             .iter()
             .map(|key| {
                 let hash = key_hash(key);
-                Self::first_offset(self.candidates(slots, hash), hash)
+                Self::first_offset(self.candidates(slots, hash).1, hash)
             })
             .collect();
         out.extend(keys.iter().zip(offsets).map(|(key, offset)| {
@@ -567,11 +574,17 @@ impl Layout {
         }));
     }
 
-    /// Every occupied slot in table order: `(slot index, stored tag, record if it parses)`, at
-    /// most the root's entry count of them (so `Snapshot::iter` never yields more than
-    /// `Snapshot::len`, even when a damaged root undercounts; `verify` reports that).
+    /// Every entry in table order: `(slot index, stored tag, record)` for each slot that a
+    /// lookup of its record's key is served from, at most the root's entry count of them (so
+    /// `Snapshot::iter` never yields more than `Snapshot::len`, even when a damaged root
+    /// undercounts; `verify` reports that). The record is always `Some`.
+    ///
+    /// Slots a lookup never reads — a damaged or forged slot whose record does not parse, or
+    /// whose record's key is served from another slot — are skipped and do not count: so
+    /// iteration lists exactly what `get` serves, and a rewrite that copies what iteration
+    /// lists keeps what reads served (a forged slot cannot push a served entry past the count).
     pub fn slots<'a>(
-        &self,
+        &'a self,
         file: &'a [u8],
     ) -> impl Iterator<Item = (usize, u32, Option<Record<'a>>)> + 'a {
         let slots = file.get(self.slots.clone()).unwrap_or(&[]);
@@ -580,12 +593,15 @@ impl Layout {
             .chunks_exact(SLOT_LEN)
             .enumerate()
             .filter(|(_, slot)| read_u32(slot, 4) != Some(EMPTY_OFFSET))
-            .take(usize::try_from(self.entry_count).unwrap_or(usize::MAX))
-            .map(move |(i, slot)| {
-                let tag = read_u32(slot, 0).unwrap_or(0);
-                let record = read_u32(slot, 4).and_then(|off| record_at(records, off.into()));
-                (i, tag, record)
+            .filter_map(move |(i, slot)| {
+                let tag = read_u32(slot, 0)?;
+                let record = record_at(records, read_u32(slot, 4)?.into())?;
+                match self.find_slot(file, record.key) {
+                    Some((served, _)) if served == i => Some((i, tag, Some(record))),
+                    _ => None,
+                }
             })
+            .take(usize::try_from(self.entry_count).unwrap_or(usize::MAX))
     }
 
     /// Full structural check of every entry, in O(entries + bytes): each slot's record parses
@@ -1015,6 +1031,42 @@ mod tests {
             assert!(layout.find(&bad, b"key").is_none(), "offset {forged}");
             assert!(layout.verify(&bad).is_err());
         }
+    }
+
+    #[test]
+    fn a_forged_duplicate_slot_neither_lists_twice_nor_hides_an_entry() {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..8)
+            .map(|i| (format!("key{i}").into_bytes(), vec![i as u8; 3]))
+            .collect();
+        let refs: Vec<(&[u8], &[u8])> = entries
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        let good = build(&refs);
+        let (_, layout) = parse(&aligned(&good)).unwrap();
+        let table = layout.slots.clone();
+        let slot =
+            |bytes: &[u8], i: usize| bytes[table.start + i * SLOT_LEN..][..SLOT_LEN].to_vec();
+        let n_slots = table.len() / SLOT_LEN;
+        let first = (0..n_slots)
+            .find(|&i| slot(&good, i) != EMPTY_SLOT)
+            .unwrap();
+        let empty = (0..n_slots)
+            .find(|&i| slot(&good, i) == EMPTY_SLOT)
+            .unwrap();
+        // The first entry's slot copied into an empty position: a slot no lookup reads.
+        let mut forged = good.clone();
+        let copy = slot(&good, first);
+        forged[table.start + empty * SLOT_LEN..][..SLOT_LEN].copy_from_slice(&copy);
+        let forged = aligned(&forged);
+        let mut listed: Vec<&[u8]> = layout
+            .slots(&forged)
+            .map(|(_, _, record)| record.unwrap().key)
+            .collect();
+        listed.sort();
+        let mut want: Vec<&[u8]> = entries.iter().map(|(k, _)| k.as_slice()).collect();
+        want.sort();
+        assert_eq!(listed, want);
     }
 
     #[test]
