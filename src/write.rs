@@ -44,7 +44,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
-use std::io::BufWriter;
+use std::io::{BufWriter, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -461,6 +461,57 @@ impl<'s> Transaction<'s> {
             .map_err(|e| self.write_error(e))?;
         self.check_size()?;
         self.builder.index(key, value.len(), generation, offset)
+    }
+
+    /// Adds or replaces one entry whose value is read from `reader` to its end, streaming it
+    /// into the new file (memory does not grow with its size) while its checksum is computed;
+    /// the record's header is completed in place once the value has ended. Returns the value's
+    /// length.
+    ///
+    /// Reads at most one byte past the size limits, so a value over them is refused as soon as
+    /// it passes one, with the error an equal value passed whole gets: [`Error::TooLarge`] when
+    /// the new file passes [`Options::max_size`], [`Error::InvalidInput`] when the value
+    /// reaches 4 GiB. An error of `reader` is [`Error::Os`]. After an error the transaction
+    /// must be dropped (the file holds a partial record).
+    pub fn add_reader(&mut self, key: &[u8], reader: &mut dyn Read) -> Result<u64> {
+        const PIECE: usize = 64 * 1024;
+        let generation = self.options.generation;
+        let mut record = self
+            .builder
+            .encoder
+            .begin_record(generation, key)
+            .map_err(|e| self.write_error(e))?;
+        self.check_size()?;
+        let mut piece = vec![0u8; PIECE];
+        loop {
+            // One byte past whichever limit is nearer, so that passing it is seen at once.
+            let to_max_size =
+                (self.options.max_size).saturating_sub(self.builder.encoder.records_len());
+            let to_max_value = u64::from(u32::MAX - record.value_len());
+            let want = to_max_size
+                .min(to_max_value)
+                .saturating_add(1)
+                .min(PIECE as u64) as usize;
+            let n = match reader.read(&mut piece[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::Os(e)),
+            };
+            self.builder
+                .encoder
+                .write_value(&mut record, &piece[..n])
+                .map_err(|e| self.write_error(e))?;
+            self.check_size()?;
+        }
+        let (offset, value_len) = self
+            .builder
+            .encoder
+            .end_record(record)
+            .map_err(|e| self.write_error(e))?;
+        self.builder
+            .index(key, value_len as usize, generation, offset)?;
+        Ok(u64::from(value_len))
     }
 
     /// Copies every current entry (the delta's, then the base's it does not shadow) that was

@@ -381,6 +381,59 @@ fn put_of_an_endless_stdin_stops_at_the_size_limit_instead_of_reading_it_all() {
 }
 
 #[test]
+fn put_streams_a_value_larger_than_the_address_space_it_may_use() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 MiB of varied bytes, stored by a process capped at 40 MB of address space: it fits
+    // only if the value is streamed, never held whole (from a pipe, a file on standard input,
+    // or a FILE argument).
+    let value: Vec<u8> = (0..64u32 << 20).map(|i| (i ^ (i >> 11)) as u8).collect();
+    let file = dir.path().join("value.bin");
+    std::fs::write(&file, &value).unwrap();
+    let capped = |shard: &Path, pipe: bool, args: &[&str]| {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"ulimit -v 40000 && exec "$0" "$@""#)
+            .arg(BIN)
+            .arg("--shard")
+            .arg(shard)
+            .args(["--no-fsync", "put", "big"])
+            .args(args)
+            .stdin(if pipe {
+                Stdio::piped()
+            } else {
+                std::fs::File::open(&file).unwrap().into()
+            })
+            .stderr(Stdio::piped())
+            .env_remove("WARMSHARD")
+            .spawn()
+            .unwrap();
+        if let Some(mut stdin) = child.stdin.take() {
+            // The child may die early (that is the failure being tested): ignore a broken pipe.
+            let _ = stdin.write_all(&value);
+        }
+        child.wait_with_output().unwrap()
+    };
+    let file_arg = file.to_str().unwrap();
+    for (name, pipe, args) in [
+        ("pipe", true, &[][..]),
+        ("stdin-file", false, &[]),
+        ("file-arg", false, &[file_arg]),
+    ] {
+        let shard = dir.path().join(format!("{name}.shard"));
+        let out = capped(&shard, pipe, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {:?} {stderr}", out.status);
+        let got = run(&shard, &["get", "big"], b"");
+        assert!(got.stdout == value, "{name}: the value read back differs");
+        assert_eq!(
+            run(&shard, &["verify"], b"").status.code(),
+            Some(0),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn put_of_a_value_over_4_gib_is_refused_before_it_is_read() {
     let dir = tempfile::tempdir().unwrap();
     let shard = dir.path().join("huge.shard");
