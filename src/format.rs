@@ -729,6 +729,11 @@ impl<W: Write> Encoder<W> {
         self.pos - PREAMBLE_LEN as u64
     }
 
+    /// Flushes what was written so far to the output.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     /// Zero bytes up to the next multiple of [`VALUE_ALIGN`], where the next record starts.
     fn pad(&mut self) -> io::Result<()> {
         const ZEROS: [u8; VALUE_ALIGN] = [0; VALUE_ALIGN];
