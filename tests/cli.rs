@@ -256,6 +256,33 @@ fn help_teaches_commands_and_environment() {
     }
 }
 
+/// #12.7: the global --shard advertises its default and WARMSHARD_PATH where they apply, and
+/// not in `hash-tree`, which ignores both (its cache is per tree unless --shard is given).
+#[test]
+fn shard_option_help_names_its_default_and_env_only_where_they_apply() {
+    let help = |command: &str| {
+        let out = Command::new(BIN)
+            .args([command, "--help"])
+            .env_remove("WARMSHARD_PATH")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for command in ["put", "get", "ls"] {
+        let text = help(command);
+        assert!(text.contains("[env: WARMSHARD_PATH="), "{command}: {text}");
+        assert!(text.contains("default.shard"), "{command}: {text}");
+    }
+    let text = help("hash-tree");
+    assert!(!text.contains("[env: WARMSHARD_PATH"), "{text}");
+    assert!(!text.contains("default.shard"), "{text}");
+    assert!(
+        text.contains("--shard <PATH>") && text.contains("trees/"),
+        "{text}"
+    );
+}
+
 /// Runs the tool with arguments given as raw bytes (keys need not be UTF-8).
 fn run_bytes(shard: &Path, args: &[&[u8]], stdin: &[u8]) -> Output {
     let mut child = Command::new(BIN)
