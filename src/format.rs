@@ -94,7 +94,7 @@
 //! The key hash is [`key_hash`]: XXH3-64 with seed 0, a published, platform-independent function;
 //! it is part of the format and never changes without a format version bump.
 
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::ops::Range;
 
 use rkyv::rancor;
@@ -745,6 +745,11 @@ impl<W: Write> Encoder<W> {
         self.pos - PREAMBLE_LEN as u64
     }
 
+    /// Flushes what was written so far to the output.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     /// Zero bytes up to the next multiple of [`VALUE_ALIGN`], where the next record starts.
     fn pad(&mut self) -> io::Result<()> {
         const ZEROS: [u8; VALUE_ALIGN] = [0; VALUE_ALIGN];
@@ -756,13 +761,24 @@ impl<W: Write> Encoder<W> {
 
     /// Appends a new record; returns its offset in the records arena.
     pub fn write_record(&mut self, generation: u64, key: &[u8], value: &[u8]) -> io::Result<u64> {
-        let key_len = u32::try_from(key.len()).map_err(|_| too_long("key"))?;
         let value_len = u32::try_from(value.len()).map_err(|_| too_long("value"))?;
-        let mut head = [0u8; RECORD_HEADER_LEN];
-        head[0..8].copy_from_slice(&generation.to_le_bytes());
-        head[8..16].copy_from_slice(&value_checksum(value).to_le_bytes());
-        head[16..20].copy_from_slice(&key_len.to_le_bytes());
-        head[20..24].copy_from_slice(&value_len.to_le_bytes());
+        let offset = self.write_head_and_key(generation, value_checksum(value), key, value_len)?;
+        self.out.write_all(value)?;
+        self.pos += value.len() as u64;
+        Ok(offset)
+    }
+
+    /// Pads to the next record, writes a record's header and key and the zeros up to its
+    /// value; returns the record's offset in the records arena.
+    fn write_head_and_key(
+        &mut self,
+        generation: u64,
+        checksum: u64,
+        key: &[u8],
+        value_len: u32,
+    ) -> io::Result<u64> {
+        let key_len = u32::try_from(key.len()).map_err(|_| too_long("key"))?;
+        let head = record_head(generation, checksum, key_len, value_len);
         self.pad()?;
         let offset = self.records_len();
         let value_at = value_offset(key.len()).ok_or_else(|| too_long("key"))?;
@@ -770,9 +786,37 @@ impl<W: Write> Encoder<W> {
         self.out.write_all(&head)?;
         self.out.write_all(key)?;
         self.out.write_all(&[0u8; VALUE_ALIGN][..key_pad])?;
-        self.out.write_all(value)?;
-        self.pos += (value_at + value.len()) as u64;
+        self.pos += value_at as u64;
         Ok(offset)
+    }
+
+    /// Starts a record whose value is not known yet (streamed from a reader): writes its
+    /// header with a zero checksum and value length, and its key. Its value follows with
+    /// [`write_value`](Encoder::write_value); [`end_record`](Encoder::end_record) then patches
+    /// the header. Nothing else may be written to the encoder in between.
+    pub fn begin_record(&mut self, generation: u64, key: &[u8]) -> io::Result<OpenRecord> {
+        let offset = self.write_head_and_key(generation, 0, key, 0)?;
+        Ok(OpenRecord {
+            offset,
+            generation,
+            key_len: key.len() as u32, // checked by write_head_and_key
+            value_len: 0,
+            checksum: xxhash_rust::xxh3::Xxh3::new(),
+        })
+    }
+
+    /// Appends the next bytes of an open record's value. Fails, writing nothing, when the
+    /// value would reach 4 GiB.
+    pub fn write_value(&mut self, record: &mut OpenRecord, bytes: &[u8]) -> io::Result<()> {
+        let value_len = u32::try_from(bytes.len())
+            .ok()
+            .and_then(|n| record.value_len.checked_add(n))
+            .ok_or_else(|| too_long("value"))?;
+        self.out.write_all(bytes)?;
+        record.checksum.update(bytes);
+        record.value_len = value_len;
+        self.pos += bytes.len() as u64;
+        Ok(())
     }
 
     /// Appends a record copied from another shard ([`Record::raw`]): header, key and value
@@ -850,6 +894,60 @@ impl<W: Write> Encoder<W> {
         self.out.write_all(&frame(&TRAILER_MAGIC, len, root_pos))?;
         Ok((self.out, len, frame(&MAGIC, len, 0).to_vec()))
     }
+}
+
+impl<W: Write + Seek> Encoder<W> {
+    /// Completes a record started by [`begin_record`](Encoder::begin_record): writes its
+    /// value's checksum and length into its header, in place. Returns the record's offset in the
+    /// records arena and its value length.
+    pub fn end_record(&mut self, record: OpenRecord) -> io::Result<(u64, u32)> {
+        let OpenRecord {
+            offset,
+            generation,
+            key_len,
+            value_len,
+            checksum,
+        } = record;
+        let head = record_head(generation, checksum.digest(), key_len, value_len);
+        self.out
+            .seek(io::SeekFrom::Start(PREAMBLE_LEN as u64 + offset))?;
+        self.out.write_all(&head)?;
+        self.out.seek(io::SeekFrom::Start(self.pos))?;
+        Ok((offset, value_len))
+    }
+}
+
+/// A record being written by [`Encoder::begin_record`], its value streamed in pieces. Its
+/// checksum is computed as the pieces arrive ([`value_checksum`] of the whole value: XXH3-64,
+/// seed 0, streamed).
+pub(crate) struct OpenRecord {
+    offset: u64,
+    generation: u64,
+    key_len: u32,
+    value_len: u32,
+    checksum: xxhash_rust::xxh3::Xxh3,
+}
+
+impl OpenRecord {
+    /// Bytes of value written so far.
+    pub fn value_len(&self) -> u32 {
+        self.value_len
+    }
+}
+
+/// A record's header (see the record table in the module docs).
+fn record_head(
+    generation: u64,
+    checksum: u64,
+    key_len: u32,
+    value_len: u32,
+) -> [u8; RECORD_HEADER_LEN] {
+    let mut head = [0u8; RECORD_HEADER_LEN];
+    head[0..8].copy_from_slice(&generation.to_le_bytes());
+    head[8..16].copy_from_slice(&checksum.to_le_bytes());
+    head[16..20].copy_from_slice(&key_len.to_le_bytes());
+    head[20..24].copy_from_slice(&value_len.to_le_bytes());
+    head
 }
 
 /// Writes the preamble returned by [`Encoder::finish`] at the start of a finished shard.
@@ -939,6 +1037,47 @@ mod tests {
             assert_eq!(found[i].unwrap().value, v.as_slice());
         }
         assert!(found[keys.len() - 1].is_none());
+    }
+
+    #[test]
+    fn a_streamed_record_is_the_record_written_whole() {
+        let value: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut whole = Encoder::new(Vec::new(), "p").unwrap();
+        let mut streamed = Encoder::new(io::Cursor::new(Vec::new()), "p").unwrap();
+        for (key, value) in [
+            (&b"first"[..], &value[..]),
+            (b"k", &value[..333]),
+            (b"", b""),
+        ] {
+            let expected = whole.write_record(5, key, value).unwrap();
+            let mut record = streamed.begin_record(5, key).unwrap();
+            for piece in value.chunks(4093) {
+                streamed.write_value(&mut record, piece).unwrap();
+            }
+            assert_eq!(record.value_len() as usize, value.len());
+            let (offset, len) = streamed.end_record(record).unwrap();
+            assert_eq!((offset, len as usize), (expected, value.len()));
+        }
+        assert_eq!(
+            streamed.out.into_inner(),
+            whole.out,
+            "same bytes, checksums included"
+        );
+    }
+
+    #[test]
+    fn a_streamed_value_stops_before_4_gib_writing_nothing_more() {
+        let mut enc = Encoder::new(Vec::new(), "p").unwrap();
+        let mut record = enc.begin_record(0, b"k").unwrap();
+        // As if 4 GiB - 3 bytes had been streamed already.
+        record.value_len = u32::MAX - 2;
+        let len = enc.out.len();
+        enc.write_value(&mut record, b"ab").unwrap();
+        let err = enc.write_value(&mut record, b"cd").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("4 GiB"), "{err}");
+        assert_eq!(enc.out.len(), len + 2, "the refused piece was not written");
+        assert_eq!(record.value_len(), u32::MAX);
     }
 
     #[test]

@@ -231,6 +231,38 @@ impl Shard {
         self.merge_with([(key, value)], Locking::Now(std::time::Duration::ZERO))
     }
 
+    /// Inserts or replaces one entry whose value is read from `reader` to its end: the value
+    /// is streamed into the new file as it is read, so memory does not grow with its size (a
+    /// 200 MB value from standard input costs a 64 KiB buffer, not 200 MB).
+    ///
+    /// The value is read without holding the write lock, which is taken only to publish (as a
+    /// [`bulk_writer`](Shard::bulk_writer) in [`BulkMode::Merge`] does), so a slow reader (a
+    /// pipe) keeps no other writer waiting; the write then waits up to
+    /// [`Options::lock_timeout`] for the lock. A value that passes a size limit is refused as
+    /// soon as it does, the shard left as it was: [`Error::TooLarge`](crate::Error::TooLarge)
+    /// for [`Options::max_size`], [`Error::InvalidInput`](crate::Error::InvalidInput) for the
+    /// format's limit of 4 GiB - 1 bytes per value. An error of `reader` is returned as
+    /// [`Error::Os`](crate::Error::Os), and nothing is written.
+    ///
+    /// ```
+    /// # fn main() -> warmshard::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let shard = warmshard::Shard::open(dir.path().join("s.shard"))?;
+    /// shard.put_reader("motd", &b"hello from a reader"[..])?;
+    /// // e.g. shard.put_reader("log", std::fs::File::open("/var/log/syslog")?)?;
+    /// assert_eq!(shard.get(b"motd").as_deref(), Some(&b"hello from a reader"[..]));
+    /// # Ok(()) }
+    /// ```
+    pub fn put_reader(
+        &self,
+        key: impl AsRef<[u8]>,
+        reader: impl std::io::Read,
+    ) -> Result<WriteOutcome> {
+        let mut writer = self.bulk_writer(BulkMode::Merge)?;
+        writer.add_reader(key.as_ref(), reader)?;
+        writer.commit()
+    }
+
     /// Inserts or replaces `entries`, keeping every other entry. When a key repeats, the last
     /// occurrence wins.
     pub fn merge_in<K, V>(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<WriteOutcome>
@@ -359,6 +391,7 @@ impl Shard {
             shard: self,
             tx,
             mode,
+            spent: false,
         })
     }
 
@@ -408,15 +441,55 @@ pub struct BulkWriter<'s> {
     shard: &'s Shard,
     tx: Option<Transaction<'s>>,
     mode: BulkMode,
+    /// An `add_reader` failed: the write was abandoned (see [`BulkWriter::add_reader`]).
+    spent: bool,
 }
 
 impl BulkWriter<'_> {
     /// Adds an entry; a later `add` of the same key wins. The value goes to disk now.
     pub fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.refuse_if_spent()?;
         match &mut self.tx {
             Some(tx) => tx.add(key, value),
             None => Ok(()),
         }
+    }
+
+    /// Adds an entry whose value is read from `reader` to its end, streamed to disk as it is
+    /// read (memory does not grow with its size); returns the value's length. A later `add`
+    /// of the same key wins. When the cache is disabled nothing is read and 0 is returned.
+    ///
+    /// A value that passes a size limit is refused as soon as it does (reading at most one
+    /// byte past it): [`Error::TooLarge`](crate::Error::TooLarge) when the new file passes
+    /// [`Options::max_size`](crate::Options::max_size),
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) when the value reaches 4 GiB (the
+    /// format's limit). An error of `reader` is [`Error::Os`](crate::Error::Os). After any
+    /// error the writer is spent: every later call fails and commit writes nothing, so the
+    /// shard is left as it was.
+    pub fn add_reader(&mut self, key: &[u8], mut reader: impl std::io::Read) -> Result<u64> {
+        self.refuse_if_spent()?;
+        let Some(tx) = &mut self.tx else {
+            return Ok(0);
+        };
+        let added = tx.add_reader(key, &mut reader);
+        if added.is_err() {
+            // The new file holds a partial record: remove it now, and commit nothing.
+            self.tx = None;
+            self.spent = true;
+        }
+        added
+    }
+
+    /// Fails once an [`add_reader`](BulkWriter::add_reader) has failed.
+    fn refuse_if_spent(&self) -> Result<()> {
+        if self.spent {
+            return Err(crate::Error::InvalidInput(
+                "this bulk writer stopped at an earlier error (of add_reader) and wrote \
+                 nothing; start a new one"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Number of distinct keys added so far.
@@ -431,6 +504,7 @@ impl BulkWriter<'_> {
 
     /// Publishes the new shard atomically.
     pub fn commit(self) -> Result<WriteOutcome> {
+        self.refuse_if_spent()?;
         let Some(tx) = self.tx else {
             return Ok(WriteOutcome::Disabled);
         };

@@ -306,6 +306,121 @@ fn values_larger_than_the_size_limit_fail_and_keep_the_old_shard() {
     assert_eq!(temps, 0);
 }
 
+/// A reader that hands out `data` in pieces of uneven sizes (as a pipe does), counting what it
+/// gave, then fails with `fail` if set, else ends.
+struct Trickle<'a> {
+    data: &'a [u8],
+    given: usize,
+    fail: Option<std::io::ErrorKind>,
+}
+
+impl<'a> Trickle<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Trickle {
+            data,
+            given: 0,
+            fail: None,
+        }
+    }
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = &self.data[self.given..];
+        if rest.is_empty()
+            && let Some(kind) = self.fail
+        {
+            return Err(kind.into());
+        }
+        let n = rest.len().min(buf.len()).min(1 + self.given % 40_000);
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.given += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_value_from_a_reader_is_stored_exactly_as_the_same_value_from_a_slice() {
+    let value: Vec<u8> = (0..300_001u32).map(|i| (i ^ (i >> 9)) as u8).collect();
+    let key = b"streamed key";
+    let (dir, whole) = temp_shard(Options::new());
+    let streamed =
+        Shard::open_with(dir.path().join("s.shard"), Options::new().durable(false)).unwrap();
+    let mut writer = whole.bulk_writer(BulkMode::Replace).unwrap();
+    writer.add(key, &value).unwrap();
+    writer.commit().unwrap();
+    let mut writer = streamed.bulk_writer(BulkMode::Replace).unwrap();
+    assert_eq!(
+        writer.add_reader(key, Trickle::new(&value)).unwrap(),
+        value.len() as u64
+    );
+    assert_eq!(writer.len(), 1);
+    writer.commit().unwrap();
+    assert_eq!(streamed.get(key).as_deref(), Some(&value[..]));
+    assert_eq!(streamed.snapshot().verify(), Ok(1), "the checksum matches");
+    // The record (header with checksum and lengths, key, padding, value) is the same bytes;
+    // only the files' identities and build times differ.
+    let record = 32 + (24 + key.len()).next_multiple_of(16) + value.len();
+    let (a, b) = (
+        std::fs::read(whole.path()).unwrap(),
+        std::fs::read(streamed.path()).unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    assert!(a[32..record] == b[32..record], "the records differ");
+
+    // put_reader merges, like put_one: other entries stay, a later write of the key wins.
+    streamed.put_one("other", "kept").unwrap();
+    let outcome = streamed.put_reader("small", &b"abc"[..]).unwrap();
+    assert!(
+        matches!(outcome, WriteOutcome::Committed { .. }),
+        "{outcome:?}"
+    );
+    streamed
+        .put_reader(key, Trickle::new(&value[..70_000]))
+        .unwrap();
+    assert_eq!(streamed.get(key).as_deref(), Some(&value[..70_000]));
+    assert_eq!(streamed.get(b"other").as_deref(), Some(&b"kept"[..]));
+    assert_eq!(streamed.get(b"small").as_deref(), Some(&b"abc"[..]));
+    assert_eq!(streamed.snapshot().verify(), Ok(3));
+    streamed.put_reader("empty", std::io::empty()).unwrap();
+    assert_eq!(streamed.get(b"empty").as_deref(), Some(&b""[..]));
+}
+
+#[test]
+fn a_value_from_a_reader_over_the_size_limit_is_refused_once_past_it() {
+    let max = 64 * 1024;
+    let (dir, shard) = temp_shard(Options::new().max_size(max));
+    shard.put_one("small", "ok").unwrap();
+    let endless = vec![7u8; 10 << 20];
+    let mut reader = Trickle::new(&endless);
+    let err = shard.put_reader("big", &mut reader).unwrap_err();
+    assert!(
+        matches!(err, warmshard::Error::TooLarge { size, .. } if size == max + 1),
+        "{err}"
+    );
+    assert!(
+        reader.given < max as usize,
+        "read {} bytes, past the limit",
+        reader.given
+    );
+    // A reader that fails: its error, nothing written, and the bulk writer is spent.
+    let mut failing = Trickle::new(&endless[..1000]);
+    failing.fail = Some(std::io::ErrorKind::ConnectionReset);
+    let mut writer = shard.bulk_writer(BulkMode::Merge).unwrap();
+    writer.add(b"before", b"x").unwrap();
+    let err = writer.add_reader(b"k", failing).unwrap_err();
+    assert!(
+        matches!(&err, warmshard::Error::Os(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{err}"
+    );
+    assert!(writer.add(b"after", b"y").is_err());
+    assert!(writer.commit().is_err(), "a spent writer commits nothing");
+    assert_eq!(contents(&shard).len(), 1);
+    assert_eq!(shard.get(b"small").as_deref(), Some(&b"ok"[..]));
+    let temps = temp_files(dir.path());
+    assert!(temps.is_empty(), "{temps:?}");
+}
+
 #[test]
 fn default_path_is_under_the_user_cache_dir() {
     let path = warmshard::default_path("myshell").unwrap();

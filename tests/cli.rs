@@ -256,6 +256,33 @@ fn help_teaches_commands_and_environment() {
     }
 }
 
+/// #12.7: the global --shard advertises its default and WARMSHARD_PATH where they apply, and
+/// not in `hash-tree`, which ignores both (its cache is per tree unless --shard is given).
+#[test]
+fn shard_option_help_names_its_default_and_env_only_where_they_apply() {
+    let help = |command: &str| {
+        let out = Command::new(BIN)
+            .args([command, "--help"])
+            .env_remove("WARMSHARD_PATH")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for command in ["put", "get", "ls"] {
+        let text = help(command);
+        assert!(text.contains("[env: WARMSHARD_PATH="), "{command}: {text}");
+        assert!(text.contains("default.shard"), "{command}: {text}");
+    }
+    let text = help("hash-tree");
+    assert!(!text.contains("[env: WARMSHARD_PATH"), "{text}");
+    assert!(!text.contains("default.shard"), "{text}");
+    assert!(
+        text.contains("--shard <PATH>") && text.contains("trees/"),
+        "{text}"
+    );
+}
+
 /// Runs the tool with arguments given as raw bytes (keys need not be UTF-8).
 fn run_bytes(shard: &Path, args: &[&[u8]], stdin: &[u8]) -> Output {
     let mut child = Command::new(BIN)
@@ -378,6 +405,59 @@ fn put_of_an_endless_stdin_stops_at_the_size_limit_instead_of_reading_it_all() {
         "{stderr}"
     );
     assert!(!shard.exists(), "nothing was written");
+}
+
+#[test]
+fn put_streams_a_value_larger_than_the_address_space_it_may_use() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 MiB of varied bytes, stored by a process capped at 40 MB of address space: it fits
+    // only if the value is streamed, never held whole (from a pipe, a file on standard input,
+    // or a FILE argument).
+    let value: Vec<u8> = (0..64u32 << 20).map(|i| (i ^ (i >> 11)) as u8).collect();
+    let file = dir.path().join("value.bin");
+    std::fs::write(&file, &value).unwrap();
+    let capped = |shard: &Path, pipe: bool, args: &[&str]| {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"ulimit -v 40000 && exec "$0" "$@""#)
+            .arg(BIN)
+            .arg("--shard")
+            .arg(shard)
+            .args(["--no-fsync", "put", "big"])
+            .args(args)
+            .stdin(if pipe {
+                Stdio::piped()
+            } else {
+                std::fs::File::open(&file).unwrap().into()
+            })
+            .stderr(Stdio::piped())
+            .env_remove("WARMSHARD")
+            .spawn()
+            .unwrap();
+        if let Some(mut stdin) = child.stdin.take() {
+            // The child may die early (that is the failure being tested): ignore a broken pipe.
+            let _ = stdin.write_all(&value);
+        }
+        child.wait_with_output().unwrap()
+    };
+    let file_arg = file.to_str().unwrap();
+    for (name, pipe, args) in [
+        ("pipe", true, &[][..]),
+        ("stdin-file", false, &[]),
+        ("file-arg", false, &[file_arg]),
+    ] {
+        let shard = dir.path().join(format!("{name}.shard"));
+        let out = capped(&shard, pipe, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {:?} {stderr}", out.status);
+        let got = run(&shard, &["get", "big"], b"");
+        assert!(got.stdout == value, "{name}: the value read back differs");
+        assert_eq!(
+            run(&shard, &["verify"], b"").status.code(),
+            Some(0),
+            "{name}"
+        );
+    }
 }
 
 #[test]

@@ -623,6 +623,80 @@ fn a_bulk_write_in_progress_blocks_no_writer_and_loses_no_write() {
     assert_eq!(snapshot.len(), 1002);
 }
 
+/// #12.4: a bulk replace completes and syncs its new file before it takes the lock, so that the
+/// lock covers only the publishing (rename, directory fsync, old delta removal): while another
+/// process holds the lock, the waiting commit's temp file is already a whole shard (its trailer
+/// written). A large merge-mode bulk write, which writes back what it streamed before the lock,
+/// still merges the shard as it is at commit.
+#[test]
+fn a_bulk_replace_completes_its_file_before_waiting_for_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("publish.shard");
+    let options = || Options::new().lock_timeout(Duration::from_secs(60));
+    let shard = Shard::open_with(&path, options()).unwrap();
+    let _ = shard.put_one("old", "1").unwrap();
+    let lock_file = File::open(shard.lock_path()).unwrap();
+    let held = Flock::lock(lock_file, FlockArg::LockExclusive).unwrap();
+    let committer = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let shard = Shard::open_with(&path, options()).unwrap();
+            let mut writer = shard.bulk_writer(warmshard::BulkMode::Replace).unwrap();
+            for i in 0..100 {
+                writer
+                    .add(format!("new{i}").as_bytes(), &[5u8; 1000])
+                    .unwrap();
+            }
+            writer.commit()
+        })
+    };
+    let whole_shard_waiting = |dir: &Path| {
+        common::temp_files(dir).iter().any(|name| {
+            let bytes = std::fs::read(dir.join(name)).unwrap_or_default();
+            bytes.len() > 64 && bytes[bytes.len() - 32..].starts_with(b"WSHRDEND")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let complete = loop {
+        if whole_shard_waiting(dir.path()) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let waited = !committer.is_finished();
+    drop(held);
+    let outcome = committer.join().unwrap().unwrap();
+    assert!(
+        complete,
+        "the new file was not complete while its commit waited for the lock"
+    );
+    assert!(waited, "the commit did not wait for the held lock");
+    assert!(matches!(outcome, warmshard::WriteOutcome::Committed { .. }));
+    let snapshot = shard.snapshot();
+    assert_eq!((snapshot.len(), snapshot.get(b"old")), (100, None));
+    assert_eq!(snapshot.verify(), Ok(100));
+
+    // A merge large enough to be written back before the lock keeps a write made meanwhile.
+    let mut bulk = shard.bulk_writer(warmshard::BulkMode::Merge).unwrap();
+    let value = vec![9u8; 1 << 20];
+    for i in 0..9 {
+        bulk.add(format!("big{i}").as_bytes(), &value).unwrap();
+    }
+    let _ = Shard::open(&path)
+        .unwrap()
+        .put_one("meanwhile", "2")
+        .unwrap();
+    let _ = bulk.commit().unwrap();
+    let snapshot = Shard::open(&path).unwrap().snapshot();
+    assert_eq!(snapshot.get(b"meanwhile"), Some(&b"2"[..]), "lost a write");
+    assert_eq!(snapshot.get(b"big8"), Some(&value[..]));
+    assert_eq!(snapshot.len(), 110);
+    assert_eq!(snapshot.verify(), Ok(110));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Child roles.
 

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use nix::sys::stat::SFlag;
 
-use warmshard::{Error, Shard};
+use warmshard::{Error, Shard, WriteOutcome};
 
 use crate::{Outcome, report_write, warn_if_ignored};
 
@@ -17,30 +17,39 @@ use crate::{Outcome, report_write, warn_if_ignored};
 const MAX_VALUE_BYTES: u64 = u32::MAX as u64;
 
 pub(crate) fn put(shard: &Shard, key: &[u8], file: Option<&Path>, max_size: u64) -> Outcome {
-    let value = match file {
+    let outcome = match file {
         Some(file) => {
             let opened = std::fs::File::open(file).map_err(|e| Error::Io {
                 op: "opening",
                 path: file.to_path_buf(),
                 source: e,
             })?;
-            read_value(opened, file, max_size)?
+            put_value(shard, key, opened, file, max_size)?
         }
-        None => read_value(
+        None => put_value(
+            shard,
+            key,
             std::io::stdin().lock(),
             Path::new("standard input"),
             max_size,
         )?,
     };
-    report_write(&shard.put_one(key, &value)?);
+    report_write(&outcome);
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads a value of at most `min(max_size, 4 GiB - 1)` bytes from `source`. A value known to be
-/// larger (a regular file, or one redirected to standard input, whose size `fstat` tells) is
-/// refused before anything is read; from a pipe or device, reading stops one byte past the
-/// limit, so an oversized value never costs more memory than the limit.
-fn read_value(source: impl Read + AsFd, name: &Path, max_size: u64) -> Result<Vec<u8>, Error> {
+/// Stores a value of at most `min(max_size, 4 GiB - 1)` bytes read from `source`, streamed
+/// into the shard as it is read ([`Shard::put_reader`]), so memory does not grow with it. A
+/// value known to be larger (a regular file, or one redirected to standard input, whose size
+/// `fstat` tells) is refused before anything is read; from a pipe or device, reading stops one
+/// byte past the limit.
+fn put_value(
+    shard: &Shard,
+    key: &[u8],
+    source: impl Read + AsFd,
+    name: &Path,
+    max_size: u64,
+) -> Result<WriteOutcome, Error> {
     let limit = max_size.min(MAX_VALUE_BYTES);
     let too_big = |size: String| {
         let which = if max_size <= MAX_VALUE_BYTES {
@@ -60,19 +69,53 @@ fn read_value(source: impl Read + AsFd, name: &Path, max_size: u64) -> Result<Ve
     if let Some(size) = known.filter(|&size| size > limit) {
         return Err(too_big(size.to_string()));
     }
-    let mut value = Vec::with_capacity(known.unwrap_or(0) as usize);
-    source
-        .take(limit + 1)
-        .read_to_end(&mut value)
-        .map_err(|e| Error::Io {
+    let mut value = Limited {
+        inner: source,
+        left: limit,
+        over: false,
+    };
+    let stored = shard.put_reader(key, &mut value);
+    if let Err(Error::TooLarge { .. }) = &stored {
+        // The shard would pass --max-size: say so in the value's terms when the value alone
+        // does, which reading at most the few bytes of the record's header more tells.
+        let _ = std::io::copy(&mut value, &mut std::io::sink());
+    }
+    match stored {
+        Err(_) if value.over => Err(too_big(format!("more than {limit}"))),
+        Err(Error::Os(e)) => Err(Error::Io {
             op: "reading",
             path: name.to_path_buf(),
             source: e,
-        })?;
-    if value.len() as u64 > limit {
-        return Err(too_big(format!("more than {limit}")));
+        }),
+        other => other,
     }
-    Ok(value)
+}
+
+/// A reader that fails once more than `left` bytes were read from `inner`, noting `over`.
+struct Limited<R> {
+    inner: R,
+    left: u64,
+    over: bool,
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // At the limit: one more byte says whether the value goes on.
+            let mut one = [0u8; 1];
+            if self.inner.read(&mut one)? == 0 {
+                return Ok(0);
+            }
+            self.over = true;
+            return Err(std::io::Error::other("the value is over the size limit"));
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 pub(crate) fn get(shard: &Shard, key: &[u8]) -> Outcome {

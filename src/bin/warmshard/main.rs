@@ -85,10 +85,11 @@ struct Cli {
 enum Command {
     /// Store a value: the contents of FILE, or standard input when FILE is absent.
     ///
-    /// A value is read into memory once, up to the size limit: one larger than --max-size (or
-    /// than 4 GiB, the format's limit for one value) is refused as soon as that many bytes have
-    /// been read, or at once when its size is known beforehand (a file, or a file redirected to
-    /// standard input).
+    /// The value is streamed into the new shard file as it is read, so memory does not grow
+    /// with its size. One larger than --max-size (or than 4 GiB, the format's limit for one
+    /// value) is refused as soon as that many bytes have been read, or at once when its size is
+    /// known beforehand (a file, or a file redirected to standard input); the shard is then
+    /// left as it was. The write lock is taken only once the value has been read.
     #[command(after_help = "\
 Examples:
   warmshard put greeting <<< 'hello'          the value is 'hello' and a newline
