@@ -135,3 +135,32 @@ fn symlinks_and_fifos_are_skipped_without_blocking() {
     );
     assert_eq!(keys(&shard), [b"f".to_vec()]);
 }
+
+#[test]
+fn a_tree_deeper_than_the_kept_handles_is_imported_whole() {
+    // 150 levels, a file at each level and a sibling directory at each level: the walk gives up
+    // the handles of the upper levels and reopens them on the way back.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    let mut dir = root.clone();
+    let mut expected = Vec::new();
+    let mut rel = String::new();
+    for level in 0..150 {
+        std::fs::create_dir_all(dir.join("z")).unwrap();
+        std::fs::write(dir.join("z/after"), format!("{level}")).unwrap();
+        expected.push(format!("{rel}z/after").into_bytes());
+        std::fs::write(dir.join("f"), format!("{level}")).unwrap();
+        expected.push(format!("{rel}f").into_bytes());
+        dir.push("d");
+        rel.push_str("d/");
+    }
+    expected.sort();
+    let shard = tmp.path().join("s.shard");
+    let out = import(&shard, &root);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(keys(&shard), expected);
+}

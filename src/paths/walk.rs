@@ -374,6 +374,29 @@ pub(crate) fn dir_flags() -> OFlag {
 /// Opens the directory at `rel` (`/`-separated, relative to `root`) one component at a time, so
 /// neither the path's length nor a symlink planted on the way matters.
 pub(crate) fn open_components(root: &OwnedFd, rel: &[u8]) -> nix::Result<OwnedFd> {
+    // One system call where the kernel can promise the same (no symlink anywhere on the way,
+    // nothing outside the root): as cheap as opening by path.
+    #[cfg(target_os = "linux")]
+    if rel.len() < 4000 {
+        use nix::fcntl::{OpenHow, ResolveFlag};
+        let how = OpenHow::new()
+            .flags(dir_flags())
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH);
+        match nix::fcntl::openat2(root, OsStr::from_bytes(rel), how) {
+            Ok(handle) => return Ok(handle),
+            // Not supported (before Linux 5.6, or filtered), a rename raced it, or too long:
+            // go one component at a time.
+            Err(
+                nix::errno::Errno::ENOSYS
+                | nix::errno::Errno::EPERM
+                | nix::errno::Errno::EINVAL
+                | nix::errno::Errno::E2BIG
+                | nix::errno::Errno::EAGAIN
+                | nix::errno::Errno::ENAMETOOLONG,
+            ) => {}
+            Err(errno) => return Err(errno),
+        }
+    }
     let mut handle: Option<OwnedFd> = None;
     for component in rel.split(|&b| b == b'/') {
         let at = handle.as_ref().unwrap_or(root);
