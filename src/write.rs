@@ -503,7 +503,12 @@ impl<'s> Transaction<'s> {
                 .min(PIECE as u64) as usize;
             let n = match reader.read(&mut piece[..want]) {
                 Ok(0) => break,
-                Ok(n) => n,
+                Ok(n) if n <= want => n,
+                Ok(n) => {
+                    return Err(Error::Os(std::io::Error::other(format!(
+                        "the value's reader claimed {n} bytes read into a buffer of {want}"
+                    ))));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::Os(e)),
             };
