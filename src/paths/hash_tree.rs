@@ -690,12 +690,13 @@ pub(super) fn hash_file_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paths::walk::dir_flags;
 
     fn hash_unstamped(
         dir: &std::path::Path,
         name: &CStr,
     ) -> std::io::Result<Option<(Stamp, [u8; 32])>> {
-        let handle = nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())?;
+        let handle = nix::fcntl::open(dir, dir_flags(), Mode::empty())?;
         let mut buffer = vec![0; 16];
         hash_file_at(&handle, name, None, &mut buffer, &AtomicU64::new(0))
     }
@@ -719,8 +720,7 @@ mod tests {
             assert_eq!(hash_unstamped(dir, name).unwrap(), None, "{name:?}");
         }
         // A stamped file that is gone is an error: the walk saw it a moment ago.
-        let handle =
-            nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let handle = nix::fcntl::open(dir, dir_flags(), Mode::empty()).unwrap();
         let mut buffer = vec![0; 16];
         let gone = hash_file_at(
             &handle,
@@ -736,8 +736,7 @@ mod tests {
     fn a_file_replaced_by_a_fifo_or_a_device_after_the_walk_stamped_it_is_never_read() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let handle =
-            nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let handle = nix::fcntl::open(dir, dir_flags(), Mode::empty()).unwrap();
         let mut buffer = vec![0; 16];
         for (name, make) in [
             (c"fifo", (nix::sys::stat::SFlag::S_IFIFO, 0)),
@@ -799,8 +798,7 @@ mod tests {
         std::fs::write(dir.join("file"), b"x").unwrap();
         std::os::unix::fs::symlink("file", dir.join("link")).unwrap();
         std::fs::create_dir(dir.join("subdir")).unwrap();
-        let handle =
-            nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let handle = nix::fcntl::open(dir, dir_flags(), Mode::empty()).unwrap();
         let lstat = Stamp::from_metadata(&std::fs::symlink_metadata(dir.join("file")).unwrap());
         assert_eq!(stamp_file_at(&handle, c"file").unwrap(), Some(lstat));
         for name in [c"link", c"subdir", c"gone"] {

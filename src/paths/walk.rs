@@ -364,11 +364,16 @@ fn open_and_list(
     })
 }
 
-/// How every directory is opened: an `O_PATH` handle is enough to stat it and to open or stat
-/// its entries, and it is cheaper to open and close; reading the entries takes a second, real
-/// open. Never through a symlink.
+/// How every directory is opened, never through a symlink. On Linux an `O_PATH` handle is
+/// enough to stat it and to open or stat its entries, and it is cheaper to open and close;
+/// reading the entries takes a second, real open. Elsewhere (no `O_PATH`) the handle is a plain
+/// read-only one, which needs read permission on the directory.
 pub(crate) fn dir_flags() -> OFlag {
-    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let access = OFlag::O_PATH;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let access = OFlag::O_RDONLY;
+    access | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
 }
 
 /// Opens the directory at `rel` (`/`-separated, relative to `root`) one component at a time, so
@@ -445,7 +450,8 @@ pub(crate) fn read_listing(
     dir_path: &Path,
     failed: &mut Vec<WalkError>,
 ) -> Option<Listing> {
-    // The handle is O_PATH, which cannot list: open the same directory again through it.
+    // On Linux the handle is O_PATH, which cannot list: open the same directory again through
+    // it (elsewhere this is a second handle of the same directory, as cheap).
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     let reader = nix::fcntl::openat(handle, c".", flags, Mode::empty());
     let mut reader = match reader.and_then(Dir::from_fd) {
@@ -499,7 +505,7 @@ pub(crate) fn read_listing(
                 let stamp = Stamp::from_stat(&stat);
                 if stamp.is_file() {
                     listing.entries.push((range, Listed::File(Some(stamp))));
-                } else if stamp.mode & nix::libc::S_IFMT == nix::libc::S_IFDIR {
+                } else if stamp.is_dir() {
                     listing.entries.push((range, Listed::Dir));
                 }
             }
