@@ -412,30 +412,34 @@ pub(crate) fn open_components(root: &OwnedFd, rel: &[u8]) -> nix::Result<OwnedFd
     handle.ok_or(nix::errno::Errno::EINVAL)
 }
 
-/// The stamp of the file `name` of an open directory (`lstat`); `None` if it is gone or is not
-/// a regular file.
-pub(crate) fn stamp_file_at(dir: &OwnedFd, name: &CStr) -> nix::Result<Option<Stamp>> {
+/// The stamp of the entry `name` of an open directory (`lstat`, relative to the directory's
+/// handle: one path component, no symlink followed); `None` if it is gone. Every stamp the walk,
+/// `hash-tree` and `TreeCache` take of a listed entry comes from here.
+pub(crate) fn stamp_at(dir: &OwnedFd, name: &CStr) -> nix::Result<Option<Stamp>> {
     match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(stat) => Ok(Some(Stamp::from_stat(&stat)).filter(Stamp::is_file)),
+        Ok(stat) => Ok(Some(Stamp::from_stat(&stat))),
         Err(nix::errno::Errno::ENOENT) => Ok(None),
         Err(errno) => Err(errno),
     }
 }
 
+/// [`stamp_at`] for a file: `None` if it is gone or is not a regular file.
+pub(crate) fn stamp_file_at(dir: &OwnedFd, name: &CStr) -> nix::Result<Option<Stamp>> {
+    Ok(stamp_at(dir, name)?.filter(Stamp::is_file))
+}
+
 /// Takes a fresh stamp of every file of a cached listing. False if one is no longer a regular
 /// file (the directory changed after all: it must be read again).
 fn stat_cached_files(handle: &OwnedFd, listing: &mut Listing) -> bool {
-    let Listing { names, entries } = listing;
-    for (range, kind) in entries.iter_mut() {
-        let Listed::File(stamp) = kind else {
+    for i in 0..listing.entries.len() {
+        let (range, Listed::File(_)) = &listing.entries[i] else {
             continue;
         };
-        let Ok(name) = CStr::from_bytes_with_nul(&names[range.start as usize..=range.end as usize])
-        else {
+        let Some(name) = listing.c_name(range) else {
             return false;
         };
         match stamp_file_at(handle, name) {
-            Ok(Some(fresh)) => *stamp = Some(fresh),
+            Ok(Some(fresh)) => listing.entries[i].1 = Listed::File(Some(fresh)),
             _ => return false,
         }
     }
@@ -497,19 +501,15 @@ pub(crate) fn read_listing(
     }
     drop(reader);
     for range in to_stat {
-        let Ok(name) = CStr::from_bytes_with_nul(listing.name_with_nul(&range)) else {
+        let Some(name) = listing.c_name(&range) else {
             continue;
         };
-        match nix::sys::stat::fstatat(handle, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(stat) => {
-                let stamp = Stamp::from_stat(&stat);
-                if stamp.is_file() {
-                    listing.entries.push((range, Listed::File(Some(stamp))));
-                } else if stamp.is_dir() {
-                    listing.entries.push((range, Listed::Dir));
-                }
+        match stamp_at(handle, name) {
+            Ok(Some(stamp)) if stamp.is_file() => {
+                listing.entries.push((range, Listed::File(Some(stamp))));
             }
-            Err(nix::errno::Errno::ENOENT) => {} // removed since listed
+            Ok(Some(stamp)) if stamp.is_dir() => listing.entries.push((range, Listed::Dir)),
+            Ok(_) => {} // not a file or directory, or removed since listed
             Err(errno) => failed.push(WalkError {
                 path: dir_path.join(std::ffi::OsStr::from_bytes(name.to_bytes())),
                 source: errno.into(),
