@@ -51,7 +51,7 @@ use super::tree_store::{
     PRODUCER, cache_files, cached_listing, cached_sha256, encode_sha256_entry, file_key,
     listing_value,
 };
-use super::walk::{Spawner, VisitedDir, Visitor, stamp_file_at, visit_fn, walk};
+use super::walk::{Spawner, VisitedDir, Visitor, WalkedDir, stamp_file_at, visit_fn, walk};
 use crate::{BulkMode, Error, Health, Options, Result, Shard, Snapshot, WriteOutcome};
 
 /// Length of each hashing thread's read buffer.
@@ -346,7 +346,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         &options.exclude,
         visitor,
     );
-    if !dirs.iter().any(|(rel, _)| rel.is_empty()) {
+    if dirs.first().is_none_or(|root| !root.rel.is_empty()) {
         // The root itself could not be read: there is no manifest to give.
         let error = errors.into_iter().find(|e| e.path == root).map_or_else(
             || std::io::Error::other("the directory could not be read"),
@@ -360,7 +360,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         Ok(outcome) => (matches!(outcome, WriteOutcome::Committed { .. }), None),
         Err(error) => (false, Some(error)),
     };
-    let dirs_read = dirs.iter().filter(|(_, dir)| dir.read).count() as u64;
+    let dirs_read = dirs.iter().filter(|dir| dir.result.read).count() as u64;
     let dirs_found = dirs.len() as u64;
     let manifest = assemble(dirs);
     Ok(HashTreeReport {
@@ -602,9 +602,12 @@ impl<'d, 'env, 's, 'q> Batcher<'d, 'env, 's, 'q> {
 
 /// Takes what the hashing tasks returned into each directory's file states and new values;
 /// a file that could not be read goes to `errors`. Returns how many files were hashed.
-fn take_in_hashed(root: &Path, dirs: &mut [(Vec<u8>, DirRun)], errors: &mut Vec<PathError>) -> u64 {
+fn take_in_hashed(root: &Path, dirs: &mut [WalkedDir<DirRun>], errors: &mut Vec<PathError>) -> u64 {
     let mut hashed = 0;
-    for (rel, dir) in dirs {
+    for WalkedDir {
+        rel, result: dir, ..
+    } in dirs
+    {
         let batches = std::mem::take(&mut *dir.hashing.lock());
         for batch in batches {
             let offset = dir.values.len() as u32;
@@ -641,12 +644,13 @@ fn take_in_hashed(root: &Path, dirs: &mut [(Vec<u8>, DirRun)], errors: &mut Vec<
 /// vanished; a merge of the changes (which a small change turns into a small write) when only
 /// entries changed or were added; the whole cache rewritten without the entries of files and
 /// directories that are gone otherwise (the others keep their value).
-fn persist(shard: &Shard, view: &Snapshot, dirs: &[(Vec<u8>, DirRun)]) -> Result<WriteOutcome> {
-    let still_there: usize = dirs.iter().map(|(_, dir)| dir.cached_entries).sum();
+fn persist(shard: &Shard, view: &Snapshot, dirs: &[WalkedDir<DirRun>]) -> Result<WriteOutcome> {
+    let still_there: usize = dirs.iter().map(|dir| dir.result.cached_entries).sum();
     let vanished = still_there != view.len();
     let changed = dirs
         .iter()
-        .any(|(_, dir)| !dir.new_values.is_empty() || dir.new_listing.is_some());
+        .map(|dir| &dir.result)
+        .any(|dir| !dir.new_values.is_empty() || dir.new_listing.is_some());
     if !vanished && !changed {
         return Ok(WriteOutcome::Unchanged);
     }
@@ -661,9 +665,9 @@ fn persist(shard: &Shard, view: &Snapshot, dirs: &[(Vec<u8>, DirRun)]) -> Result
     let mut key = Vec::new();
     in_manifest_order(
         dirs,
-        |(rel, dir)| (rel, &dir.listing),
+        |dir| (&dir.result.listing, &dir.subdirs),
         |d, entries| {
-            let (rel, dir) = &dirs[d];
+            let (rel, dir) = (&dirs[d].rel, &dirs[d].result);
             for i in entries {
                 if added.is_err() {
                     return;
@@ -688,7 +692,10 @@ fn persist(shard: &Shard, view: &Snapshot, dirs: &[(Vec<u8>, DirRun)]) -> Result
         },
     );
     added?;
-    for (rel, dir) in dirs {
+    for WalkedDir {
+        rel, result: dir, ..
+    } in dirs
+    {
         listing_key(&mut key, dir.key(rel));
         let value = match &dir.new_listing {
             Some(listing) => Some(listing.as_slice()),
@@ -703,21 +710,28 @@ fn persist(shard: &Shard, view: &Snapshot, dirs: &[(Vec<u8>, DirRun)]) -> Result
 }
 
 /// The manifest of the walked directories, which it takes over.
-fn assemble(dirs: Vec<(Vec<u8>, DirRun)>) -> Manifest {
+fn assemble(dirs: Vec<WalkedDir<DirRun>>) -> Manifest {
     let mut len = 0;
     let dirs = dirs
         .into_iter()
-        .map(|(rel, dir)| {
-            // Same layout: collected in place, no copy.
-            let known: Vec<Option<[u8; 32]>> =
-                dir.files.into_iter().map(FileState::sha256).collect();
-            len += known.iter().filter(|k| k.is_some()).count();
-            ManifestDir {
-                rel,
-                listing: dir.listing,
-                known,
-            }
-        })
+        .map(
+            |WalkedDir {
+                 rel,
+                 subdirs,
+                 result: dir,
+             }| {
+                // Same layout: collected in place, no copy.
+                let known: Vec<Option<[u8; 32]>> =
+                    dir.files.into_iter().map(FileState::sha256).collect();
+                len += known.iter().filter(|k| k.is_some()).count();
+                ManifestDir {
+                    rel,
+                    listing: dir.listing,
+                    known,
+                    subdirs,
+                }
+            },
+        )
         .collect();
     Manifest::new(dirs, len)
 }

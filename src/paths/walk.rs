@@ -69,11 +69,35 @@ pub(crate) struct VisitedDir<'a> {
 pub(crate) type Task<'env> = Box<dyn FnOnce() + Send + 'env>;
 
 enum Job<'env> {
-    /// A directory: its parent's handle (to open it relative to; none for the root or to open
-    /// it from the root), its name, its path relative to the root, its cache key if that is not
-    /// its path.
-    Dir(Option<Arc<OwnedFd>>, Vec<u8>, Vec<u8>, Option<Vec<u8>>),
+    Dir(DirJob),
     Task(Task<'env>),
+}
+
+/// A directory to visit.
+struct DirJob {
+    /// Its parent's handle, to open it relative to; none for the root, or to open it from the
+    /// root.
+    parent: Option<Arc<OwnedFd>>,
+    name: Vec<u8>,
+    /// Its path relative to the root.
+    rel: Vec<u8>,
+    /// Its cache key if that is not its path.
+    long_key: Option<Vec<u8>>,
+    /// Its number in this walk (the root is 0), and its parent's with its entry index there.
+    id: usize,
+    link: Option<(usize, u32)>,
+}
+
+/// One directory a walk visited, as [`walk`] returns it.
+pub(crate) struct WalkedDir<T> {
+    /// Path relative to the root (`/`-separated; the root is empty).
+    pub rel: Vec<u8>,
+    /// Its subdirectories that were visited: (entry index in the listing it was visited with,
+    /// index in the walk's result), by entry index. So the tree can be gone through in
+    /// manifest order without looking a path up.
+    pub subdirs: Vec<(u32, u32)>,
+    /// What the visit returned.
+    pub result: T,
 }
 
 /// Most directory jobs that may wait holding their parent's handle. Past it, a directory is
@@ -128,15 +152,16 @@ where
 }
 
 /// Walks `root` with `threads` workers, calling `visitor.visit` for every directory, and returns
-/// `(relative dir path, result)` pairs in no particular order, with the errors met. Returns once
-/// every directory is visited and every queued task has run.
+/// the visited directories, the root first if it could be read, each with its visited
+/// subdirectories, and the errors met. Returns once every directory is visited and every queued
+/// task has run.
 pub(crate) fn walk<'env, T: Send>(
     root: &Path,
     threads: usize,
     excluded: &Excluded,
     exclude: &Exclude,
     visitor: Visitor<'_, 'env, T>,
-) -> (Vec<(Vec<u8>, T)>, Vec<WalkError>) {
+) -> (Vec<WalkedDir<T>>, Vec<WalkError>) {
     let excluded_rel: Option<Vec<u8>> = excluded
         .dir
         .strip_prefix(root)
@@ -145,10 +170,21 @@ pub(crate) fn walk<'env, T: Send>(
     // Held for the whole walk: directories past the handle budget are reopened from it.
     let root_handle = nix::fcntl::open(root, dir_flags(), Mode::empty()).ok();
     let queue = Queue {
-        state: Mutex::new((vec![Job::Dir(None, Vec::new(), Vec::new(), None)], 0)),
+        state: Mutex::new((
+            vec![Job::Dir(DirJob {
+                parent: None,
+                name: Vec::new(),
+                rel: Vec::new(),
+                long_key: None,
+                id: 0,
+                link: None,
+            })],
+            0,
+        )),
         wake: Condvar::new(),
     };
     let waiting_handles = AtomicUsize::new(0);
+    let next_id = AtomicUsize::new(1);
     let results = Mutex::new(Vec::new());
     let errors = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
@@ -161,7 +197,14 @@ pub(crate) fn walk<'env, T: Send>(
                 while let Some(job) = next_job(&queue) {
                     match job {
                         Job::Task(task) => task(),
-                        Job::Dir(parent, name, rel, long_key) => {
+                        Job::Dir(DirJob {
+                            parent,
+                            name,
+                            rel,
+                            long_key,
+                            id,
+                            link,
+                        }) => {
                             let key = long_key.as_deref().unwrap_or(&rel);
                             if parent.is_some() {
                                 waiting_handles.fetch_sub(1, Ordering::Relaxed);
@@ -186,7 +229,7 @@ pub(crate) fn walk<'env, T: Send>(
                                 let handle = Arc::new(dir.handle);
                                 let (listing, unfiltered) = filtered(dir.listing, &rel, exclude);
                                 let mut subdirs = Vec::new();
-                                for (range, kind) in &listing.entries {
+                                for (i, (range, kind)) in listing.entries.iter().enumerate() {
                                     if let Listed::Dir = kind {
                                         let name = listing.name(range);
                                         join_rel(&mut child, &rel, name);
@@ -198,12 +241,14 @@ pub(crate) fn walk<'env, T: Send>(
                                             None
                                         };
                                         let child_key = dir_key(key, name, child.len());
-                                        subdirs.push(Job::Dir(
+                                        subdirs.push(Job::Dir(DirJob {
                                             parent,
-                                            name.to_vec(),
-                                            child.clone(),
-                                            child_key,
-                                        ));
+                                            name: name.to_vec(),
+                                            rel: child.clone(),
+                                            long_key: child_key,
+                                            id: next_id.fetch_add(1, Ordering::Relaxed),
+                                            link: Some((id, i as u32)),
+                                        }));
                                     }
                                 }
                                 // Subdirectories go on the stack before the visit's tasks, so
@@ -224,7 +269,7 @@ pub(crate) fn walk<'env, T: Send>(
                                     cacheable: !is_excluded,
                                 };
                                 let result = (visitor.visit)(visited, &spawner);
-                                found.push((rel, result));
+                                found.push((id, link, rel, result));
                             }
                         }
                     }
@@ -239,7 +284,48 @@ pub(crate) fn walk<'env, T: Send>(
             });
         }
     });
-    (results.into_inner(), errors.into_inner())
+    (
+        linked(results.into_inner(), next_id.into_inner()),
+        errors.into_inner(),
+    )
+}
+
+/// A visited directory as a worker found it: its id, its link to its parent (see [`DirJob`]),
+/// its path and the visit's result.
+type Found<T> = (usize, Option<(usize, u32)>, Vec<u8>, T);
+
+/// The visited directories (ids below `ids`) in the order they were numbered, the root first,
+/// each with its visited subdirectories.
+fn linked<T>(mut found: Vec<Found<T>>, ids: usize) -> Vec<WalkedDir<T>> {
+    found.sort_unstable_by_key(|(id, ..)| *id);
+    let mut position = vec![usize::MAX; ids];
+    for (at, (id, ..)) in found.iter().enumerate() {
+        position[*id] = at;
+    }
+    let mut links = Vec::with_capacity(found.len());
+    let mut dirs: Vec<WalkedDir<T>> = found
+        .into_iter()
+        .map(|(_, link, rel, result)| {
+            links.push(link);
+            WalkedDir {
+                rel,
+                subdirs: Vec::new(),
+                result,
+            }
+        })
+        .collect();
+    for (at, link) in links.into_iter().enumerate() {
+        // A directory is queued only once its parent was listed, so its parent was visited.
+        if let Some((parent, entry)) = link
+            && let Some(parent) = dirs.get_mut(position[parent])
+        {
+            parent.subdirs.push((entry, at as u32));
+        }
+    }
+    for dir in &mut dirs {
+        dir.subdirs.sort_unstable_by_key(|(entry, _)| *entry);
+    }
+    dirs
 }
 
 /// `listing` without the entries `exclude` matches, and the whole listing if any was taken out.
