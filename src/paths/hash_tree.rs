@@ -49,7 +49,7 @@ use super::manifest::{Manifest, ManifestDir, in_manifest_order, push_hex};
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
 use super::tree_store::{
     PRODUCER, cache_files, cached_listing, cached_sha256, encode_sha256_entry, file_key,
-    listing_value,
+    listing_value, push_file_key,
 };
 use super::walk::{Spawner, VisitedDir, Visitor, WalkedDir, stamp_file_at, visit_fn, walk};
 use crate::{BulkMode, Error, Health, Options, Result, Shard, Snapshot, WriteOutcome};
@@ -401,11 +401,9 @@ impl<'env> Run<'env> {
         let mut key_bytes =
             Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir.key.len() + 1));
         let mut key_ends = Vec::with_capacity(listing.entries.len());
-        let mut key = Vec::new();
         for (range, kind) in &listing.entries {
             if let Listed::File(_) = kind {
-                file_key(&mut key, dir.key, listing.name(range));
-                key_bytes.extend_from_slice(&key);
+                push_file_key(&mut key_bytes, dir.key, listing.name(range));
                 key_ends.push(key_bytes.len());
             }
         }
@@ -419,6 +417,7 @@ impl<'env> Run<'env> {
         self.view.get_many(&keys, &mut values);
 
         // A listing that was not read came from the cache: no need to look it up again.
+        let mut key = Vec::new();
         listing_key(&mut key, dir.key);
         let cached_listing = !dir.read || self.view.get(&key).is_some();
         let cached_entries =
@@ -434,21 +433,23 @@ impl<'env> Run<'env> {
         let mut queue = Batcher::new(dir.handle, &hashing, self, spawner);
         let mut files = Vec::with_capacity(listing.entries.len());
         let mut file_values = values.iter();
-        for (i, (range, kind)) in listing.entries.iter_mut().enumerate() {
+        let Listing { names, entries } = &mut listing;
+        // Only files stamped or hashed here need their name as a C string.
+        let c_name = |range: &Range<u32>| {
+            let name = names.get(range.start as usize..=range.end as usize)?;
+            CStr::from_bytes_with_nul(name).ok()
+        };
+        for (i, (range, kind)) in entries.iter_mut().enumerate() {
             let Listed::File(stamp) = kind else {
                 files.push(FileState::Absent);
                 continue;
             };
             let old_value = file_values.next().copied().flatten();
-            let Some(name) = listing.names.get(range.start as usize..=range.end as usize) else {
-                files.push(FileState::Absent);
-                continue;
-            };
-            let Ok(name) = CStr::from_bytes_with_nul(name) else {
-                files.push(FileState::Absent);
-                continue;
-            };
             if old_value.is_some() && stamp.is_none() {
+                let Some(name) = c_name(range) else {
+                    files.push(FileState::Absent);
+                    continue;
+                };
                 // Known to the cache but not stamped by the walk: stamp it now. (A file the
                 // cache does not know is stamped by `fstat` once open for hashing.)
                 match stamp_file_at(dir.handle, name) {
@@ -476,6 +477,10 @@ impl<'env> Run<'env> {
                 files.push(FileState::Cached(sha256));
                 continue;
             }
+            let Some(name) = c_name(range) else {
+                files.push(FileState::Absent);
+                continue;
+            };
             files.push(FileState::Stale);
             queue.push(ToHash {
                 index: i as u32,

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use super::cache::{PathEntry, encode_entry_into};
 use super::listing::{Listing, listing_key};
 use super::stamp::Stamp;
-use super::walk::{Excluded, join_rel};
+use super::walk::Excluded;
 use crate::{Shard, Snapshot};
 
 /// Producer string of tree cache shards.
@@ -24,7 +24,17 @@ pub(super) const DIMENSION: &str = "sha256";
 
 /// The key of the file `name` in the directory whose key is `dir_key`, into `out`.
 pub(super) fn file_key(out: &mut Vec<u8>, dir_key: &[u8], name: &[u8]) {
-    join_rel(out, dir_key, name);
+    out.clear();
+    push_file_key(out, dir_key, name);
+}
+
+/// [`file_key`], appended to `out` (to look many keys up in one batch).
+pub(super) fn push_file_key(out: &mut Vec<u8>, dir_key: &[u8], name: &[u8]) {
+    if !dir_key.is_empty() {
+        out.extend_from_slice(dir_key);
+        out.push(b'/');
+    }
+    out.extend_from_slice(name);
 }
 
 /// The SHA-256 a cached file entry holds, if the entry is trusted for `stamp`.

@@ -185,13 +185,15 @@ pub(crate) fn walk<'env, T: Send>(
     };
     let waiting_handles = AtomicUsize::new(0);
     let next_id = AtomicUsize::new(1);
-    let results = Mutex::new(Vec::new());
+    // What the workers found: the visited directories, and the same number of (id, link).
+    let results = Mutex::new((Vec::new(), Vec::new()));
     let errors = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| {
                 let spawner = Spawner { queue: &queue };
                 let mut found = Vec::new();
+                let mut found_links = Vec::new();
                 let mut failed = Vec::new();
                 let mut child = Vec::new();
                 while let Some(job) = next_job(&queue) {
@@ -269,7 +271,12 @@ pub(crate) fn walk<'env, T: Send>(
                                     cacheable: !is_excluded,
                                 };
                                 let result = (visitor.visit)(visited, &spawner);
-                                found.push((id, link, rel, result));
+                                found.push(WalkedDir {
+                                    rel,
+                                    subdirs: Vec::new(),
+                                    result,
+                                });
+                                found_links.push((id, link));
                             }
                         }
                     }
@@ -279,7 +286,9 @@ pub(crate) fn walk<'env, T: Send>(
                         queue.wake.notify_all();
                     }
                 }
-                results.lock().append(&mut found);
+                let mut results = results.lock();
+                results.0.append(&mut found);
+                results.1.append(&mut found_links);
                 errors.lock().append(&mut failed);
             });
         }
@@ -290,31 +299,25 @@ pub(crate) fn walk<'env, T: Send>(
     )
 }
 
-/// A visited directory as a worker found it: its id, its link to its parent (see [`DirJob`]),
-/// its path and the visit's result.
-type Found<T> = (usize, Option<(usize, u32)>, Vec<u8>, T);
+/// The (id, link to its parent) of a visited directory (see [`DirJob`]).
+type Link = (usize, Option<(usize, u32)>);
 
-/// The visited directories (ids below `ids`) in the order they were numbered, the root first,
-/// each with its visited subdirectories.
-fn linked<T>(mut found: Vec<Found<T>>, ids: usize) -> Vec<WalkedDir<T>> {
-    found.sort_unstable_by_key(|(id, ..)| *id);
+/// The visited directories (`dirs`, each with its id and link in `links`; ids below `ids`),
+/// the root first, each with its visited subdirectories. Nothing is sorted or moved but the
+/// root.
+fn linked<T>(
+    (mut dirs, mut links): (Vec<WalkedDir<T>>, Vec<Link>),
+    ids: usize,
+) -> Vec<WalkedDir<T>> {
+    if let Some(root) = links.iter().position(|(id, _)| *id == 0) {
+        dirs.swap(0, root);
+        links.swap(0, root);
+    }
     let mut position = vec![usize::MAX; ids];
-    for (at, (id, ..)) in found.iter().enumerate() {
+    for (at, (id, _)) in links.iter().enumerate() {
         position[*id] = at;
     }
-    let mut links = Vec::with_capacity(found.len());
-    let mut dirs: Vec<WalkedDir<T>> = found
-        .into_iter()
-        .map(|(_, link, rel, result)| {
-            links.push(link);
-            WalkedDir {
-                rel,
-                subdirs: Vec::new(),
-                result,
-            }
-        })
-        .collect();
-    for (at, link) in links.into_iter().enumerate() {
+    for (at, (_, link)) in links.into_iter().enumerate() {
         // A directory is queued only once its parent was listed, so its parent was visited.
         if let Some((parent, entry)) = link
             && let Some(parent) = dirs.get_mut(position[parent])
