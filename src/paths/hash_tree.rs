@@ -206,6 +206,12 @@ enum FileState {
     Hashed([u8; 32]),
 }
 
+// The manifest takes the states over as hashes in place (see `assemble`): same size and alignment.
+const _: () = assert!(
+    size_of::<FileState>() == size_of::<Option<[u8; 32]>>()
+        && align_of::<FileState>() == align_of::<Option<[u8; 32]>>()
+);
+
 impl FileState {
     /// Its hash, if it has one (what the manifest keeps).
     fn sha256(self) -> Option<[u8; 32]> {
@@ -397,25 +403,7 @@ impl<'env> Run<'env> {
     /// hashing tasks for the walk's workers.
     fn plan_dir(&'env self, dir: VisitedDir<'_>, spawner: &Spawner<'_, 'env>) -> DirRun {
         let mut listing = dir.listing;
-        // Every file's key, looked up in one batch.
-        let mut key_bytes =
-            Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir.key.len() + 1));
-        let mut key_ends = Vec::with_capacity(listing.entries.len());
-        for (range, kind) in &listing.entries {
-            if let Listed::File(_) = kind {
-                push_file_key(&mut key_bytes, dir.key, listing.name(range));
-                key_ends.push(key_bytes.len());
-            }
-        }
-        let mut keys = Vec::with_capacity(key_ends.len());
-        let mut start = 0;
-        for end in key_ends {
-            keys.push(&key_bytes[start..end]);
-            start = end;
-        }
-        let mut values = Vec::new();
-        self.view.get_many(&keys, &mut values);
-
+        let values = cached_values(self.view, dir.key, &listing);
         // A listing that was not read came from the cache: no need to look it up again.
         let mut key = Vec::new();
         listing_key(&mut key, dir.key);
@@ -491,7 +479,7 @@ impl<'env> Run<'env> {
         }
         queue.flush();
 
-        let planned = keys.len() as u64;
+        let planned = values.len() as u64;
         let seen = self.seen.fetch_add(planned, Ordering::Relaxed) + planned;
         self.report_progress(seen);
         DirRun {
@@ -550,6 +538,32 @@ impl<'env> Run<'env> {
             progress(seen, self.bytes_hashed.load(Ordering::Relaxed));
         }
     }
+}
+
+/// The cache's value for each file of `listing` (in order), looked up in one batch.
+fn cached_values<'v>(
+    view: &'v Snapshot,
+    dir_key: &[u8],
+    listing: &Listing,
+) -> Vec<Option<&'v [u8]>> {
+    let mut key_bytes =
+        Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir_key.len() + 1));
+    let mut key_ends = Vec::with_capacity(listing.entries.len());
+    for (range, kind) in &listing.entries {
+        if let Listed::File(_) = kind {
+            push_file_key(&mut key_bytes, dir_key, listing.name(range));
+            key_ends.push(key_bytes.len());
+        }
+    }
+    let mut keys = Vec::with_capacity(key_ends.len());
+    let mut start = 0;
+    for end in key_ends {
+        keys.push(&key_bytes[start..end]);
+        start = end;
+    }
+    let mut values = Vec::new();
+    view.get_many(&keys, &mut values);
+    values
 }
 
 /// Gathers one directory's stale files into hashing tasks: a few small files, or one large one.
