@@ -134,8 +134,13 @@ impl ShardDir {
     }
 
     /// Opens `name` in this directory with `flags` (`O_CLOEXEC | O_NOFOLLOW` always added) and
-    /// `mode` for a created file.
-    pub fn open_file(&self, name: &OsStr, flags: OFlag, mode: u32) -> io::Result<File> {
+    /// `mode` for a created file (`mode_t`: `u32` on Linux, `u16` on macOS and FreeBSD).
+    pub fn open_file(
+        &self,
+        name: &OsStr,
+        flags: OFlag,
+        mode: nix::libc::mode_t,
+    ) -> io::Result<File> {
         let flags = flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
         let fd = openat(self.fd.as_fd(), name, flags, Mode::from_bits_truncate(mode))?;
         Ok(File::from(fd))

@@ -309,10 +309,8 @@ impl PathCache {
             return Ok(hit.to_vec());
         }
         if !stamp.is_file() {
-            return Err(Error::InvalidInput(format!(
-                "{} is not a regular file",
-                path.display()
-            )));
+            let error = super::error::PathInputError::NotARegularFile;
+            return Err(super::error::invalid_path("reading", path, error));
         }
         let mut file = std::fs::OpenOptions::new()
             .read(true)

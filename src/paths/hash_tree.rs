@@ -4,18 +4,28 @@
 //! The cache shard holds one [`PathCache`](super::PathCache) entry per regular file, keyed by its
 //! path relative to the root, with a `sha256` dimension, and one cached listing per directory
 //! (keyed by a NUL byte and the directory's path; a directory whose path passes 255 bytes is
-//! keyed by a short hash instead, so deep trees do not cost depth squared; see `listing.rs`). A run walks the tree in
-//! parallel and reuses the listing of every directory whose stamp is unchanged instead of reading
-//! it. A file the cache knows is stamped (`lstat` relative to its directory's handle) and, while
-//! its entry holds for that stamp, answered without being read. The rest is hashed while the walk
-//! goes on: each directory queues its stale files as tasks (a few small files or one large one
-//! each) for the same worker threads, which open them relative to the directory's handle and
-//! stream them through a fixed buffer per thread; a file the cache does not know is stamped by
-//! `fstat` once open, before any byte is read, so it costs one path lookup, not two. The shard is
-//! rewritten only if an entry changed or a file or directory disappeared. The [`Manifest`] keeps
-//! the walk's listings and is printed straight from them, in order, with no path copied.
+//! keyed by a short hash instead, so deep trees do not cost depth squared; see `listing.rs`). The
+//! keys and values are `tree_store.rs`'s, shared with [`TreeCache`](super::TreeCache).
+//!
+//! A run has four parts, each with one job:
+//!
+//! 1. **Plan a directory** ([`Run::plan_dir`], called by the parallel walk for each directory,
+//!    whose listing it reuses from the cache while the directory's stamp is unchanged): look
+//!    every file up in the cache in one batch; a file the cache knows is stamped (`lstat`
+//!    relative to its directory's handle) and, while its entry holds for that stamp, answered
+//!    without being read. Each file's state is one [`FileState`].
+//! 2. **Hash what is stale** ([`Run::hash_batch`]): the stale files of a directory are queued as
+//!    tasks (a few small files or one large one each) for the walk's own workers, so walking and
+//!    hashing overlap. A task opens each file relative to the directory's handle, stamps it by
+//!    `fstat` once open (a file the cache did not know costs one path lookup, not two), streams
+//!    it through a fixed buffer per thread, and encodes its new cache entry once, kept only if
+//!    it differs from the cache's.
+//! 3. **Persist the changes** ([`persist`]): the shard is rewritten only if an entry changed or
+//!    a file or directory disappeared, with the values encoded in step 2.
+//! 4. **Print the manifest** ([`assemble`]): the [`Manifest`] keeps the walk's listings and is
+//!    printed straight from them, in order, with no path copied.
 
-use std::ffi::{CStr, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::io::Read;
 use std::ops::Range;
 use std::os::fd::OwnedFd;
@@ -31,21 +41,19 @@ use nix::sys::stat::Mode;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use super::cache::{PathEntry, encode_entry_into, recorded_hours};
-use super::error::PathError;
+use super::cache::recorded_hours;
+use super::error::{PathError, PathInputError, invalid_path};
 use super::exclude::Exclude;
 use super::listing::{Listed, Listing, listing_key};
 use super::manifest::{Manifest, ManifestDir, in_manifest_order, push_hex};
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
-use super::walk::{
-    Excluded, Spawner, VisitedDir, Visitor, join_rel, stamp_file_at, visit_fn, walk,
+use super::tree_store::{
+    PRODUCER, cache_files, cached_listing, cached_sha256, encode_sha256_entry, file_key,
+    listing_value, push_file_key,
 };
+use super::walk::{Spawner, VisitedDir, Visitor, WalkedDir, stamp_file_at, visit_fn, walk};
 use crate::{BulkMode, Error, Health, Options, Result, Shard, Snapshot, WriteOutcome};
 
-/// Producer string of hash-tree shards.
-pub(super) const PRODUCER: &str = "warmshard hash-tree 1";
-/// The dimension holding a file's SHA-256.
-pub(super) const DIMENSION: &str = "sha256";
 /// Length of each hashing thread's read buffer.
 const READ_BUFFER_LEN: usize = 256 * 1024;
 
@@ -184,53 +192,95 @@ pub fn shard_path_for_root(canonical_root: &Path) -> Result<PathBuf> {
         .join(OsStr::from_bytes(&name)))
 }
 
-/// What a run learned about one directory: per entry, the hash known from the cache or computed
-/// this run (files only) and the new cache value of files hashed this run.
-struct DirResult {
-    listing: Listing,
-    known: Vec<Option<[u8; 32]>>,
-    /// How many entries of `known` are set.
-    files_known: usize,
-    /// Per entry, the stamp (and whether it is racy) of a file hashed this run.
-    fresh: Vec<Option<(Stamp, bool)>>,
-    /// Results of the hashing tasks this directory queued: (entry index, result).
-    hashed: Arc<Mutex<Vec<(usize, HashResult)>>>,
-    /// How many of its files have an entry in the cache (valid or not).
-    cached_files: usize,
-    /// Whether the cache holds a listing of it (valid or not).
-    cached_listing: bool,
-    /// Its listing, to store in the cache: read this run and not racy.
-    fresh_listing: Option<Vec<u8>>,
-    /// Whether its entries were read this run (rather than taken from the cache).
-    read: bool,
-    /// Its cache key when that is not its path (see `listing::dir_key`).
-    long_key: Option<Vec<u8>>,
+/// What the run knows of one entry of a directory's listing: the file's state, one per entry.
+#[derive(Clone, Copy, Debug)]
+enum FileState {
+    /// A subdirectory, or a file left out of the manifest: gone or no longer a regular file
+    /// since it was listed, or unreadable (its error is in the report).
+    Absent,
+    /// Queued for hashing: its task's result replaces this once the walk is over.
+    Stale,
+    /// Its hash, from a cache entry still valid for its stamp.
+    Cached([u8; 32]),
+    /// Its hash, read this run.
+    Hashed([u8; 32]),
 }
 
-impl DirResult {
+// The manifest takes the states over as hashes in place (see `assemble`): same size and alignment.
+const _: () = assert!(
+    size_of::<FileState>() == size_of::<Option<[u8; 32]>>()
+        && align_of::<FileState>() == align_of::<Option<[u8; 32]>>()
+);
+
+impl FileState {
+    /// Its hash, if it has one (what the manifest keeps).
+    fn sha256(self) -> Option<[u8; 32]> {
+        match self {
+            FileState::Cached(sha256) | FileState::Hashed(sha256) => Some(sha256),
+            FileState::Absent | FileState::Stale => None,
+        }
+    }
+}
+
+/// One directory of a run: its plan (what the cache already knew), then what hashing it added.
+struct DirRun {
+    listing: Listing,
+    /// Per entry of `listing`.
+    files: Vec<FileState>,
+    /// Its key in the cache when that is not its path (see `listing::dir_key`).
+    long_key: Option<Vec<u8>>,
+    /// Whether its entries were read this run (rather than taken from the cache).
+    read: bool,
+    /// How many of its entries the cache holds (its files' and its listing, valid or not): the
+    /// run tells from their sum whether something vanished.
+    cached_entries: usize,
+    /// Its listing to store in the cache: read this run, cacheable, and not racy.
+    new_listing: Option<Vec<u8>>,
+    /// What its hashing tasks return, while the walk goes on.
+    hashing: Arc<Mutex<Vec<HashedBatch>>>,
+    /// The new cache values of its files hashed this run whose entry changed, each encoded once:
+    /// (entry index, range in `values`), by entry index.
+    new_values: Vec<(u32, Range<u32>)>,
+    values: Vec<u8>,
+}
+
+impl DirRun {
     /// Its cache key, given its path.
     fn key<'a>(&'a self, rel: &'a [u8]) -> &'a [u8] {
         self.long_key.as_deref().unwrap_or(rel)
     }
+
+    /// The new cache value of entry `i`, if it was hashed this run and its entry changed.
+    fn new_value(&self, i: usize) -> Option<&[u8]> {
+        let at = self
+            .new_values
+            .binary_search_by_key(&i, |(j, _)| *j as usize)
+            .ok()?;
+        let range = &self.new_values[at].1;
+        Some(&self.values[range.start as usize..range.end as usize])
+    }
 }
 
 /// A file a hashing task reads: its entry index, name, stamp if the walk took one, and the value
-/// the cache holds for it (if any).
-type ToHash = (usize, std::ffi::CString, Option<Stamp>, Option<Box<[u8]>>);
+/// the cache holds for it (to tell whether the new one differs; rarely any: a cold run finds
+/// none, a partial one only for the files that changed).
+struct ToHash {
+    index: u32,
+    name: CString,
+    stamp: Option<Stamp>,
+    old_value: Option<Box<[u8]>>,
+}
 
-/// What hashing one file gave.
-struct Hashed {
-    /// The stamp its content is stored under.
-    stamp: Stamp,
-    /// Whether that stamp is racy.
-    racy: bool,
-    sha256: [u8; 32],
-    /// Whether its cache entry differs from the one the cache holds.
-    changed: bool,
+/// What one hashing task gives back: per file, its hash and, if its cache entry changed, the
+/// range of its new value in `values`.
+#[derive(Default)]
+struct HashedBatch {
+    values: Vec<u8>,
+    results: Vec<(u32, HashResult)>,
 }
 
 /// `Ok(None)`: the file turned out not to be a regular file, or was gone, when opened.
-type HashResult = std::io::Result<Option<Hashed>>;
+type HashResult = std::io::Result<Option<([u8; 32], Option<Range<u32>>)>>;
 
 /// Files of one directory hashed by one task: few small files, or one large one.
 const BATCH_FILES: usize = 64;
@@ -243,16 +293,17 @@ thread_local! {
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Builds the manifest of `root` (see the module docs).
+/// Builds the manifest of `root` (see the module docs): plan each directory from the cache and
+/// hash what is stale (both during the walk), persist what changed, then assemble the manifest.
 pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeReport> {
     let started = Instant::now();
-    let taken_at = SystemTime::now();
     let root = std::fs::canonicalize(root).map_err(|e| Error::io("resolving", root, e))?;
     if !root.is_dir() {
-        return Err(Error::InvalidInput(format!(
-            "{} is not a directory",
-            root.display()
-        )));
+        return Err(invalid_path(
+            "hashing",
+            &root,
+            PathInputError::NotADirectory,
+        ));
     }
     let shard_path = match &options.shard {
         Some(path) => path.clone(),
@@ -268,271 +319,62 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
     if options.shard.is_some()
         && let Health::ProducerMismatch { found, .. } = view.health()
     {
-        return Err(Error::InvalidInput(format!(
-            "{} holds entries of {found:?}, not a hash-tree cache; pick another --shard",
-            shard_path.display()
-        )));
+        let error = PathInputError::NotATreeCache {
+            producer: found.clone(),
+        };
+        return Err(invalid_path("using", &shard_path, error));
     }
 
-    let seen = AtomicU64::new(0);
-    let bytes_hashed = AtomicU64::new(0);
-    let report_progress = |files: u64, bytes: u64| {
-        if let Some(progress) = &options.progress {
-            progress(files, bytes);
-        }
+    let run = Run {
+        view: &view,
+        options,
+        taken_at: SystemTime::now(),
+        hours: recorded_hours(SystemTime::now()),
+        seen: AtomicU64::new(0),
+        bytes_hashed: AtomicU64::new(0),
     };
-    let listing_cache = options.listing_cache;
     let cached = |dir_key: &[u8], stamp: &Stamp| {
-        if !listing_cache {
-            return None;
-        }
         let mut key = Vec::with_capacity(dir_key.len() + 1);
-        listing_key(&mut key, dir_key);
-        Listing::decode(view.get(&key)?, stamp)
+        (options.listing_cache)
+            .then(|| cached_listing(&view, &mut key, dir_key, stamp))
+            .flatten()
     };
-    let racy_margin = options.racy_margin;
-    let visit = visit_fn(|dir: VisitedDir<'_>, spawner: &Spawner<'_, '_>| {
-        let mut listing = dir.listing;
-        // All keys of the directory, looked up in one batch.
-        let mut key_bytes =
-            Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir.key.len() + 1));
-        let mut key_ends = Vec::with_capacity(listing.entries.len());
-        for (name, kind) in &listing.entries {
-            if let Listed::File(_) = kind {
-                if !dir.key.is_empty() {
-                    key_bytes.extend_from_slice(dir.key);
-                    key_bytes.push(b'/');
-                }
-                key_bytes.extend_from_slice(listing.name(name));
-                key_ends.push(key_bytes.len());
-            }
-        }
-        let mut key = Vec::new();
-        let mut keys = Vec::with_capacity(key_ends.len());
-        let mut start = 0;
-        for end in key_ends {
-            keys.push(&key_bytes[start..end]);
-            start = end;
-        }
-        let mut values = Vec::new();
-        view.get_many(&keys, &mut values);
-        let cached_files = values.iter().filter(|v| v.is_some()).count();
-
-        // A listing that was not read came from the cache: no need to look it up again.
-        listing_key(&mut key, dir.key);
-        let cached_listing = !dir.read || view.get(&key).is_some();
-        let fresh_listing = (listing_cache
-            && dir.read
-            && dir.cacheable
-            && !dir.stamp.is_racy(taken_at, racy_margin))
-        .then(|| {
-            dir.unfiltered
-                .as_ref()
-                .unwrap_or(&listing)
-                .encode(&dir.stamp)
-        });
-
-        // Hash what the cache could not answer, in tasks the walk's workers share.
-        let hashed = Arc::new(Mutex::new(Vec::new()));
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0;
-        let queue_batch = |batch: Vec<ToHash>| {
-            let handle = dir.handle.clone();
-            let hashed = hashed.clone();
-            let (bytes_hashed, seen, report_progress) = (&bytes_hashed, &seen, &report_progress);
-            spawner.spawn(Box::new(move || {
-                let mut results = Vec::with_capacity(batch.len());
-                let mut value = Vec::new();
-                READ_BUFFER.with_borrow_mut(|buffer| {
-                    buffer.resize(READ_BUFFER_LEN, 0);
-                    for (i, name, stamp, old_value) in batch {
-                        let result = hash_file_at(&handle, &name, stamp, buffer, bytes_hashed).map(
-                            |hashed| {
-                                let (stamp, sha256) = hashed?;
-                                let racy = stamp.is_racy(taken_at, racy_margin);
-                                encode_entry_into(
-                                    &mut value,
-                                    &stamp,
-                                    racy,
-                                    recorded_hours(taken_at),
-                                    &[(DIMENSION, &sha256)],
-                                );
-                                Some(Hashed {
-                                    stamp,
-                                    racy,
-                                    sha256,
-                                    changed: old_value.as_deref() != Some(value.as_slice()),
-                                })
-                            },
-                        );
-                        results.push((i, result));
-                    }
-                });
-                report_progress(
-                    seen.load(Ordering::Relaxed),
-                    bytes_hashed.load(Ordering::Relaxed),
-                );
-                hashed.lock().append(&mut results);
-            }));
-        };
-        // Each file's hash from the cache if its entry holds for its stamp; the rest is queued.
-        let mut known = Vec::with_capacity(listing.entries.len());
-        let mut file_values = values.iter();
-        let Listing { names, entries } = &mut listing;
-        // Names are NUL-terminated in `names` and hold no other NUL (see `Listing`); only files
-        // stamped or hashed here need theirs as a C string.
-        let c_name = |range: &Range<u32>| {
-            CStr::from_bytes_with_nul(&names[range.start as usize..=range.end as usize]).ok()
-        };
-        for (i, (range, kind)) in entries.iter_mut().enumerate() {
-            let Listed::File(stamp) = kind else {
-                known.push(None);
-                continue;
-            };
-            let old_value = file_values.next().copied().flatten();
-            if old_value.is_some() && stamp.is_none() {
-                // Known to the cache but not stamped by the walk: stamp it now.
-                let Some(name) = c_name(range) else {
-                    known.push(None);
-                    continue;
-                };
-                match stamp_file_at(dir.handle, name) {
-                    Ok(Some(fresh)) => *stamp = Some(fresh),
-                    Ok(None) => {
-                        // Gone, or no longer a regular file, since the directory was read.
-                        known.push(None);
-                        continue;
-                    }
-                    Err(e) => {
-                        hashed.lock().push((i, Err(e.into())));
-                        known.push(None);
-                        continue;
-                    }
-                }
-            }
-            let hit = old_value.zip(*stamp).and_then(|(value, stamp)| {
-                PathEntry::decode(value)?
-                    .valid_for(&stamp, DIMENSION)
-                    .and_then(|h| <[u8; 32]>::try_from(h).ok())
-            });
-            known.push(hit);
-            let (None, Some(name)) = (hit, c_name(range)) else {
-                continue;
-            };
-            // The cache's current value goes along, to tell whether the new one differs (rarely
-            // any: a cold run finds none, a partial one only for the files that changed).
-            batch.push((i, name.to_owned(), *stamp, old_value.map(Box::from)));
-            // A file without a stamp has an unknown size: count it as a large one.
-            batch_bytes += stamp.map_or(BATCH_BYTES / UNSTAMPED_PER_BATCH, |s| s.size);
-            if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
-                queue_batch(std::mem::take(&mut batch));
-                batch_bytes = 0;
-            }
-        }
-        if !batch.is_empty() {
-            queue_batch(batch);
-        }
-
-        let files = keys.len() as u64;
-        let n = seen.fetch_add(files, Ordering::Relaxed);
-        report_progress(n + files, bytes_hashed.load(Ordering::Relaxed));
-        DirResult {
-            files_known: known.iter().filter(|k| k.is_some()).count(),
-            known,
-            fresh: Vec::new(),
-            hashed,
-            cached_files,
-            cached_listing,
-            fresh_listing,
-            read: dir.read,
-            long_key: (dir.key != dir.rel).then(|| dir.key.to_vec()),
-            listing,
-        }
-    });
-    let excluded = cache_files(&shard);
+    let visit =
+        visit_fn(|dir: VisitedDir<'_>, spawner: &Spawner<'_, '_>| run.plan_dir(dir, spawner));
     let visitor = Visitor {
         cached: &cached,
         visit: &visit,
     };
-    let (mut dirs, walk_errors) =
-        walk(&root, options.threads, &excluded, &options.exclude, visitor);
-    if !dirs.iter().any(|(rel, _)| rel.is_empty()) {
+    let (mut dirs, mut errors) = walk(
+        &root,
+        options.threads,
+        &cache_files(&shard),
+        &options.exclude,
+        visitor,
+    );
+    if dirs.first().is_none_or(|root| !root.rel.is_empty()) {
         // The root itself could not be read: there is no manifest to give.
-        let error = walk_errors
-            .into_iter()
-            .find(|e| e.path == root)
-            .map_or_else(
-                || std::io::Error::other("the directory could not be read"),
-                |e| e.source,
-            );
+        let error = errors.into_iter().find(|e| e.path == root).map_or_else(
+            || std::io::Error::other("the directory could not be read"),
+            |e| e.source,
+        );
         return Err(Error::io("reading", &root, error));
     }
-    let mut errors = walk_errors;
-
-    // Take in what was hashed.
-    let mut hashed_ok = 0u64;
-    let mut changed = false;
-    for (rel, dir) in &mut dirs {
-        let results = std::mem::take(&mut *dir.hashed.lock());
-        if results.is_empty() {
-            continue;
-        }
-        dir.fresh.resize(dir.listing.entries.len(), None);
-        for (i, result) in results {
-            match result {
-                Ok(None) => {}
-                Ok(Some(hashed)) => {
-                    changed |= hashed.changed;
-                    dir.known[i] = Some(hashed.sha256);
-                    dir.files_known += 1;
-                    dir.fresh[i] = Some((hashed.stamp, hashed.racy));
-                    hashed_ok += 1;
-                }
-                Err(source) => {
-                    let name = dir.listing.name(&dir.listing.entries[i].0);
-                    let path = root
-                        .join(OsStr::from_bytes(rel))
-                        .join(OsStr::from_bytes(name));
-                    errors.push(PathError { path, source });
-                }
-            }
-        }
-    }
+    let hashed = take_in_hashed(&root, &mut dirs, &mut errors);
     errors.sort_by(|a, b| a.path.cmp(&b.path));
-    changed |= dirs.iter().any(|(_, dir)| dir.fresh_listing.is_some());
-
-    // Rewrite only if an entry changed, or the cache holds an entry of a file or directory that
-    // is gone.
-    let still_there: usize = dirs
-        .iter()
-        .map(|(_, dir)| dir.cached_files + usize::from(dir.cached_listing))
-        .sum();
-    let vanished = still_there != view.len();
-    let mut shard_written = false;
-    let mut cache_error = None;
-    if vanished || changed {
-        // Gone entries: the whole cache is rewritten without them (files hashed and directories
-        // read this run get their new value, the others keep theirs). Otherwise only changes and
-        // additions: a merge, which a small change turns into a small write.
-        let mode = if vanished {
-            BulkMode::Replace
-        } else {
-            BulkMode::Merge
-        };
-        match write_cache(&shard, &view, &dirs, mode) {
-            Ok(outcome) => shard_written = matches!(outcome, WriteOutcome::Committed { .. }),
-            Err(error) => cache_error = Some(error),
-        }
-    }
-    let dirs_read = dirs.iter().filter(|(_, dir)| dir.read).count() as u64;
+    let (shard_written, cache_error) = match persist(&shard, &view, &dirs) {
+        Ok(outcome) => (matches!(outcome, WriteOutcome::Committed { .. }), None),
+        Err(error) => (false, Some(error)),
+    };
+    let dirs_read = dirs.iter().filter(|dir| dir.result.read).count() as u64;
     let dirs_found = dirs.len() as u64;
     let manifest = assemble(dirs);
     Ok(HashTreeReport {
         files: manifest.len() as u64,
-        hashed: hashed_ok,
+        hashed,
         dirs: dirs_found,
         dirs_read,
-        bytes_hashed: bytes_hashed.load(Ordering::Relaxed),
+        bytes_hashed: run.bytes_hashed.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         errors,
         shard_path,
@@ -542,100 +384,375 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
     })
 }
 
-/// Calls `f(directory key, file name, directory, entry index)` for every file with a known
-/// hash, in manifest order.
-fn for_each_file<'d>(
-    dirs: &'d [(Vec<u8>, DirResult)],
-    mut f: impl FnMut(&'d [u8], &'d [u8], &'d DirResult, usize),
-) {
+/// What a run shares with its walk's worker threads.
+struct Run<'a> {
+    view: &'a Snapshot,
+    options: &'a HashTreeOptions,
+    /// When the run started: the racy rule compares stamps with it.
+    taken_at: SystemTime,
+    /// [`recorded_hours`] of the run, stored in every entry it writes.
+    hours: u32,
+    /// Files planned so far, and bytes hashed so far (for progress).
+    seen: AtomicU64,
+    bytes_hashed: AtomicU64,
+}
+
+impl<'env> Run<'env> {
+    /// Plans one directory from what the cache knows: each file's hash if its entry holds for
+    /// its stamp, its listing to store if it was read this run; the stale files are queued as
+    /// hashing tasks for the walk's workers.
+    fn plan_dir(&'env self, dir: VisitedDir<'_>, spawner: &Spawner<'_, 'env>) -> DirRun {
+        let mut listing = dir.listing;
+        let values = cached_values(self.view, dir.key, &listing);
+        // A listing that was not read came from the cache: no need to look it up again.
+        let mut key = Vec::new();
+        listing_key(&mut key, dir.key);
+        let cached_listing = !dir.read || self.view.get(&key).is_some();
+        let cached_entries =
+            values.iter().filter(|v| v.is_some()).count() + usize::from(cached_listing);
+        let new_listing = (self.options.listing_cache && dir.read && dir.cacheable)
+            .then(|| {
+                let whole = dir.unfiltered.as_ref().unwrap_or(&listing);
+                listing_value(whole, &dir.stamp, self.taken_at, self.options.racy_margin)
+            })
+            .flatten();
+
+        let hashing = Arc::new(Mutex::new(Vec::new()));
+        let mut queue = Batcher::new(dir.handle, &hashing, self, spawner);
+        let mut files = Vec::with_capacity(listing.entries.len());
+        let mut file_values = values.iter();
+        let Listing { names, entries } = &mut listing;
+        // Only files stamped or hashed here need their name as a C string.
+        let c_name = |range: &Range<u32>| {
+            let name = names.get(range.start as usize..=range.end as usize)?;
+            CStr::from_bytes_with_nul(name).ok()
+        };
+        for (i, (range, kind)) in entries.iter_mut().enumerate() {
+            let Listed::File(stamp) = kind else {
+                files.push(FileState::Absent);
+                continue;
+            };
+            let old_value = file_values.next().copied().flatten();
+            if old_value.is_some() && stamp.is_none() {
+                let Some(name) = c_name(range) else {
+                    files.push(FileState::Absent);
+                    continue;
+                };
+                // Known to the cache but not stamped by the walk: stamp it now. (A file the
+                // cache does not know is stamped by `fstat` once open for hashing.)
+                match stamp_file_at(dir.handle, name) {
+                    Ok(Some(fresh)) => *stamp = Some(fresh),
+                    // Gone, or no longer a regular file, since the directory was read.
+                    Ok(None) => {
+                        files.push(FileState::Absent);
+                        continue;
+                    }
+                    Err(e) => {
+                        let result = (i as u32, Err(e.into()));
+                        hashing.lock().push(HashedBatch {
+                            values: Vec::new(),
+                            results: vec![result],
+                        });
+                        files.push(FileState::Absent);
+                        continue;
+                    }
+                }
+            }
+            if let Some(sha256) = old_value
+                .zip(stamp.as_ref())
+                .and_then(|(value, stamp)| cached_sha256(value, stamp))
+            {
+                files.push(FileState::Cached(sha256));
+                continue;
+            }
+            let Some(name) = c_name(range) else {
+                files.push(FileState::Absent);
+                continue;
+            };
+            files.push(FileState::Stale);
+            queue.push(ToHash {
+                index: i as u32,
+                name: name.to_owned(),
+                stamp: *stamp,
+                old_value: old_value.map(Box::from),
+            });
+        }
+        queue.flush();
+
+        let planned = values.len() as u64;
+        let seen = self.seen.fetch_add(planned, Ordering::Relaxed) + planned;
+        self.report_progress(seen);
+        DirRun {
+            listing,
+            files,
+            long_key: (dir.key != dir.rel).then(|| dir.key.to_vec()),
+            read: dir.read,
+            cached_entries,
+            new_listing,
+            hashing,
+            new_values: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
+    /// Hashes a batch of one directory's files (a hashing task), each streamed through the
+    /// thread's buffer, and encodes the new cache entry of each once, kept only if it differs
+    /// from the cache's.
+    fn hash_batch(&self, dir: &OwnedFd, batch: Vec<ToHash>) -> HashedBatch {
+        let mut out = HashedBatch {
+            values: Vec::new(),
+            results: Vec::with_capacity(batch.len()),
+        };
+        let mut value = Vec::new();
+        READ_BUFFER.with_borrow_mut(|buffer| {
+            buffer.resize(READ_BUFFER_LEN, 0);
+            for file in batch {
+                let hashed = hash_file_at(dir, &file.name, file.stamp, buffer, &self.bytes_hashed);
+                let result = hashed.map(|hashed| {
+                    let (stamp, sha256) = hashed?;
+                    encode_sha256_entry(
+                        &mut value,
+                        &stamp,
+                        &sha256,
+                        self.taken_at,
+                        self.options.racy_margin,
+                        self.hours,
+                    );
+                    let changed = file.old_value.as_deref() != Some(value.as_slice());
+                    let range = changed.then(|| {
+                        let start = out.values.len() as u32;
+                        out.values.extend_from_slice(&value);
+                        start..out.values.len() as u32
+                    });
+                    Some((sha256, range))
+                });
+                out.results.push((file.index, result));
+            }
+        });
+        self.report_progress(self.seen.load(Ordering::Relaxed));
+        out
+    }
+
+    fn report_progress(&self, seen: u64) {
+        if let Some(progress) = &self.options.progress {
+            progress(seen, self.bytes_hashed.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// The cache's value for each file of `listing` (in order), looked up in one batch.
+fn cached_values<'v>(
+    view: &'v Snapshot,
+    dir_key: &[u8],
+    listing: &Listing,
+) -> Vec<Option<&'v [u8]>> {
+    let mut key_bytes =
+        Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir_key.len() + 1));
+    let mut key_ends = Vec::with_capacity(listing.entries.len());
+    for (range, kind) in &listing.entries {
+        if let Listed::File(_) = kind {
+            push_file_key(&mut key_bytes, dir_key, listing.name(range));
+            key_ends.push(key_bytes.len());
+        }
+    }
+    let mut keys = Vec::with_capacity(key_ends.len());
+    let mut start = 0;
+    for end in key_ends {
+        keys.push(&key_bytes[start..end]);
+        start = end;
+    }
+    let mut values = Vec::new();
+    view.get_many(&keys, &mut values);
+    values
+}
+
+/// Gathers one directory's stale files into hashing tasks: a few small files, or one large one.
+struct Batcher<'d, 'env, 's, 'q> {
+    handle: &'d Arc<OwnedFd>,
+    hashing: &'d Arc<Mutex<Vec<HashedBatch>>>,
+    run: &'env Run<'env>,
+    spawner: &'s Spawner<'q, 'env>,
+    batch: Vec<ToHash>,
+    bytes: u64,
+}
+
+impl<'d, 'env, 's, 'q> Batcher<'d, 'env, 's, 'q> {
+    fn new(
+        handle: &'d Arc<OwnedFd>,
+        hashing: &'d Arc<Mutex<Vec<HashedBatch>>>,
+        run: &'env Run<'env>,
+        spawner: &'s Spawner<'q, 'env>,
+    ) -> Self {
+        Batcher {
+            handle,
+            hashing,
+            run,
+            spawner,
+            batch: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, file: ToHash) {
+        // A file without a stamp has an unknown size: count it as a large one.
+        self.bytes += file
+            .stamp
+            .map_or(BATCH_BYTES / UNSTAMPED_PER_BATCH, |s| s.size);
+        self.batch.push(file);
+        if self.batch.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Queues the files gathered so far as one task.
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.bytes = 0;
+        let (handle, hashing, run) = (self.handle.clone(), self.hashing.clone(), self.run);
+        self.spawner.spawn(Box::new(move || {
+            let hashed = run.hash_batch(&handle, batch);
+            hashing.lock().push(hashed);
+        }));
+    }
+}
+
+/// Takes what the hashing tasks returned into each directory's file states and new values;
+/// a file that could not be read goes to `errors`. Returns how many files were hashed.
+fn take_in_hashed(root: &Path, dirs: &mut [WalkedDir<DirRun>], errors: &mut Vec<PathError>) -> u64 {
+    let mut hashed = 0;
+    for WalkedDir {
+        rel, result: dir, ..
+    } in dirs
+    {
+        let batches = std::mem::take(&mut *dir.hashing.lock());
+        for batch in batches {
+            let offset = dir.values.len() as u32;
+            dir.values.extend_from_slice(&batch.values);
+            for (i, result) in batch.results {
+                let state = &mut dir.files[i as usize];
+                *state = FileState::Absent;
+                match result {
+                    Ok(None) => {}
+                    Ok(Some((sha256, range))) => {
+                        *state = FileState::Hashed(sha256);
+                        hashed += 1;
+                        if let Some(range) = range {
+                            let range = range.start + offset..range.end + offset;
+                            dir.new_values.push((i, range));
+                        }
+                    }
+                    Err(source) => {
+                        let name = dir.listing.name(&dir.listing.entries[i as usize].0);
+                        let path = root
+                            .join(OsStr::from_bytes(rel))
+                            .join(OsStr::from_bytes(name));
+                        errors.push(PathError { path, source });
+                    }
+                }
+            }
+        }
+        dir.new_values.sort_unstable_by_key(|(i, _)| *i);
+    }
+    hashed
+}
+
+/// Writes the tree's changes to the cache, if any: nothing when no entry changed and nothing
+/// vanished; a merge of the changes (which a small change turns into a small write) when only
+/// entries changed or were added; the whole cache rewritten without the entries of files and
+/// directories that are gone otherwise (the others keep their value).
+fn persist(shard: &Shard, view: &Snapshot, dirs: &[WalkedDir<DirRun>]) -> Result<WriteOutcome> {
+    let still_there: usize = dirs.iter().map(|dir| dir.result.cached_entries).sum();
+    let vanished = still_there != view.len();
+    let changed = dirs
+        .iter()
+        .map(|dir| &dir.result)
+        .any(|dir| !dir.new_values.is_empty() || dir.new_listing.is_some());
+    if !vanished && !changed {
+        return Ok(WriteOutcome::Unchanged);
+    }
+    let mode = if vanished {
+        BulkMode::Replace
+    } else {
+        BulkMode::Merge
+    };
+    let keep_others = vanished;
+    let mut writer = shard.bulk_writer(mode)?;
+    let mut added = Ok(());
+    let mut key = Vec::new();
     in_manifest_order(
         dirs,
-        |(rel, dir)| (rel, &dir.listing),
+        |dir| (&dir.result.listing, &dir.subdirs),
         |d, entries| {
-            let (rel, dir) = &dirs[d];
+            let (rel, dir) = (&dirs[d].rel, &dirs[d].result);
             for i in entries {
-                if dir.known[i].is_some() {
-                    f(
-                        dir.key(rel),
-                        dir.listing.name(&dir.listing.entries[i].0),
-                        dir,
-                        i,
-                    );
+                if added.is_err() {
+                    return;
+                }
+                if dir.files[i].sha256().is_none() {
+                    continue;
+                }
+                file_key(
+                    &mut key,
+                    dir.key(rel),
+                    dir.listing.name(&dir.listing.entries[i].0),
+                );
+                let value = match dir.new_value(i) {
+                    Some(value) => Some(value),
+                    None if keep_others => view.get(&key),
+                    None => None,
+                };
+                if let Some(value) = value {
+                    added = writer.add(&key, value);
                 }
             }
         },
     );
-}
-
-/// The manifest of the walked directories, which it takes over.
-fn assemble(dirs: Vec<(Vec<u8>, DirResult)>) -> Manifest {
-    let len = dirs.iter().map(|(_, dir)| dir.files_known).sum();
-    let dirs = dirs
-        .into_iter()
-        .map(|(rel, dir)| ManifestDir {
-            rel,
-            listing: dir.listing,
-            known: dir.known,
-        })
-        .collect();
-    Manifest::new(dirs, len)
-}
-
-/// Writes the tree's cache entries: the files hashed and directories read this run and, with
-/// [`BulkMode::Replace`], every other file and listing still there with its current value.
-/// Entries stream to the writer through two reused buffers.
-fn write_cache(
-    shard: &Shard,
-    view: &Snapshot,
-    dirs: &[(Vec<u8>, DirResult)],
-    mode: BulkMode,
-) -> Result<WriteOutcome> {
-    let keep_others = matches!(mode, BulkMode::Replace);
-    let hours = recorded_hours(SystemTime::now());
-    let mut writer = shard.bulk_writer(mode)?;
-    let mut added = Ok(());
-    let (mut key, mut value) = (Vec::new(), Vec::new());
-    for_each_file(dirs, |dir_key, name, dir, i| {
-        if added.is_err() {
-            return;
-        }
-        join_rel(&mut key, dir_key, name);
-        let new_value = match (dir.fresh.get(i).copied().flatten(), dir.known[i]) {
-            (Some((stamp, racy)), Some(sha256)) => {
-                encode_entry_into(&mut value, &stamp, racy, hours, &[(DIMENSION, &sha256)]);
-                Some(value.as_slice())
-            }
-            _ if keep_others => view.get(&key),
-            _ => None,
-        };
-        if let Some(new_value) = new_value {
-            added = writer.add(&key, new_value);
-        }
-    });
     added?;
-    for (rel, dir) in dirs {
+    for WalkedDir {
+        rel, result: dir, ..
+    } in dirs
+    {
         listing_key(&mut key, dir.key(rel));
-        let new_value = match &dir.fresh_listing {
+        let value = match &dir.new_listing {
             Some(listing) => Some(listing.as_slice()),
             None if keep_others => view.get(&key),
             None => None,
         };
-        if let Some(new_value) = new_value {
-            writer.add(&key, new_value)?;
+        if let Some(value) = value {
+            writer.add(&key, value)?;
         }
     }
     writer.commit()
 }
 
-/// The cache's own files (see `crate::names`), excluded when they sit inside the tree.
-pub(super) fn cache_files(shard: &Shard) -> Excluded {
-    let path = shard.path();
-    let dir = crate::map::parent_dir(path);
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    Excluded {
-        dir,
-        shard_name: path.file_name().unwrap_or_default().to_os_string(),
-    }
+/// The manifest of the walked directories, which it takes over.
+fn assemble(dirs: Vec<WalkedDir<DirRun>>) -> Manifest {
+    let mut len = 0;
+    let dirs = dirs
+        .into_iter()
+        .map(
+            |WalkedDir {
+                 rel,
+                 subdirs,
+                 result: dir,
+             }| {
+                // Same layout: collected in place, no copy.
+                let known: Vec<Option<[u8; 32]>> =
+                    dir.files.into_iter().map(FileState::sha256).collect();
+                len += known.iter().filter(|k| k.is_some()).count();
+                ManifestDir {
+                    rel,
+                    listing: dir.listing,
+                    known,
+                    subdirs,
+                }
+            },
+        )
+        .collect();
+    Manifest::new(dirs, len)
 }
 
 /// Hashes one file of an open directory, streaming; `Ok(None)` if it is no longer a regular file.
@@ -690,12 +807,13 @@ pub(super) fn hash_file_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paths::walk::dir_flags;
 
     fn hash_unstamped(
         dir: &std::path::Path,
         name: &CStr,
     ) -> std::io::Result<Option<(Stamp, [u8; 32])>> {
-        let handle = nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())?;
+        let handle = nix::fcntl::open(dir, dir_flags(), Mode::empty())?;
         let mut buffer = vec![0; 16];
         hash_file_at(&handle, name, None, &mut buffer, &AtomicU64::new(0))
     }
@@ -719,8 +837,7 @@ mod tests {
             assert_eq!(hash_unstamped(dir, name).unwrap(), None, "{name:?}");
         }
         // A stamped file that is gone is an error: the walk saw it a moment ago.
-        let handle =
-            nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let handle = nix::fcntl::open(dir, dir_flags(), Mode::empty()).unwrap();
         let mut buffer = vec![0; 16];
         let gone = hash_file_at(
             &handle,
@@ -736,8 +853,7 @@ mod tests {
     fn a_file_replaced_by_a_fifo_or_a_device_after_the_walk_stamped_it_is_never_read() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let handle =
-            nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let handle = nix::fcntl::open(dir, dir_flags(), Mode::empty()).unwrap();
         let mut buffer = vec![0; 16];
         for (name, make) in [
             (c"fifo", (nix::sys::stat::SFlag::S_IFIFO, 0)),
@@ -784,6 +900,54 @@ mod tests {
         assert_eq!(sha256, <[u8; 32]>::from(Sha256::digest(b"new content")));
     }
 
+    /// The `PathInputError` an error carries, and the path it names.
+    fn input_error(error: &Error) -> (&PathInputError, &Path) {
+        let Error::Io { path, source, .. } = error else {
+            panic!("not an Error::Io: {error:?}");
+        };
+        let typed = source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<PathInputError>());
+        (typed.expect("a PathInputError"), path)
+    }
+
+    #[test]
+    fn refused_inputs_are_typed_errors_that_name_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let file = std::fs::canonicalize(file).unwrap();
+        let options = HashTreeOptions::default().shard(tmp.path().join("tree.shard"));
+        let error = hash_tree(&file, &options).unwrap_err();
+        let (typed, path) = input_error(&error);
+        assert!(matches!(typed, PathInputError::NotADirectory), "{typed:?}");
+        assert_eq!(path, file);
+        assert!(error.to_string().contains("not a directory"), "{error}");
+
+        // A shard of another producer is not taken for a tree cache.
+        let foreign = tmp.path().join("foreign.shard");
+        let shard = Shard::open_with(&foreign, Options::new().producer("other")).unwrap();
+        shard.put_one(b"k", b"v").unwrap();
+        let error = hash_tree(tmp.path(), &HashTreeOptions::default().shard(&foreign)).unwrap_err();
+        let (typed, path) = input_error(&error);
+        assert!(
+            matches!(typed, PathInputError::NotATreeCache { producer } if producer == "other"),
+            "{typed:?}"
+        );
+        assert_eq!(path, foreign);
+
+        let cache = super::super::TreeCache::open(
+            tmp.path(),
+            Some(&tmp.path().join("t.shard")),
+            Options::new(),
+        )
+        .unwrap();
+        let error = cache.list(Path::new("../etc")).unwrap_err();
+        let (typed, path) = input_error(&error);
+        assert!(matches!(typed, PathInputError::NotRelative), "{typed:?}");
+        assert_eq!(path, Path::new("../etc"));
+    }
+
     #[test]
     fn options_can_move_to_another_thread() {
         fn is_send<T: Send>(_: &T) {}
@@ -799,8 +963,7 @@ mod tests {
         std::fs::write(dir.join("file"), b"x").unwrap();
         std::os::unix::fs::symlink("file", dir.join("link")).unwrap();
         std::fs::create_dir(dir.join("subdir")).unwrap();
-        let handle =
-            nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let handle = nix::fcntl::open(dir, dir_flags(), Mode::empty()).unwrap();
         let lstat = Stamp::from_metadata(&std::fs::symlink_metadata(dir.join("file")).unwrap());
         assert_eq!(stamp_file_at(&handle, c"file").unwrap(), Some(lstat));
         for name in [c"link", c"subdir", c"gone"] {

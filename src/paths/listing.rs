@@ -63,6 +63,12 @@ impl Listing {
         &self.names[range.start as usize..=range.end as usize]
     }
 
+    /// The name of an entry as a C string (to open or stat it relative to its directory);
+    /// `None` only if `names` was corrupted (every name is NUL-terminated and holds no other NUL).
+    pub fn c_name(&self, range: &Range<u32>) -> Option<&std::ffi::CStr> {
+        std::ffi::CStr::from_bytes_with_nul(self.name_with_nul(range)).ok()
+    }
+
     /// Appends a name (which must not contain NUL) and returns its range.
     pub fn push_name(&mut self, name: &[u8]) -> Range<u32> {
         let start = self.names.len() as u32;

@@ -10,7 +10,7 @@
 
 use std::ops::Range;
 
-use super::listing::{Listed, Listing};
+use super::listing::Listing;
 use super::walk::join_rel;
 
 /// The manifest of a tree: every regular file's path (relative to the root, `/`-separated,
@@ -32,6 +32,9 @@ pub(super) struct ManifestDir {
     pub listing: Listing,
     /// Per entry of `listing`, the file's hash (`None` for subdirectories and unreadable files).
     pub known: Vec<Option<[u8; 32]>>,
+    /// Its listed subdirectories: (entry index, index in the manifest's directories), by entry
+    /// index.
+    pub subdirs: Vec<(u32, u32)>,
 }
 
 impl ManifestDir {
@@ -48,7 +51,7 @@ impl ManifestDir {
 }
 
 impl Manifest {
-    /// The manifest of `dirs` (the root's path is empty), which hold `len` files with a hash.
+    /// The manifest of `dirs` (the root first), which hold `len` files with a hash.
     pub(super) fn new(dirs: Vec<ManifestDir>, len: usize) -> Manifest {
         Manifest { dirs, len }
     }
@@ -112,7 +115,7 @@ impl Manifest {
     fn for_each_run<'m>(&'m self, mut f: impl FnMut(&'m ManifestDir, Range<usize>)) {
         in_manifest_order(
             &self.dirs,
-            |dir| (&dir.rel, &dir.listing),
+            |dir| (&dir.listing, &dir.subdirs),
             |d, entries| f(&self.dirs[d], entries),
         );
     }
@@ -253,40 +256,32 @@ pub(super) fn push_hex(out: &mut Vec<u8>, bytes: &[u8; 32]) {
     out.extend_from_slice(&text);
 }
 
-/// Depth-first traversal of the listed directories in manifest order: calls `f(directory,
-/// entries)` for each run of a directory's entries that lies between two of its listed
-/// subdirectories, which are visited in between. `parts` gives a directory's path relative to the
-/// root and its listing.
+/// Depth-first traversal of the listed directories in manifest order, from the root (the
+/// first): calls `f(directory, entries)` for each run of a directory's entries that lies between
+/// two of its listed subdirectories, which are visited in between. `parts` gives a directory's
+/// listing and its subdirectories: (entry index, index in `dirs`), by entry index.
 pub(super) fn in_manifest_order<D>(
     dirs: &[D],
-    parts: impl Fn(&D) -> (&[u8], &Listing),
+    parts: impl Fn(&D) -> (&Listing, &[(u32, u32)]),
     mut f: impl FnMut(usize, Range<usize>),
 ) {
-    let by_rel: hashbrown::HashMap<&[u8], usize> = dirs
-        .iter()
-        .enumerate()
-        .map(|(d, dir)| (parts(dir).0, d))
-        .collect();
-    let Some(&root) = by_rel.get(&b""[..]) else {
+    if dirs.is_empty() {
         return;
-    };
-    // (directory, next entry): the path from the root down to the directory being listed.
-    let mut stack = vec![(root, 0usize)];
-    let mut child_path = Vec::new();
-    'dirs: while let Some((d, start)) = stack.pop() {
-        let (rel, listing) = parts(&dirs[d]);
-        for (i, (range, kind)) in listing.entries.iter().enumerate().skip(start) {
-            if let Listed::Dir = kind {
-                join_rel(&mut child_path, rel, listing.name(range));
-                if let Some(&child) = by_rel.get(child_path.as_slice()) {
-                    f(d, start..i);
-                    stack.push((d, i + 1));
-                    stack.push((child, 0));
-                    continue 'dirs;
-                }
+    }
+    // (directory, next entry, next subdirectory): the path from the root down to the directory
+    // being listed.
+    let mut stack = vec![(0usize, 0usize, 0usize)];
+    while let Some((d, start, next)) = stack.pop() {
+        let (listing, subdirs) = parts(&dirs[d]);
+        match subdirs.get(next) {
+            Some(&(entry, child)) if (child as usize) < dirs.len() => {
+                let entry = entry as usize;
+                f(d, start..entry);
+                stack.push((d, entry + 1, next + 1));
+                stack.push((child as usize, 0, 0));
             }
+            _ => f(d, start..listing.entries.len()),
         }
-        f(d, start..listing.entries.len());
     }
 }
 

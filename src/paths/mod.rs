@@ -19,10 +19,11 @@ mod manifest;
 mod prune;
 mod stamp;
 mod tree_cache;
+mod tree_store;
 mod walk;
 
 pub use cache::{PathCache, PathEntry, PathView};
-pub use error::PathError;
+pub use error::{PathError, PathInputError};
 pub use exclude::Exclude;
 pub use hash_tree::{HashTreeOptions, HashTreeReport, hash_tree, shard_path_for_root};
 pub use manifest::{Manifest, ManifestLine};

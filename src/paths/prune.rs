@@ -193,10 +193,10 @@ impl PathCache {
             }
             // Never rewrite over a file whose entries we could not see.
             health => {
-                return Err(Error::InvalidInput(format!(
-                    "{}: not pruned, its current content cannot be read ({health})",
-                    shard.path().display()
-                )));
+                return Err(Error::CurrentUnreadable {
+                    path: shard.path().to_path_buf(),
+                    health: health.clone(),
+                });
             }
         }
         let examined = snapshot.len();

@@ -27,6 +27,12 @@ pub const DEFAULT_RACY_MARGIN: Duration = Duration::from_millis(50);
 /// Margin for filesystems whose timestamps have whole seconds only.
 const COARSE_MARGIN: Duration = Duration::from_secs(2);
 
+/// File type bits of `st_mode`, and the types of a regular file and a directory: the same values
+/// on every Unix (Linux, macOS, the BSDs), here as `u32` whatever width `mode_t` has there.
+const S_IFMT: u32 = 0o170000;
+const S_IFREG: u32 = 0o100000;
+const S_IFDIR: u32 = 0o040000;
+
 /// Encoded size of a stamp in an entry.
 pub(crate) const STAMP_LEN: usize = 44;
 
@@ -62,15 +68,22 @@ impl Stamp {
         }
     }
 
-    /// The stamp of a raw `stat` result (from `fstatat` during a walk).
+    /// The stamp of a raw `stat` result (from `fstatat` during a walk). `dev_t` and `mode_t`
+    /// are `u64` and `u32` on Linux but `i32` and `u16` on macOS (`mode_t` `u16` on FreeBSD):
+    /// widened as `std`'s `MetadataExt` widens them, so both constructors agree everywhere.
+    #[allow(
+        clippy::unnecessary_cast,
+        clippy::useless_conversion,
+        reason = "a no-op on Linux, a widening on macOS and FreeBSD"
+    )]
     pub(crate) fn from_stat(st: &nix::sys::stat::FileStat) -> Stamp {
         Stamp {
-            dev: st.st_dev,
+            dev: st.st_dev as u64,
             ino: st.st_ino,
             size: st.st_size as u64,
             mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
             ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
-            mode: st.st_mode,
+            mode: u32::from(st.st_mode),
         }
     }
 
@@ -81,7 +94,12 @@ impl Stamp {
 
     /// True for a regular file.
     pub fn is_file(&self) -> bool {
-        self.mode & nix::libc::S_IFMT == nix::libc::S_IFREG
+        self.mode & S_IFMT == S_IFREG
+    }
+
+    /// True for a directory.
+    pub(crate) fn is_dir(&self) -> bool {
+        self.mode & S_IFMT == S_IFDIR
     }
 
     /// True if this stamp, taken at `taken_at`, must not be trusted as a hit later (see the
@@ -147,6 +165,16 @@ mod tests {
         assert_eq!(Stamp::decode(&bytes), Some(s));
         assert_eq!(Stamp::decode(&bytes[..STAMP_LEN - 1]), None);
         assert!(s.is_file());
+    }
+
+    #[test]
+    fn file_type_bits_are_the_platform_s() {
+        use nix::libc;
+        assert_eq!(u64::from(S_IFMT), u64::from(libc::S_IFMT));
+        assert_eq!(u64::from(S_IFREG), u64::from(libc::S_IFREG));
+        assert_eq!(u64::from(S_IFDIR), u64::from(libc::S_IFDIR));
+        let dir = Stamp::lstat(Path::new("/")).unwrap();
+        assert!(dir.is_dir() && !dir.is_file());
     }
 
     #[test]

@@ -25,15 +25,19 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use parking_lot::Mutex;
 
-use super::cache::{PathEntry, encode_entry};
-use super::hash_tree::{DIMENSION, PRODUCER, cache_files, hash_file_at, shard_path_for_root};
+use super::cache::recorded_hours;
+use super::error::{PathInputError, invalid_path};
+use super::hash_tree::{hash_file_at, shard_path_for_root};
 use super::listing::{Listed, Listing, dir_key_of, listing_key};
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
-use super::walk::{Excluded, dir_flags, join_rel, open_components, read_listing, stamp_file_at};
+use super::tree_store::{
+    PRODUCER, cache_files, cached_listing, cached_sha256, encode_sha256_entry, file_key,
+    listing_value,
+};
+use super::walk::{Excluded, dir_flags, open_components, read_listing, stamp_file_at};
 use crate::{Error, Options, Result, Shard, Snapshot, WriteOutcome};
 
 /// One entry of a directory as [`TreeCache::list`] gives it.
@@ -101,8 +105,8 @@ impl TreeCache {
     /// root, [`shard_path_for_root`]).
     pub fn open(root: &Path, shard: Option<&Path>, options: Options) -> Result<TreeCache> {
         let root = std::fs::canonicalize(root).map_err(|e| Error::io("resolving", root, e))?;
-        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let root_handle = nix::fcntl::open(&root, flags, Mode::empty())
+        // The root is canonical: its last component is no symlink, so `O_NOFOLLOW` costs nothing.
+        let root_handle = nix::fcntl::open(&root, dir_flags(), Mode::empty())
             .map_err(|e| Error::io("opening", &root, e.into()))?;
         let shard_path = match shard {
             Some(path) => path.to_path_buf(),
@@ -160,9 +164,8 @@ impl TreeCache {
             .map(|st| Stamp::from_stat(&st))
             .map_err(|e| Error::io("reading", self.path_of(&rel), e.into()))?;
         let mut key = Vec::new();
-        listing_key(&mut key, &dir_key_of(&rel));
         if !self.bypass
-            && let Some(listing) = self.view.get(&key).and_then(|v| Listing::decode(v, &stamp))
+            && let Some(listing) = cached_listing(&self.view, &mut key, &dir_key_of(&rel), &stamp)
         {
             self.listings_cached.fetch_add(1, Ordering::Relaxed);
             return Ok(entries(&listing));
@@ -176,8 +179,12 @@ impl TreeCache {
         }
         let listing = listing.unwrap_or_default();
         self.listings_read.fetch_add(1, Ordering::Relaxed);
-        if !self.bypass && excluded.is_none() && !stamp.is_racy(taken_at, self.racy_margin) {
-            self.pending.lock().push((key, listing.encode(&stamp)));
+        if !self.bypass
+            && excluded.is_none()
+            && let Some(value) = listing_value(&listing, &stamp, taken_at, self.racy_margin)
+        {
+            listing_key(&mut key, &dir_key_of(&rel));
+            self.pending.lock().push((key, value));
         }
         Ok(entries(&listing))
     }
@@ -194,8 +201,8 @@ impl TreeCache {
             return Ok(None);
         }
         let handle = self.open_dir(dir)?;
-        let c_name = CString::new(name)
-            .map_err(|_| Error::InvalidInput("a path holds a NUL byte".into()))?;
+        let c_name =
+            CString::new(name).map_err(|_| invalid_path("reading", file, PathInputError::Nul))?;
         let taken_at = SystemTime::now();
         let stamp = match stamp_file_at(&handle, &c_name) {
             Ok(Some(stamp)) => stamp,
@@ -203,14 +210,12 @@ impl TreeCache {
             Err(e) => return Err(Error::io("reading", self.path_of(&rel), e.into())),
         };
         let mut key = Vec::new();
-        join_rel(&mut key, &dir_key_of(dir), name);
+        file_key(&mut key, &dir_key_of(dir), name);
         if !self.bypass
             && let Some(hit) = self
                 .view
                 .get(&key)
-                .and_then(PathEntry::decode)
-                .and_then(|entry| entry.valid_for(&stamp, DIMENSION))
-                .and_then(|hash| <[u8; 32]>::try_from(hash).ok())
+                .and_then(|value| cached_sha256(value, &stamp))
         {
             self.hashes_cached.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(hit));
@@ -229,8 +234,16 @@ impl TreeCache {
         };
         self.files_hashed.fetch_add(1, Ordering::Relaxed);
         if !self.bypass {
-            let racy = stamp.is_racy(taken_at, self.racy_margin);
-            let value = encode_entry(&stamp, racy, taken_at, &[(DIMENSION, &sha256)]);
+            let mut value = Vec::new();
+            let hours = recorded_hours(taken_at);
+            encode_sha256_entry(
+                &mut value,
+                &stamp,
+                &sha256,
+                taken_at,
+                self.racy_margin,
+                hours,
+            );
             self.pending.lock().push((key, value));
         }
         Ok(Some(sha256))
@@ -276,12 +289,7 @@ fn relative(path: &Path) -> Result<Vec<u8>> {
                 rel.extend_from_slice(name.as_bytes());
             }
             Component::CurDir => {}
-            _ => {
-                return Err(Error::InvalidInput(format!(
-                    "{}: a TreeCache path is relative to the root and has no '..'",
-                    path.display()
-                )));
-            }
+            _ => return Err(invalid_path("using", path, PathInputError::NotRelative)),
         }
     }
     Ok(rel)

@@ -69,11 +69,35 @@ pub(crate) struct VisitedDir<'a> {
 pub(crate) type Task<'env> = Box<dyn FnOnce() + Send + 'env>;
 
 enum Job<'env> {
-    /// A directory: its parent's handle (to open it relative to; none for the root or to open
-    /// it from the root), its name, its path relative to the root, its cache key if that is not
-    /// its path.
-    Dir(Option<Arc<OwnedFd>>, Vec<u8>, Vec<u8>, Option<Vec<u8>>),
+    Dir(DirJob),
     Task(Task<'env>),
+}
+
+/// A directory to visit.
+struct DirJob {
+    /// Its parent's handle, to open it relative to; none for the root, or to open it from the
+    /// root.
+    parent: Option<Arc<OwnedFd>>,
+    name: Vec<u8>,
+    /// Its path relative to the root.
+    rel: Vec<u8>,
+    /// Its cache key if that is not its path.
+    long_key: Option<Vec<u8>>,
+    /// Its number in this walk (the root is 0), and its parent's with its entry index there.
+    id: usize,
+    link: Option<(usize, u32)>,
+}
+
+/// One directory a walk visited, as [`walk`] returns it.
+pub(crate) struct WalkedDir<T> {
+    /// Path relative to the root (`/`-separated; the root is empty).
+    pub rel: Vec<u8>,
+    /// Its subdirectories that were visited: (entry index in the listing it was visited with,
+    /// index in the walk's result), by entry index. So the tree can be gone through in
+    /// manifest order without looking a path up.
+    pub subdirs: Vec<(u32, u32)>,
+    /// What the visit returned.
+    pub result: T,
 }
 
 /// Most directory jobs that may wait holding their parent's handle. Past it, a directory is
@@ -128,15 +152,16 @@ where
 }
 
 /// Walks `root` with `threads` workers, calling `visitor.visit` for every directory, and returns
-/// `(relative dir path, result)` pairs in no particular order, with the errors met. Returns once
-/// every directory is visited and every queued task has run.
+/// the visited directories, the root first if it could be read, each with its visited
+/// subdirectories, and the errors met. Returns once every directory is visited and every queued
+/// task has run.
 pub(crate) fn walk<'env, T: Send>(
     root: &Path,
     threads: usize,
     excluded: &Excluded,
     exclude: &Exclude,
     visitor: Visitor<'_, 'env, T>,
-) -> (Vec<(Vec<u8>, T)>, Vec<WalkError>) {
+) -> (Vec<WalkedDir<T>>, Vec<WalkError>) {
     let excluded_rel: Option<Vec<u8>> = excluded
         .dir
         .strip_prefix(root)
@@ -145,23 +170,43 @@ pub(crate) fn walk<'env, T: Send>(
     // Held for the whole walk: directories past the handle budget are reopened from it.
     let root_handle = nix::fcntl::open(root, dir_flags(), Mode::empty()).ok();
     let queue = Queue {
-        state: Mutex::new((vec![Job::Dir(None, Vec::new(), Vec::new(), None)], 0)),
+        state: Mutex::new((
+            vec![Job::Dir(DirJob {
+                parent: None,
+                name: Vec::new(),
+                rel: Vec::new(),
+                long_key: None,
+                id: 0,
+                link: None,
+            })],
+            0,
+        )),
         wake: Condvar::new(),
     };
     let waiting_handles = AtomicUsize::new(0);
-    let results = Mutex::new(Vec::new());
+    let next_id = AtomicUsize::new(1);
+    // What the workers found: the visited directories, and the same number of (id, link).
+    let results = Mutex::new((Vec::new(), Vec::new()));
     let errors = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| {
                 let spawner = Spawner { queue: &queue };
                 let mut found = Vec::new();
+                let mut found_links = Vec::new();
                 let mut failed = Vec::new();
                 let mut child = Vec::new();
                 while let Some(job) = next_job(&queue) {
                     match job {
                         Job::Task(task) => task(),
-                        Job::Dir(parent, name, rel, long_key) => {
+                        Job::Dir(DirJob {
+                            parent,
+                            name,
+                            rel,
+                            long_key,
+                            id,
+                            link,
+                        }) => {
                             let key = long_key.as_deref().unwrap_or(&rel);
                             if parent.is_some() {
                                 waiting_handles.fetch_sub(1, Ordering::Relaxed);
@@ -186,7 +231,7 @@ pub(crate) fn walk<'env, T: Send>(
                                 let handle = Arc::new(dir.handle);
                                 let (listing, unfiltered) = filtered(dir.listing, &rel, exclude);
                                 let mut subdirs = Vec::new();
-                                for (range, kind) in &listing.entries {
+                                for (i, (range, kind)) in listing.entries.iter().enumerate() {
                                     if let Listed::Dir = kind {
                                         let name = listing.name(range);
                                         join_rel(&mut child, &rel, name);
@@ -198,12 +243,14 @@ pub(crate) fn walk<'env, T: Send>(
                                             None
                                         };
                                         let child_key = dir_key(key, name, child.len());
-                                        subdirs.push(Job::Dir(
+                                        subdirs.push(Job::Dir(DirJob {
                                             parent,
-                                            name.to_vec(),
-                                            child.clone(),
-                                            child_key,
-                                        ));
+                                            name: name.to_vec(),
+                                            rel: child.clone(),
+                                            long_key: child_key,
+                                            id: next_id.fetch_add(1, Ordering::Relaxed),
+                                            link: Some((id, i as u32)),
+                                        }));
                                     }
                                 }
                                 // Subdirectories go on the stack before the visit's tasks, so
@@ -224,7 +271,12 @@ pub(crate) fn walk<'env, T: Send>(
                                     cacheable: !is_excluded,
                                 };
                                 let result = (visitor.visit)(visited, &spawner);
-                                found.push((rel, result));
+                                found.push(WalkedDir {
+                                    rel,
+                                    subdirs: Vec::new(),
+                                    result,
+                                });
+                                found_links.push((id, link));
                             }
                         }
                     }
@@ -234,12 +286,49 @@ pub(crate) fn walk<'env, T: Send>(
                         queue.wake.notify_all();
                     }
                 }
-                results.lock().append(&mut found);
+                let mut results = results.lock();
+                results.0.append(&mut found);
+                results.1.append(&mut found_links);
                 errors.lock().append(&mut failed);
             });
         }
     });
-    (results.into_inner(), errors.into_inner())
+    (
+        linked(results.into_inner(), next_id.into_inner()),
+        errors.into_inner(),
+    )
+}
+
+/// The (id, link to its parent) of a visited directory (see [`DirJob`]).
+type Link = (usize, Option<(usize, u32)>);
+
+/// The visited directories (`dirs`, each with its id and link in `links`; ids below `ids`),
+/// the root first, each with its visited subdirectories. Nothing is sorted or moved but the
+/// root.
+fn linked<T>(
+    (mut dirs, mut links): (Vec<WalkedDir<T>>, Vec<Link>),
+    ids: usize,
+) -> Vec<WalkedDir<T>> {
+    if let Some(root) = links.iter().position(|(id, _)| *id == 0) {
+        dirs.swap(0, root);
+        links.swap(0, root);
+    }
+    let mut position = vec![usize::MAX; ids];
+    for (at, (id, _)) in links.iter().enumerate() {
+        position[*id] = at;
+    }
+    for (at, (_, link)) in links.into_iter().enumerate() {
+        // A directory is queued only once its parent was listed, so its parent was visited.
+        if let Some((parent, entry)) = link
+            && let Some(parent) = dirs.get_mut(position[parent])
+        {
+            parent.subdirs.push((entry, at as u32));
+        }
+    }
+    for dir in &mut dirs {
+        dir.subdirs.sort_unstable_by_key(|(entry, _)| *entry);
+    }
+    dirs
 }
 
 /// `listing` without the entries `exclude` matches, and the whole listing if any was taken out.
@@ -364,11 +453,16 @@ fn open_and_list(
     })
 }
 
-/// How every directory is opened: an `O_PATH` handle is enough to stat it and to open or stat
-/// its entries, and it is cheaper to open and close; reading the entries takes a second, real
-/// open. Never through a symlink.
+/// How every directory is opened, never through a symlink. On Linux an `O_PATH` handle is
+/// enough to stat it and to open or stat its entries, and it is cheaper to open and close;
+/// reading the entries takes a second, real open. Elsewhere (no `O_PATH`) the handle is a plain
+/// read-only one, which needs read permission on the directory.
 pub(crate) fn dir_flags() -> OFlag {
-    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let access = OFlag::O_PATH;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let access = OFlag::O_RDONLY;
+    access | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
 }
 
 /// Opens the directory at `rel` (`/`-separated, relative to `root`) one component at a time, so
@@ -407,30 +501,34 @@ pub(crate) fn open_components(root: &OwnedFd, rel: &[u8]) -> nix::Result<OwnedFd
     handle.ok_or(nix::errno::Errno::EINVAL)
 }
 
-/// The stamp of the file `name` of an open directory (`lstat`); `None` if it is gone or is not
-/// a regular file.
-pub(crate) fn stamp_file_at(dir: &OwnedFd, name: &CStr) -> nix::Result<Option<Stamp>> {
+/// The stamp of the entry `name` of an open directory (`lstat`, relative to the directory's
+/// handle: one path component, no symlink followed); `None` if it is gone. Every stamp the walk,
+/// `hash-tree` and `TreeCache` take of a listed entry comes from here.
+pub(crate) fn stamp_at(dir: &OwnedFd, name: &CStr) -> nix::Result<Option<Stamp>> {
     match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(stat) => Ok(Some(Stamp::from_stat(&stat)).filter(Stamp::is_file)),
+        Ok(stat) => Ok(Some(Stamp::from_stat(&stat))),
         Err(nix::errno::Errno::ENOENT) => Ok(None),
         Err(errno) => Err(errno),
     }
 }
 
+/// [`stamp_at`] for a file: `None` if it is gone or is not a regular file.
+pub(crate) fn stamp_file_at(dir: &OwnedFd, name: &CStr) -> nix::Result<Option<Stamp>> {
+    Ok(stamp_at(dir, name)?.filter(Stamp::is_file))
+}
+
 /// Takes a fresh stamp of every file of a cached listing. False if one is no longer a regular
 /// file (the directory changed after all: it must be read again).
 fn stat_cached_files(handle: &OwnedFd, listing: &mut Listing) -> bool {
-    let Listing { names, entries } = listing;
-    for (range, kind) in entries.iter_mut() {
-        let Listed::File(stamp) = kind else {
+    for i in 0..listing.entries.len() {
+        let (range, Listed::File(_)) = &listing.entries[i] else {
             continue;
         };
-        let Ok(name) = CStr::from_bytes_with_nul(&names[range.start as usize..=range.end as usize])
-        else {
+        let Some(name) = listing.c_name(range) else {
             return false;
         };
         match stamp_file_at(handle, name) {
-            Ok(Some(fresh)) => *stamp = Some(fresh),
+            Ok(Some(fresh)) => listing.entries[i].1 = Listed::File(Some(fresh)),
             _ => return false,
         }
     }
@@ -445,7 +543,8 @@ pub(crate) fn read_listing(
     dir_path: &Path,
     failed: &mut Vec<WalkError>,
 ) -> Option<Listing> {
-    // The handle is O_PATH, which cannot list: open the same directory again through it.
+    // On Linux the handle is O_PATH, which cannot list: open the same directory again through
+    // it (elsewhere this is a second handle of the same directory, as cheap).
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     let reader = nix::fcntl::openat(handle, c".", flags, Mode::empty());
     let mut reader = match reader.and_then(Dir::from_fd) {
@@ -491,19 +590,15 @@ pub(crate) fn read_listing(
     }
     drop(reader);
     for range in to_stat {
-        let Ok(name) = CStr::from_bytes_with_nul(listing.name_with_nul(&range)) else {
+        let Some(name) = listing.c_name(&range) else {
             continue;
         };
-        match nix::sys::stat::fstatat(handle, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(stat) => {
-                let stamp = Stamp::from_stat(&stat);
-                if stamp.is_file() {
-                    listing.entries.push((range, Listed::File(Some(stamp))));
-                } else if stamp.mode & nix::libc::S_IFMT == nix::libc::S_IFDIR {
-                    listing.entries.push((range, Listed::Dir));
-                }
+        match stamp_at(handle, name) {
+            Ok(Some(stamp)) if stamp.is_file() => {
+                listing.entries.push((range, Listed::File(Some(stamp))));
             }
-            Err(nix::errno::Errno::ENOENT) => {} // removed since listed
+            Ok(Some(stamp)) if stamp.is_dir() => listing.entries.push((range, Listed::Dir)),
+            Ok(_) => {} // not a file or directory, or removed since listed
             Err(errno) => failed.push(WalkError {
                 path: dir_path.join(std::ffi::OsStr::from_bytes(name.to_bytes())),
                 source: errno.into(),

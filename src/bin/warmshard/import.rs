@@ -78,7 +78,7 @@ struct Tree {
     root: PathBuf,
     root_handle: OwnedFd,
     /// Device and inode of the directory holding the shard, and the shard's file name.
-    shard_dir: Option<(u64, u64)>,
+    shard_dir: Option<(nix::libc::dev_t, nix::libc::ino_t)>,
     shard_name: std::ffi::OsString,
     /// Called after a directory is listed, before any of its entries is opened (tests swap
     /// entries here).
