@@ -406,15 +406,28 @@ fn unchanged_directories_are_not_read_again_and_changed_ones_are() {
     std::fs::create_dir(root.join("d1/sub")).unwrap();
     std::fs::write(root.join("d1/sub/inner.txt"), b"inner").unwrap();
     let expected = sha256sum_manifest(&root);
+    // Changed this instant: their stamps are racy, so their listings are not trusted yet. A
+    // loaded machine can take longer than the racy margin between the change and the run, so
+    // the directories' mtimes are put in the future (always racy) rather than trusted to be
+    // recent, and put back in the past once the test wants them settled.
+    let changed_dirs = ["d1", "d1/sub", "d3", "d5"].map(|d| root.join(d));
+    let set_mtimes = |offset: Duration, future: bool| {
+        let now = std::time::SystemTime::now();
+        let at = if future { now + offset } else { now - offset };
+        for dir in &changed_dirs {
+            std::fs::File::open(dir).unwrap().set_modified(at).unwrap();
+        }
+    };
+    set_mtimes(Duration::from_secs(3600), true);
     let changed = hash_tree_lib(&root, &shard);
     assert_eq!(sha256sum_text(&changed), expected);
     assert_eq!(changed.dirs_read, 4, "d1, d1/sub, d3, d5");
     // The other files of the directories read again are answered by the cache.
     assert_eq!(changed.hashed, 2, "d3/added.txt and d1/sub/inner.txt");
-    // Changed this instant: their stamps are racy, so their listings are not trusted yet.
     let again = hash_tree_lib(&root, &shard);
     assert_eq!(again.dirs_read, 4);
     assert_eq!(sha256sum_text(&again), expected);
+    set_mtimes(Duration::from_secs(3600), false);
     settle();
     assert_eq!(hash_tree_lib(&root, &shard).dirs_read, 4);
     let settled = hash_tree_lib(&root, &shard);
