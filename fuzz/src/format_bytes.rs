@@ -17,12 +17,10 @@
 //!   hashes to its slot's tag, keys are unique, every value matches its checksum, every listed
 //!   record is what `find` returns for its key, and keys not listed miss.
 
-use std::collections::{HashMap, HashSet};
-
 use crate::format_api::{self, Aligned, Parsed, RECORD_HEADER_LEN, Rec};
 
-/// Most listed keys the lookups probe (and vary), to keep one execution short.
-const MAX_LISTED_PROBES: usize = 64;
+/// How many listed keys the lookups also probe with small variations, to keep a run short.
+const MAX_VARIED_KEYS: usize = 16;
 
 /// The offset of `part` in `file`, asserting that it lies inside it.
 pub fn offset_in(file: &[u8], part: &[u8], what: &str) -> usize {
@@ -76,33 +74,60 @@ pub struct Checked<'a> {
     pub listed: Vec<Rec<'a>>,
 }
 
-/// Keys to look up: `extra`, the empty key, windows of the file, and the first listed keys with
-/// small variations (one byte longer, one shorter, last byte changed).
-fn probe_keys<'k>(file: &'k [u8], listed: &[Rec<'k>], extra: &[&'k [u8]]) -> Vec<Vec<u8>> {
-    let mut keys: Vec<Vec<u8>> = extra.iter().map(|k| k.to_vec()).collect();
-    keys.push(Vec::new());
-    let step = (file.len() / 8).max(1);
-    for start in (0..file.len()).step_by(step) {
-        for len in [1usize, 8, 24] {
-            if let Some(window) = file.get(start..start + len) {
-                keys.push(window.to_vec());
+/// Keys to look up, borrowed where they can be (one buffer holds the made-up ones, so a run
+/// allocates a handful of times, not once a key: allocation dominates a run under ASan).
+struct Probes<'a> {
+    borrowed: Vec<&'a [u8]>,
+    made: Vec<u8>,
+    made_spans: Vec<std::ops::Range<usize>>,
+}
+
+impl<'a> Probes<'a> {
+    /// `extra`, the empty key, windows of the file, the listed keys, and for the first few of
+    /// them small variations (one byte longer, one shorter, last byte changed).
+    fn new(file: &'a [u8], listed: &[Rec<'a>], extra: &[&'a [u8]]) -> Self {
+        let mut borrowed: Vec<&'a [u8]> = extra.to_vec();
+        borrowed.push(&[]);
+        let step = (file.len() / 8).max(1);
+        for start in (0..file.len()).step_by(step) {
+            for len in [1usize, 8, 24] {
+                if let Some(window) = file.get(start..start + len) {
+                    borrowed.push(window);
+                }
             }
         }
-    }
-    for record in listed.iter().take(MAX_LISTED_PROBES) {
-        let key = record.key;
-        keys.push(key.to_vec());
-        let mut longer = key.to_vec();
-        longer.push(0);
-        keys.push(longer);
-        if let Some((last, shorter)) = key.split_last() {
-            keys.push(shorter.to_vec());
-            let mut changed = key.to_vec();
-            *changed.last_mut().expect("non-empty") = last ^ 1;
-            keys.push(changed);
+        let mut made = Vec::new();
+        let mut made_spans = Vec::new();
+        for (i, record) in listed.iter().enumerate() {
+            let key = record.key;
+            borrowed.push(key);
+            if i >= MAX_VARIED_KEYS {
+                continue;
+            }
+            if let Some((last, shorter)) = key.split_last() {
+                borrowed.push(shorter);
+                let at = made.len();
+                made.extend_from_slice(shorter);
+                made.push(last ^ 1);
+                made_spans.push(at..made.len());
+            }
+            let at = made.len();
+            made.extend_from_slice(key);
+            made.push(0);
+            made_spans.push(at..made.len());
+        }
+        Probes {
+            borrowed,
+            made,
+            made_spans,
         }
     }
-    keys
+
+    /// Every probe key.
+    fn all(&self) -> Vec<&[u8]> {
+        let made = self.made_spans.iter().map(|r| &self.made[r.clone()]);
+        self.borrowed.iter().copied().chain(made).collect()
+    }
 }
 
 /// Every check on `file` (already aligned as a mapping would be); `extra` keys are probed too.
@@ -132,44 +157,50 @@ pub fn check<'a>(file: &'a [u8], extra: &[&'a [u8]]) -> Option<Checked<'a>> {
     );
     // `slots` stops at the entry count: below it, the listing is the whole table.
     let complete = (slots.len() as u64) < parsed.entry_count();
-    let mut listed = Vec::new();
-    // Record offset -> the tags of the slots pointing there; key -> distinct records holding it.
-    let mut tags_at: HashMap<usize, HashSet<u32>> = HashMap::new();
-    let mut holders: HashMap<&[u8], HashSet<usize>> = HashMap::new();
+    let mut listed = Vec::with_capacity(slots.len());
+    // (record offset, tag of a slot pointing there) and (key, record offset), sorted.
+    let mut tag_at: Vec<(usize, u32)> = Vec::with_capacity(slots.len());
+    let mut key_at: Vec<(&[u8], usize)> = Vec::with_capacity(slots.len());
     for (_, tag, record) in &slots {
         if let Some(record) = record {
             let at = check_record(file, record);
-            tags_at.entry(at).or_default().insert(*tag);
-            holders.entry(record.key).or_default().insert(at);
+            tag_at.push((at, *tag));
+            key_at.push((record.key, at));
             listed.push(*record);
         }
     }
+    tag_at.sort_unstable();
+    key_at.sort_unstable();
+    key_at.dedup();
+    // The distinct records that hold `key`.
+    let holders = |key: &[u8]| {
+        let from = key_at.partition_point(|(k, _)| *k < key);
+        let to = key_at.partition_point(|(k, _)| *k <= key);
+        &key_at[from..to]
+    };
 
-    let probes = probe_keys(file, &listed, extra);
+    let probes = Probes::new(file, &listed, extra);
+    let probes = probes.all();
     let mut found = Vec::with_capacity(probes.len());
     for key in &probes {
         let record = parsed.find(file, key);
         if let Some(record) = &record {
-            assert_eq!(record.key, &key[..], "find returned another key's record");
+            assert_eq!(record.key, *key, "find returned another key's record");
             let at = check_record(file, record);
             if complete {
                 let tag = format_api::slot_tag(format_api::key_hash(key));
                 assert!(
-                    tags_at.get(&at).is_some_and(|tags| tags.contains(&tag)),
+                    tag_at.binary_search(&(at, tag)).is_ok(),
                     "find returned a record no slot with the key's tag points to"
                 );
-                if let Some(at_listed) = holders.get(&key[..]).filter(|h| h.len() == 1) {
-                    assert!(
-                        at_listed.contains(&at),
-                        "find and slots disagree on a key's record"
-                    );
+                if let [(_, only)] = holders(key) {
+                    assert_eq!(*only, at, "find and slots disagree on a key's record");
                 }
             }
         }
         found.push(record);
     }
-    let probe_refs: Vec<&[u8]> = probes.iter().map(|k| k.as_slice()).collect();
-    let many = parsed.find_many(file, &probe_refs);
+    let many = parsed.find_many(file, &probes);
     assert_eq!(many.len(), probes.len(), "find_many's output length");
     for (i, (one, batch)) in found.iter().zip(&many).enumerate() {
         assert!(
@@ -191,16 +222,15 @@ pub fn check<'a>(file: &'a [u8], extra: &[&'a [u8]]) -> Option<Checked<'a>> {
             parsed.entry_count(),
             "verify passed with another number of entries than the root's"
         );
-        let mut keys = HashSet::new();
+        assert!(
+            key_at.len() == listed.len() && key_at.windows(2).all(|w| w[0].0 != w[1].0),
+            "verify passed with a key listed twice"
+        );
         for ((_, tag, _), record) in slots.iter().zip(&listed) {
             assert_eq!(
                 *tag,
                 format_api::slot_tag(format_api::key_hash(record.key)),
                 "verify passed with a slot whose tag is not its key's"
-            );
-            assert!(
-                keys.insert(record.key),
-                "verify passed with a duplicate key"
             );
             assert_eq!(
                 format_api::value_checksum(record.value),
@@ -213,7 +243,7 @@ pub fn check<'a>(file: &'a [u8], extra: &[&'a [u8]]) -> Option<Checked<'a>> {
             );
         }
         for (key, record) in probes.iter().zip(&found) {
-            if !keys.contains(&key[..]) {
+            if holders(key).is_empty() {
                 assert!(
                     record.is_none(),
                     "verify passed but a key no slot lists was found"
