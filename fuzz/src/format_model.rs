@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use arbitrary::{Arbitrary, Unstructured};
 
-use crate::format_api::{self, Aligned, RECORD_HEADER_LEN};
+use crate::format_api::{self, Aligned};
 use crate::format_bytes::{self, offset_in};
 
 /// One byte of damage: `xor` applied at `at` modulo the file's length.
@@ -70,19 +70,33 @@ pub fn run_input(input: &Input) {
     }
     let duplicate = twin.is_some();
     let encoded = format_api::encode(&written, input.generation, "fuzz 1.0");
+    let clean = Aligned::new(&encoded.bytes, 0);
+    // Record offset -> length, from the undamaged file (how a format pads is its own business).
+    let lengths: BTreeMap<usize, usize> = match format_api::parse(clean.bytes()) {
+        Some(parsed) => parsed
+            .slots(clean.bytes())
+            .into_iter()
+            .filter_map(|(_, _, record)| record)
+            .map(|r| (offset_in(clean.bytes(), r.raw, "a record"), r.raw.len()))
+            .collect(),
+        None => BTreeMap::new(),
+    };
     // Key -> (file offset, length) of the record written for it (the first one of a duplicate);
     // `spans`: every record written.
     let mut records: BTreeMap<&[u8], (usize, usize)> = BTreeMap::new();
     let mut spans = Vec::new();
-    for ((key, value), at) in written.iter().zip(&encoded.record_pos) {
-        let span = (*at, RECORD_HEADER_LEN + key.len() + value.len());
+    for ((key, _), at) in written.iter().zip(&encoded.record_pos) {
+        let span = (*at, lengths.get(at).copied().unwrap_or(0));
         records.entry(key).or_insert(span);
         spans.push(span);
     }
+    assert!(
+        spans.iter().all(|&(_, len)| len > 0),
+        "the undamaged shard does not list every record where the Encoder wrote it"
+    );
     let mut probes: Vec<&[u8]> = order.clone();
     probes.extend(input.probes.iter().map(|k| k.as_slice()));
 
-    let clean = Aligned::new(&encoded.bytes, 0);
     check_clean(
         clean.bytes(),
         &model,
