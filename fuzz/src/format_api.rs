@@ -3,7 +3,11 @@
 //!
 //! Everything else in those targets goes through the small API below, so when the format module
 //! changes its surface (it may become crate-private behind a single `#[doc(hidden)] pub` entry
-//! for fuzzing), only this file changes.
+//! for fuzzing), only this file changes. What it needs of the format: `parse` (entry count,
+//! file length, producer range; a `Layout`), `Layout::{entry_count, find, find_many, slots,
+//! verify}`, `Record`'s fields (generation, checksum, key, value, raw), `Encoder::{new,
+//! write_record, finish}` with `Slot` and `Summary` (or one `encode` doing what [`encode`]
+//! does), and `key_hash`, `slot_tag`, `value_checksum`, `PREAMBLE_LEN`, `RECORD_HEADER_LEN`.
 //!
 //! It also owns the aligned copy: the format validates its rkyv root against the buffer's
 //! address (a real shard is page-aligned in its mapping), and libFuzzer's input is not aligned.
