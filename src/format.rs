@@ -480,6 +480,17 @@ pub(crate) fn parse(file: &[u8]) -> Result<(Header, Layout), Health> {
 }
 
 impl Layout {
+    /// The record that starts at `file_offset` of `file`, if one parses there (for the fuzz
+    /// checks, which know where the writer put each record, shadowed ones included).
+    pub(crate) fn record_at_file_offset<'a>(
+        &self,
+        file: &'a [u8],
+        file_offset: usize,
+    ) -> Option<Record<'a>> {
+        let records = file.get(self.records.clone())?;
+        record_at(records, file_offset.checked_sub(self.records.start)? as u64)
+    }
+
     /// Number of entries in the slot table.
     pub fn entry_count(&self) -> u64 {
         self.entry_count
@@ -624,6 +635,9 @@ impl Layout {
         let mut last_empty: Option<usize> = None;
         let mut occupied = 0u64;
         let mut previous_hash = 0u64;
+        // Every record's span in the arena: no two slots may share a record or overlap one
+        // (a slot pointing into another record's value could otherwise pass every check below).
+        let mut spans: Vec<(usize, usize)> = Vec::new();
         for (i, slot) in table.chunks_exact(SLOT_LEN).enumerate() {
             let offset = read_u32(slot, 4).ok_or("slot table short")?;
             if offset == EMPTY_OFFSET {
@@ -670,8 +684,16 @@ impl Layout {
                     ));
                 }
             }
+            spans.push((offset as usize, record.raw.len()));
             previous_hash = hash;
             occupied += 1;
+        }
+        spans.sort_unstable();
+        if let Some(pair) = spans.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err(format!(
+                "the records at offsets {} and {} overlap (two slots share or cut into one record)",
+                pair[0].0, pair[1].0
+            ));
         }
         if occupied != self.entry_count {
             return Err(format!(
@@ -1170,6 +1192,30 @@ mod tests {
             assert!(layout.find(&bad, b"key").is_none(), "offset {forged}");
             assert!(layout.verify(&bad).is_err());
         }
+    }
+
+    #[test]
+    fn verify_refuses_two_slots_that_share_one_record() {
+        // A duplicate key (two records, two slots), then the second slot pointed at the first
+        // record: every per-slot check passes (tag, order, reach, checksum, and a lookup finds
+        // that very record for both), so only the records' spans can tell. Found by the
+        // `format_model` fuzz target.
+        let bytes = build(&[(b"k", b"one"), (b"k", b"two")]);
+        let (_, layout) = parse(&aligned(&bytes)).unwrap();
+        let table = layout.slots.clone();
+        let occupied: Vec<usize> = (0..table.len() / SLOT_LEN)
+            .filter(|i| bytes[table.start + i * SLOT_LEN..][..SLOT_LEN] != EMPTY_SLOT)
+            .collect();
+        assert_eq!(occupied.len(), 2);
+        let first = table.start + occupied[0] * SLOT_LEN;
+        let second = table.start + occupied[1] * SLOT_LEN;
+        let mut forged = bytes.clone();
+        let offset = forged[first + 4..first + 8].to_vec();
+        forged[second + 4..second + 8].copy_from_slice(&offset);
+        let forged = aligned(&forged);
+        let (_, layout) = parse(&forged).unwrap();
+        let err = layout.verify(&forged).unwrap_err();
+        assert!(err.contains("overlap"), "{err}");
     }
 
     #[test]
