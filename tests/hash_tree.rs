@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use warmshard::paths::PathCache;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_warmshard");
 
 struct Run {
@@ -474,25 +476,6 @@ fn a_tree_wider_than_the_open_handle_budget_is_walked_whole() {
     assert_eq!(warm.manifest, cold.manifest);
 }
 
-/// Creates `dir/<name>` (a directory) relative to an open directory and opens it.
-fn mkdir_at(dir: &std::os::fd::OwnedFd, name: &[u8]) -> std::os::fd::OwnedFd {
-    use nix::fcntl::OFlag;
-    use nix::sys::stat::Mode;
-    nix::sys::stat::mkdirat(
-        dir,
-        OsStr::from_bytes(name),
-        Mode::from_bits_truncate(0o700),
-    )
-    .unwrap();
-    nix::fcntl::openat(
-        dir,
-        OsStr::from_bytes(name),
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-        Mode::empty(),
-    )
-    .unwrap()
-}
-
 #[test]
 fn deep_paths_under_a_wide_directory_are_all_listed() {
     // 300 branches (more than the walk keeps handles for) each holding a chain of 25 directories
@@ -506,9 +489,9 @@ fn deep_paths_under_a_wide_directory_are_all_listed() {
         nix::fcntl::open(&root, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
     let long = |c: u8| vec![c; 200];
     for i in 0..300 {
-        let mut dir = mkdir_at(&root_fd, format!("b{i:03}").as_bytes());
+        let mut dir = common::mkdir_at(&root_fd, format!("b{i:03}").as_bytes());
         for level in 0..25u8 {
-            dir = mkdir_at(&dir, &long(b'a' + level % 26));
+            dir = common::mkdir_at(&dir, &long(b'a' + level % 26));
         }
         let file = nix::fcntl::openat(
             &dir,

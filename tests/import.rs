@@ -2,13 +2,14 @@
 //! storing the shard's own files.
 
 use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Command;
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warmshard");
 
@@ -61,22 +62,6 @@ fn a_shard_inside_the_imported_directory_does_not_store_itself() {
     }
 }
 
-fn mkdir_at(dir: &OwnedFd, name: &[u8]) -> OwnedFd {
-    nix::sys::stat::mkdirat(
-        dir,
-        OsStr::from_bytes(name),
-        Mode::from_bits_truncate(0o700),
-    )
-    .unwrap();
-    nix::fcntl::openat(
-        dir,
-        OsStr::from_bytes(name),
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-        Mode::empty(),
-    )
-    .unwrap()
-}
-
 #[test]
 fn paths_longer_than_path_max_and_non_utf8_names_are_imported_as_their_bytes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -88,7 +73,7 @@ fn paths_longer_than_path_max_and_non_utf8_names_are_imported_as_their_bytes() {
     let mut key = Vec::new();
     for level in 0..25u8 {
         let name = vec![b'a' + level; 200];
-        dir = mkdir_at(&dir, &name);
+        dir = common::mkdir_at(&dir, &name);
         key.extend_from_slice(&name);
         key.push(b'/');
     }

@@ -86,3 +86,25 @@ pub fn child_process(var: &str, role: &str) -> std::process::Command {
         .stdin(std::process::Stdio::null());
     command
 }
+
+/// Creates `dir/<name>` (a directory, 0700) relative to an open directory and opens it, so a
+/// test can build trees whose paths are longer than `PATH_MAX`.
+pub fn mkdir_at(dir: &std::os::fd::OwnedFd, name: &[u8]) -> std::os::fd::OwnedFd {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    nix::sys::stat::mkdirat(
+        dir,
+        OsStr::from_bytes(name),
+        Mode::from_bits_truncate(0o700),
+    )
+    .unwrap();
+    nix::fcntl::openat(
+        dir,
+        OsStr::from_bytes(name),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap()
+}
