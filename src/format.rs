@@ -479,6 +479,130 @@ pub(crate) fn parse(file: &[u8]) -> Result<(Header, Layout), Health> {
     Ok((header, layout))
 }
 
+/// What [`Snapshot::verify`](crate::Snapshot::verify) found wrong in one shard file: which part,
+/// which slot or which key, and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VerifyProblem {
+    /// The preamble (the first 32 bytes) does not match the trailer.
+    Preamble,
+    /// An arena ("slot table" or "records") lies outside the file.
+    OutOfBounds(&'static str),
+    /// A slot of the slot table is wrong.
+    Slot {
+        /// The slot's index in the table.
+        index: usize,
+        /// What is wrong with it.
+        problem: SlotProblem,
+    },
+    /// An entry is wrong.
+    Entry {
+        /// The entry's key.
+        key: Vec<u8>,
+        /// What is wrong with it.
+        problem: EntryProblem,
+    },
+    /// Two slots point at records that overlap (or at one record).
+    OverlappingRecords {
+        /// Offset of the first record in the records arena.
+        first: usize,
+        /// Offset of the record that starts inside it.
+        second: usize,
+    },
+    /// The slot table holds another number of entries than the root declares.
+    EntryCount {
+        /// Entries found in the slot table.
+        found: u64,
+        /// Entries the root declares.
+        declared: u64,
+    },
+}
+
+/// What is wrong with one slot ([`VerifyProblem::Slot`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SlotProblem {
+    /// An empty slot that holds a tag.
+    TaggedEmpty,
+    /// Its record lies outside the records arena or does not start at a multiple of 16.
+    RecordOutOfBounds,
+    /// Nonzero bytes between the record's key and its value.
+    NonzeroPadding,
+    /// The record's key does not hash to the slot's tag.
+    TagMismatch,
+    /// The slot's hash is smaller than the previous slot's.
+    Unsorted,
+    /// The slot lies beyond the probe limit of its home, or after an empty slot past its home.
+    OutOfReach {
+        /// The home slot of its key.
+        home: usize,
+    },
+}
+
+/// What is wrong with one entry ([`VerifyProblem::Entry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EntryProblem {
+    /// The value does not match its stored checksum (bit rot or tampering).
+    Checksum,
+    /// Another record holds the same key.
+    Duplicate,
+}
+
+impl VerifyProblem {
+    fn slot(index: usize, problem: SlotProblem) -> Self {
+        VerifyProblem::Slot { index, problem }
+    }
+
+    fn entry(key: &[u8], problem: EntryProblem) -> Self {
+        VerifyProblem::Entry {
+            key: key.to_vec(),
+            problem,
+        }
+    }
+}
+
+impl std::fmt::Display for VerifyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifyProblem::Preamble => write!(f, "the preamble does not match the trailer"),
+            VerifyProblem::OutOfBounds(arena) => write!(f, "{arena} out of bounds"),
+            VerifyProblem::Slot { index, problem } => {
+                let what = match problem {
+                    SlotProblem::TaggedEmpty => "an empty slot with a tag".to_string(),
+                    SlotProblem::RecordOutOfBounds => {
+                        "record out of bounds or misaligned".to_string()
+                    }
+                    SlotProblem::NonzeroPadding => "nonzero padding before the value".to_string(),
+                    SlotProblem::TagMismatch => {
+                        "key hash does not match the slot's tag".to_string()
+                    }
+                    SlotProblem::Unsorted => "slots are not sorted by hash".to_string(),
+                    SlotProblem::OutOfReach { home } => {
+                        format!("entry out of reach of its home slot {home}")
+                    }
+                };
+                write!(f, "slot {index}: {what}")
+            }
+            VerifyProblem::Entry { key, problem } => {
+                let what = match problem {
+                    EntryProblem::Checksum => "value checksum mismatch (bit rot or tampering)",
+                    EntryProblem::Duplicate => "duplicate key",
+                };
+                write!(f, "entry {:?}: {what}", String::from_utf8_lossy(key))
+            }
+            VerifyProblem::OverlappingRecords { first, second } => write!(
+                f,
+                "the records at offsets {first} and {second} overlap (two slots share or cut into one record)"
+            ),
+            VerifyProblem::EntryCount { found, declared } => write!(
+                f,
+                "the slot table holds {found} entries, the root says {declared}"
+            ),
+        }
+    }
+}
+
 impl Layout {
     /// The record that starts at `file_offset` of `file`, if one parses there (for the fuzz
     /// checks, which know where the writer put each record, shadowed ones included).
@@ -621,17 +745,17 @@ impl Layout {
     /// of its home with no empty slot in between, empty slots are exactly [`EMPTY_SLOT`], the
     /// entry count matches, keys are unique and every value matches its checksum. Returns the
     /// first problem found.
-    pub fn verify(&self, file: &[u8]) -> Result<(), String> {
+    pub fn verify(&self, file: &[u8]) -> Result<(), VerifyProblem> {
         let len = file.len() as u64;
         if file.len() < 2 * PREAMBLE_LEN || file[..PREAMBLE_LEN] != frame(&MAGIC, len, 0) {
-            return Err("the preamble does not match the trailer".into());
+            return Err(VerifyProblem::Preamble);
         }
         let table = file
             .get(self.slots.clone())
-            .ok_or("slot table out of bounds")?;
+            .ok_or(VerifyProblem::OutOfBounds("slot table"))?;
         let records = file
             .get(self.records.clone())
-            .ok_or("records out of bounds")?;
+            .ok_or(VerifyProblem::OutOfBounds("records"))?;
         let mut last_empty: Option<usize> = None;
         let mut occupied = 0u64;
         let mut previous_hash = 0u64;
@@ -639,49 +763,41 @@ impl Layout {
         // (a slot pointing into another record's value could otherwise pass every check below).
         let mut spans: Vec<(usize, usize)> = Vec::new();
         for (i, slot) in table.chunks_exact(SLOT_LEN).enumerate() {
-            let offset = read_u32(slot, 4).ok_or("slot table short")?;
+            let offset = read_u32(slot, 4).ok_or(VerifyProblem::OutOfBounds("slot table"))?;
             if offset == EMPTY_OFFSET {
                 if slot != EMPTY_SLOT {
-                    return Err(format!("slot {i}: an empty slot with a tag"));
+                    return Err(VerifyProblem::slot(i, SlotProblem::TaggedEmpty));
                 }
                 last_empty = Some(i);
                 continue;
             }
             let record = record_at(records, offset.into())
-                .ok_or_else(|| format!("slot {i}: record out of bounds or misaligned"))?;
+                .ok_or(VerifyProblem::slot(i, SlotProblem::RecordOutOfBounds))?;
             let key_end = RECORD_HEADER_LEN + record.key.len();
             if record.raw[key_end..record.raw.len() - record.value.len()]
                 .iter()
                 .any(|&b| b != 0)
             {
-                return Err(format!("slot {i}: nonzero padding before the value"));
+                return Err(VerifyProblem::slot(i, SlotProblem::NonzeroPadding));
             }
             let hash = key_hash(record.key);
             if read_u32(slot, 0) != Some(slot_tag(hash)) {
-                return Err(format!("slot {i}: key hash does not match the slot's tag"));
+                return Err(VerifyProblem::slot(i, SlotProblem::TagMismatch));
             }
             if occupied > 0 && hash < previous_hash {
-                return Err(format!("slot {i}: slots are not sorted by hash"));
+                return Err(VerifyProblem::slot(i, SlotProblem::Unsorted));
             }
             let home = home_slot(hash, self.slot_capacity) as usize;
             if home > i || i - home > self.probe_limit || last_empty.is_some_and(|e| e >= home) {
-                return Err(format!(
-                    "slot {i}: entry out of reach of its home slot {home}"
-                ));
+                return Err(VerifyProblem::slot(i, SlotProblem::OutOfReach { home }));
             }
             if value_checksum(record.value) != record.checksum {
-                return Err(format!(
-                    "entry {:?}: value checksum mismatch (bit rot or tampering)",
-                    String::from_utf8_lossy(record.key)
-                ));
+                return Err(VerifyProblem::entry(record.key, EntryProblem::Checksum));
             }
             match self.find(file, record.key) {
                 Some(found) if std::ptr::eq(found.raw.as_ptr(), record.raw.as_ptr()) => {}
                 _ => {
-                    return Err(format!(
-                        "entry {:?}: duplicate key",
-                        String::from_utf8_lossy(record.key)
-                    ));
+                    return Err(VerifyProblem::entry(record.key, EntryProblem::Duplicate));
                 }
             }
             spans.push((offset as usize, record.raw.len()));
@@ -690,16 +806,16 @@ impl Layout {
         }
         spans.sort_unstable();
         if let Some(pair) = spans.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0) {
-            return Err(format!(
-                "the records at offsets {} and {} overlap (two slots share or cut into one record)",
-                pair[0].0, pair[1].0
-            ));
+            return Err(VerifyProblem::OverlappingRecords {
+                first: pair[0].0,
+                second: pair[1].0,
+            });
         }
         if occupied != self.entry_count {
-            return Err(format!(
-                "the slot table holds {occupied} entries, the root says {}",
-                self.entry_count
-            ));
+            return Err(VerifyProblem::EntryCount {
+                found: occupied,
+                declared: self.entry_count,
+            });
         }
         Ok(())
     }
@@ -1164,7 +1280,13 @@ mod tests {
         bad[9] ^= 1;
         let bad = aligned(&bad);
         let (_, layout) = parse(&bad).unwrap();
-        assert!(layout.verify(&bad).unwrap_err().contains("preamble"));
+        assert!(
+            layout
+                .verify(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("preamble")
+        );
     }
 
     #[test]
@@ -1176,7 +1298,13 @@ mod tests {
         let bytes = aligned(&bytes);
         let (_, layout) = parse(&bytes).unwrap();
         assert!(layout.find(&bytes, b"key").is_some());
-        assert!(layout.verify(&bytes).unwrap_err().contains("checksum"));
+        assert!(
+            layout
+                .verify(&bytes)
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
     }
 
     #[test]
@@ -1215,7 +1343,10 @@ mod tests {
         let forged = aligned(&forged);
         let (_, layout) = parse(&forged).unwrap();
         let err = layout.verify(&forged).unwrap_err();
-        assert!(err.contains("overlap"), "{err}");
+        assert!(
+            matches!(err, VerifyProblem::OverlappingRecords { .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1312,7 +1443,13 @@ mod tests {
         let broken = aligned(&broken);
         let err = layout.verify(&broken).unwrap_err();
         assert!(
-            err.contains("out of reach") || err.contains("entries"),
+            matches!(
+                err,
+                VerifyProblem::Slot {
+                    problem: SlotProblem::OutOfReach { .. },
+                    ..
+                } | VerifyProblem::EntryCount { .. }
+            ),
             "{err}"
         );
         let mut broken = bytes.clone();

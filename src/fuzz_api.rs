@@ -140,7 +140,9 @@ impl Parsed {
 
     /// `Layout::verify`.
     pub fn verify(&self, file: &[u8]) -> Result<(), String> {
-        self.layout.verify(file)
+        self.layout
+            .verify(file)
+            .map_err(|problem| problem.to_string())
     }
 }
 

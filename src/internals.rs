@@ -25,5 +25,5 @@ pub fn record_ranges(file: &[u8]) -> Result<Vec<Range<usize>>, crate::Health> {
 /// delta).
 pub fn verify_file(file: &[u8]) -> Result<(), String> {
     let (_, layout) = crate::format::parse(file).map_err(|health| health.to_string())?;
-    layout.verify(file)
+    layout.verify(file).map_err(|problem| problem.to_string())
 }

@@ -57,7 +57,7 @@ pub use options::{DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_SIZE, Options};
 /// crate derive without its own rkyv dependency).
 pub use rkyv;
 pub use shard::{BulkMode, BulkWriter, Shard};
-pub use snapshot::{Snapshot, Stats, Value, VerifyError};
+pub use snapshot::{ShardFile, Snapshot, Stats, Value, VerifyError};
 pub use typed::{CheckedArchive, InvalidValue, ReadTyped, WriteTyped};
 pub use write::{DEFAULT_PRODUCER, DropReason, Dropped, Published, WriteOutcome};
 

@@ -178,17 +178,17 @@ impl Snapshot {
         match self.health() {
             Health::Valid => {}
             Health::Missing | Health::Disabled => return Ok(0),
-            other => return Err(VerifyError(other.to_string())),
+            other => return Err(VerifyError::NotValid(other.clone())),
         }
         for (file, loaded) in [
-            ("base", Some(&self.files.base)),
-            ("delta", self.files.delta.as_ref()),
+            (ShardFile::Base, Some(&self.files.base)),
+            (ShardFile::Delta, self.files.delta.as_ref()),
         ] {
             let Some(loaded) = loaded else { continue };
             loaded
                 .layout
                 .verify(loaded.bytes())
-                .map_err(|e| VerifyError(format!("{file} file: {e}")))?;
+                .map_err(|problem| VerifyError::File { file, problem })?;
         }
         Ok(self.files.stored_count())
     }
@@ -204,10 +204,41 @@ impl fmt::Debug for Snapshot {
     }
 }
 
-/// What [`Snapshot::verify`] found wrong.
+/// What [`Snapshot::verify`] found wrong: the shard as a whole, or which file and which slot or
+/// key in it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("shard failed verification: {0}")]
-pub struct VerifyError(pub String);
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The shard does not read as valid at all; its health says why.
+    #[error("shard failed verification: {0}")]
+    NotValid(Health),
+    /// One of the shard's files failed the structural check.
+    #[error("shard failed verification: {file} file: {problem}")]
+    File {
+        /// Which file: the base or the delta.
+        file: ShardFile,
+        /// What is wrong, and where.
+        problem: crate::format::VerifyProblem,
+    },
+}
+
+/// One of the two files of a shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardFile {
+    /// The shard file itself (`<shard>`).
+    Base,
+    /// The delta file of recent small writes (`<shard>.delta`).
+    Delta,
+}
+
+impl fmt::Display for ShardFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ShardFile::Base => "base",
+            ShardFile::Delta => "delta",
+        })
+    }
+}
 
 /// Figures about one shard, from [`Snapshot::stats`]. More fields may be added in later
 /// releases (`#[non_exhaustive]`), so it is read, not built, outside this crate.

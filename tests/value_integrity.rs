@@ -64,7 +64,22 @@ fn a_flipped_value_bit_is_reported_by_verify_and_missed_by_checked_gets() {
         &Health::Valid,
         "a value flip is not visible at open (O(1))"
     );
-    let err = plain.verify().unwrap_err().to_string();
+    let err = plain.verify().unwrap_err();
+    // The error says which file and which key, as values a caller can match.
+    assert!(
+        matches!(
+            &err,
+            warmshard::VerifyError::File {
+                file: warmshard::ShardFile::Base,
+                problem: warmshard::format::VerifyProblem::Entry {
+                    key,
+                    problem: warmshard::format::EntryProblem::Checksum,
+                },
+            } if key == b"beta"
+        ),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(err.contains("checksum") && err.contains("beta"), "{err}");
     // Without checking, the lookup serves the changed bytes: that is what verify_values is for.
     assert_ne!(
