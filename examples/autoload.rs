@@ -13,6 +13,7 @@
 //! (default: this program). When it changes, every cached chunk is stale: the first start after
 //! it clears the whole cache, and misses recompile.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -180,9 +181,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map(|k| String::from_utf8_lossy(k).into_owned())
                 .collect();
             names.sort();
-            println!("{} cached function(s)", names.len());
+            // Written, not `println!`: a closed pipe (`| head`) is an error to report, not a panic.
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{} cached function(s)", names.len())?;
             for name in names.iter().take(5) {
-                println!("  {name}");
+                writeln!(out, "  {name}")?;
             }
         }
         other => return Err(format!("unknown command {other:?}").into()),
