@@ -71,7 +71,7 @@ impl ShardFiles {
             ))
         };
         match ShardDir::open(dir_path, euid) {
-            Ok(Opened::Dir(dir)) => Self::open_in(&dir, path, delta_path, policy),
+            Ok(Opened::Dir(dir)) => Self::open_in_as(&dir, path, delta_path, policy, euid),
             Ok(Opened::Missing) => empty(Health::DirectoryMissing {
                 dir: dir_path.to_path_buf(),
             }),
@@ -115,6 +115,17 @@ impl ShardFiles {
         policy: &ReadPolicy,
     ) -> Result<ShardFiles> {
         let euid = nix::unistd::geteuid().as_raw();
+        Self::open_in_as(dir, path, delta_path, policy, euid)
+    }
+
+    /// [`open_in`](ShardFiles::open_in) for the effective uid `euid`, already known.
+    fn open_in_as(
+        dir: &ShardDir,
+        path: &Path,
+        delta_path: &Path,
+        policy: &ReadPolicy,
+        euid: u32,
+    ) -> Result<ShardFiles> {
         let delta = Loaded::open(dir, delta_path, policy.clone(), euid);
         let base = Arc::new(Loaded::open(dir, path, policy.clone(), euid)?);
         let delta = match delta {
