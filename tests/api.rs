@@ -502,31 +502,26 @@ fn small_api_frictions_are_gone() {
     let _ = shard
         .replace_all((0..2000).map(|i| (format!("k{i}"), vec![1u8; 100])))
         .unwrap();
-    let outcome = shard.put_one("small", "v").unwrap();
-    let WriteOutcome::Committed {
-        file_bytes,
-        published,
-        ..
-    } = outcome
-    else {
-        panic!("{outcome:?}");
+    // The outcome names the file published and reports that file's size.
+    let assert_published = |outcome: WriteOutcome, expected: Published, file: &std::path::Path| {
+        let WriteOutcome::Committed {
+            file_bytes,
+            published,
+            ..
+        } = outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(published, expected);
+        assert_eq!(file_bytes, std::fs::metadata(file).unwrap().len());
     };
-    assert_eq!(published, Published::Delta);
-    assert_eq!(
-        file_bytes,
-        std::fs::metadata(shard.delta_path()).unwrap().len()
+    let delta = shard.delta_path();
+    assert_published(
+        shard.put_one("small", "v").unwrap(),
+        Published::Delta,
+        &delta,
     );
-    let outcome = shard.compact().unwrap();
-    let WriteOutcome::Committed {
-        file_bytes,
-        published,
-        ..
-    } = outcome
-    else {
-        panic!("{outcome:?}");
-    };
-    assert_eq!(published, Published::Base);
-    assert_eq!(file_bytes, std::fs::metadata(shard.path()).unwrap().len());
+    assert_published(shard.compact().unwrap(), Published::Base, shard.path());
 
     assert!(matches!(
         shard.remove_one("small").unwrap(),

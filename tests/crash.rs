@@ -88,13 +88,8 @@ fn lock_is_held(lock: &Path) -> bool {
 }
 
 fn spawn_role(role: &str, envs: &[(&str, String)], stderr: &Path) -> Child {
-    common::child_process(ROLE, role)
-        .envs(envs.iter().map(|(k, v)| (*k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(stderr).unwrap())
-        .spawn()
-        .unwrap()
+    let mut command = common::child_process(ROLE, role);
+    common::spawn_logged(command.envs(envs.iter().map(|(k, v)| (*k, v))), stderr)
 }
 
 /// Kills `child` with SIGKILL after checking it is still running (a writer that stopped by

@@ -102,6 +102,20 @@ fn assert_rebuilds(shard: &Shard, what: &str) {
     assert_eq!(meta.mode() & 0o777, 0o600, "{what}");
 }
 
+/// The shard at `path` is refused as untrusted (its reason mentioning `needle`): it reads empty,
+/// the CLI misses, and the next write rebuilds it.
+fn assert_untrusted_then_rebuilt(path: &Path, needle: &str, what: &str) {
+    let shard = Shard::open_with(path, options()).unwrap();
+    assert!(
+        matches!(shard.health(), Health::Untrusted { reason } if reason.contains(needle)),
+        "{what}: {:?}",
+        shard.health()
+    );
+    assert_empty(&shard.snapshot(), what);
+    assert_cli_misses(path, what);
+    assert_rebuilds(&shard, what);
+}
+
 fn cli(path: &Path, args: &[&str]) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_warmshard"))
         .arg("--shard")
@@ -249,15 +263,7 @@ fn a_file_owned_by_another_user_is_not_read_and_not_carried_over() {
     let path = dir.path().join("foreign.shard");
     make(&path, 5);
     nix::unistd::chown(&path, Some(NOBODY.into()), None).unwrap();
-    let shard = Shard::open_with(&path, options()).unwrap();
-    assert!(
-        matches!(shard.health(), Health::Untrusted { reason } if reason.contains("owned by uid 65534")),
-        "{:?}",
-        shard.health()
-    );
-    assert_empty(&shard.snapshot(), "foreign owner");
-    assert_cli_misses(&path, "foreign owner");
-    assert_rebuilds(&shard, "foreign owner");
+    assert_untrusted_then_rebuilt(&path, "owned by uid 65534", "foreign owner");
 }
 
 #[test]
@@ -267,15 +273,8 @@ fn a_group_or_world_writable_file_is_not_read_and_not_carried_over() {
         let path = dir.path().join(format!("writable-{mode:o}.shard"));
         make(&path, 5);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        let shard = Shard::open_with(&path, options()).unwrap();
-        assert!(
-            matches!(shard.health(), Health::Untrusted { reason } if reason.contains("lets other users write")),
-            "{mode:o}: {:?}",
-            shard.health()
-        );
-        assert_empty(&shard.snapshot(), "writable file");
-        assert_cli_misses(&path, "writable file");
-        assert_rebuilds(&shard, "writable file");
+        let what = format!("writable file {mode:o}");
+        assert_untrusted_then_rebuilt(&path, "lets other users write", &what);
     }
 }
 

@@ -13,14 +13,20 @@ mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warmshard");
 
-fn import(shard: &Path, dir: &Path) -> std::process::Output {
-    Command::new(BIN)
+/// `warmshard import DIR` into `shard`, which must succeed.
+fn import(shard: &Path, dir: &Path) {
+    let out = Command::new(BIN)
         .args(["--no-fsync", "--shard"])
         .arg(shard)
         .arg("import")
         .arg(dir)
         .output()
-        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn keys(shard: &Path) -> Vec<Vec<u8>> {
@@ -40,12 +46,7 @@ fn a_shard_inside_the_imported_directory_does_not_store_itself() {
     }
     let shard = dir.join("s.shard");
     for run in 0..3 {
-        let out = import(&shard, dir);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        import(&shard, dir);
         assert_eq!(
             keys(&shard),
             [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()],
@@ -87,12 +88,7 @@ fn paths_longer_than_path_max_and_non_utf8_names_are_imported_as_their_bytes() {
     .unwrap();
     nix::unistd::write(&file, b"deep").unwrap();
     let shard = tmp.path().join("s.shard");
-    let out = import(&shard, &root);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    import(&shard, &root);
     assert!(key.len() > 4096);
     let opened = warmshard::Shard::open(&shard).unwrap();
     let snapshot = opened.snapshot();
@@ -112,12 +108,7 @@ fn symlinks_and_fifos_are_skipped_without_blocking() {
     std::os::unix::fs::symlink(tmp.path(), root.join("dirlink")).unwrap();
     nix::unistd::mkfifo(&root.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
     let shard = tmp.path().join("s.shard");
-    let out = import(&shard, &root);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    import(&shard, &root);
     assert_eq!(keys(&shard), [b"f".to_vec()]);
 }
 
@@ -141,11 +132,6 @@ fn a_tree_deeper_than_the_kept_handles_is_imported_whole() {
     }
     expected.sort();
     let shard = tmp.path().join("s.shard");
-    let out = import(&shard, &root);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    import(&shard, &root);
     assert_eq!(keys(&shard), expected);
 }

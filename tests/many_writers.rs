@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -84,14 +84,9 @@ fn read_checked(snapshot: &Snapshot) -> Entries {
 }
 
 fn spawn_role(role: &str, shard: &Path, envs: &[(&str, String)], stderr: PathBuf) -> Child {
-    common::child_process(ROLE, role)
-        .env("MANY_SHARD", shard)
-        .envs(envs.iter().map(|(k, v)| (*k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(stderr).unwrap())
-        .spawn()
-        .unwrap()
+    let mut command = common::child_process(ROLE, role);
+    command.env("MANY_SHARD", shard);
+    common::spawn_logged(command.envs(envs.iter().map(|(k, v)| (*k, v))), &stderr)
 }
 
 fn wait_ok(mut child: Child, stderr: &Path, what: &str) {

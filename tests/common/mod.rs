@@ -87,6 +87,16 @@ pub fn child_process(var: &str, role: &str) -> std::process::Command {
     command
 }
 
+/// Starts `command` (a [`child_process`]) with its stdout dropped and its stderr written to the
+/// file `stderr`, for the test to show if the child fails.
+pub fn spawn_logged(command: &mut std::process::Command, stderr: &Path) -> std::process::Child {
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 /// Creates `dir/<name>` (a directory, 0700) relative to an open directory and opens it, so a
 /// test can build trees whose paths are longer than `PATH_MAX`.
 pub fn mkdir_at(dir: &std::os::fd::OwnedFd, name: &[u8]) -> std::os::fd::OwnedFd {
