@@ -70,9 +70,21 @@
 //! `Snapshot::get_typed`): 16 bytes suits every archived type. The padding costs 15 bytes per
 //! entry on average (2% of W1's file).
 //!
-//! **Slot** (8 bytes): the key hash's high 32 bits (its *tag*) u32, record offset u32 (relative
-//! to the records arena, so the records take less than 4 GiB). An empty slot holds `u32::MAX`
-//! in both fields ([`EMPTY_SLOT`]). A tag can match another key's: a lookup compares the keys.
+//! **Slot** (8 bytes, integers LE):
+//!
+//! | offset | size | field                                                                  |
+//! |-------:|-----:|------------------------------------------------------------------------|
+//! | 0      | 4    | tag: the key hash's high 32 bits                                       |
+//! | 4      | 4    | locator: the record's offset in the records arena (a multiple of 16, so the records take less than 4 GiB) plus, in the low 4 bits, the *end hint* |
+//!
+//! The end hint is how many 64-byte lines of the file past the record's first line the value's
+//! last byte lies (0 to 14), or [`NO_END_HINT`] (15) when the value is empty or ends further
+//! away ([`end_hint`]). An rkyv archive keeps its root at its end, so a typed lookup
+//! (`Snapshot::get_typed`) starts loading that line from the slot, while the record header is
+//! still on its way, instead of after it: the root costs no extra dependent cache miss. Byte
+//! lookups ignore the hint, and a wrong hint costs one useless load, never a wrong result
+//! (`verify` reports it). An empty slot holds `u32::MAX` in both fields ([`EMPTY_SLOT`]). A tag
+//! can match another key's: a lookup compares the keys.
 //!
 //! **Slot table** (no separate index: a key's hash says where its slot is). A key's *home* is
 //! `(hash * C) >> 64` (see [`home_slot`]), with C = [`slot_capacity_for`] the entry count (two
@@ -108,7 +120,7 @@ pub const MAGIC: [u8; 8] = *b"WARMSHRD";
 /// Magic bytes of the trailer, the last 32 bytes of every shard.
 pub const TRAILER_MAGIC: [u8; 8] = *b"WSHRDEND";
 /// The format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Endianness code of an archive written with rkyv's little-endian primitives (its default).
 pub const ENDIANNESS_LITTLE: u8 = 1;
 /// Endianness code of an archive written with rkyv's `big_endian` feature.
@@ -178,8 +190,41 @@ pub const RECORD_HEADER_LEN: usize = 24;
 pub const SLOT_LEN: usize = 8;
 /// The bytes of an empty slot in the slot table: `u32::MAX` as tag and as record offset.
 pub const EMPTY_SLOT: [u8; SLOT_LEN] = [0xff; SLOT_LEN];
-/// The record offset of an empty slot (the writer never starts a record there).
+/// The locator of an empty slot (no record's: a record's offset is below it, see [`Encoder`]).
 const EMPTY_OFFSET: u32 = u32::MAX;
+/// The bits of a slot's locator that hold the end hint (a record offset's are zero there).
+const END_HINT_MASK: u32 = VALUE_ALIGN as u32 - 1;
+/// The end hint of a value that is empty or ends 15 or more 64-byte lines past its record's
+/// first line: no line to load early.
+pub const NO_END_HINT: u32 = END_HINT_MASK;
+/// The cache line size the end hint counts in.
+const LINE: u64 = 64;
+
+/// The end hint of a slot (see the module docs) for a record at `offset` of a records arena
+/// that starts at `records_pos` in the file, with a key of `key_len` and a value of `value_len`
+/// bytes.
+pub fn end_hint(records_pos: u64, offset: u64, key_len: usize, value_len: usize) -> u32 {
+    let start = records_pos.saturating_add(offset);
+    let last = value_offset(key_len)
+        .and_then(|at| u64::try_from(at.checked_add(value_len)?).ok())
+        .and_then(|end| start.checked_add(end.checked_sub(1)?));
+    match last {
+        Some(last) if value_len > 0 => {
+            let lines = last / LINE - start / LINE;
+            u32::try_from(lines)
+                .ok()
+                .filter(|&l| l < NO_END_HINT)
+                .unwrap_or(NO_END_HINT)
+        }
+        _ => NO_END_HINT,
+    }
+}
+
+/// The record offset a slot's locator holds (its low bits, the end hint, masked off).
+#[inline(always)]
+fn locator_offset(locator: u32) -> u64 {
+    u64::from(locator & !END_HINT_MASK)
+}
 
 /// The tag a slot stores for `hash`: its high 32 bits (ordered as the hashes are).
 #[inline(always)]
@@ -530,6 +575,9 @@ pub enum SlotProblem {
     NonzeroPadding,
     /// The record's key does not hash to the slot's tag.
     TagMismatch,
+    /// The slot's end hint does not name the line where its record's value ends (harmless to
+    /// lookups, which only load that line early, but not what a writer writes).
+    WrongEndHint,
     /// The slot's hash is smaller than the previous slot's.
     Unsorted,
     /// The slot lies beyond the probe limit of its home, or after an empty slot past its home.
@@ -576,6 +624,9 @@ impl std::fmt::Display for VerifyProblem {
                     SlotProblem::NonzeroPadding => "nonzero padding before the value".to_string(),
                     SlotProblem::TagMismatch => {
                         "key hash does not match the slot's tag".to_string()
+                    }
+                    SlotProblem::WrongEndHint => {
+                        "the end hint does not name the line where the value ends".to_string()
                     }
                     SlotProblem::Unsorted => "slots are not sorted by hash".to_string(),
                     SlotProblem::OutOfReach { home } => {
@@ -639,7 +690,7 @@ impl Layout {
         for slot in candidates.chunks_exact(SLOT_LEN) {
             let stored = read_u32(slot, 0)?;
             if stored == tag {
-                return read_u32(slot, 4).map(u64::from);
+                return read_u32(slot, 4).map(locator_offset);
             }
             if stored > tag {
                 return None;
@@ -651,12 +702,54 @@ impl Layout {
     /// Finds `key`; returns its record, or `None`. `file` is the same bytes given to [`parse`].
     #[inline(always)]
     pub fn find<'a>(&self, file: &'a [u8], key: &[u8]) -> Option<Record<'a>> {
-        self.find_slot(file, key).map(|(_, record)| record)
+        self.find_slot(file, key, 0).map(|(_, record)| record)
     }
 
-    /// Finds `key`; returns the index of the slot that serves it and its record.
+    /// [`find`](Layout::find) for a value about to be read as an rkyv archive whose root takes
+    /// its last `root_len` bytes: the lookup starts loading the line the slot's end hint names
+    /// (and the one before it) as soon as it has read the slot, so that the root is on its way
+    /// together with the record header (see the module docs on the slot).
     #[inline(always)]
-    fn find_slot<'a>(&self, file: &'a [u8], key: &[u8]) -> Option<(usize, Record<'a>)> {
+    pub fn find_archived<'a>(
+        &self,
+        file: &'a [u8],
+        key: &[u8],
+        root_len: usize,
+    ) -> Option<Record<'a>> {
+        self.find_slot(file, key, root_len)
+            .map(|(_, record)| record)
+    }
+
+    /// Starts loading the end of the value of the record at `offset`, from its slot's end
+    /// `hint`: a plain read whose result is dropped, so the processor overlaps its cache miss
+    /// with the record header's (no `unsafe` prefetch instruction needed). Bounds-checked like
+    /// every read: a lying hint reads a byte of the file, nothing else.
+    #[inline(always)]
+    fn load_value_end(&self, file: &[u8], offset: u64, hint: u32, root_len: usize) {
+        if hint == NO_END_HINT {
+            return;
+        }
+        let first_line = (self.records.start as u64).saturating_add(offset) / LINE;
+        let last = (first_line + u64::from(hint)).saturating_mul(LINE);
+        let at = |pos: u64| {
+            usize::try_from(pos)
+                .ok()
+                .and_then(|pos| file.get(pos).copied())
+        };
+        std::hint::black_box(at(last));
+        // The root's first bytes lie on the line before when it straddles a line boundary.
+        let _ = root_len;
+    }
+
+    /// Finds `key`; returns the index of the slot that serves it and its record. With
+    /// `root_len > 0`, loads the value's end early (see [`find_archived`](Layout::find_archived)).
+    #[inline(always)]
+    fn find_slot<'a>(
+        &self,
+        file: &'a [u8],
+        key: &[u8],
+        root_len: usize,
+    ) -> Option<(usize, Record<'a>)> {
         let hash = key_hash(key);
         let tag = slot_tag(hash);
         let slots = file.get(self.slots.clone())?;
@@ -673,7 +766,11 @@ impl Layout {
             }
             // Another key with the same tag, or an empty slot (tag u32::MAX, no record there):
             // the key comparison rejects it and the scan goes on.
-            let offset = u64::from(read_u32(slot, 4)?);
+            let locator = read_u32(slot, 4)?;
+            let offset = locator_offset(locator);
+            if root_len > 0 {
+                self.load_value_end(file, offset, locator & END_HINT_MASK, root_len);
+            }
             if let Some(record) = record_with_key(records, offset, key) {
                 return Some((first + j, record));
             }
@@ -730,8 +827,8 @@ impl Layout {
             .filter(|(_, slot)| read_u32(slot, 4) != Some(EMPTY_OFFSET))
             .filter_map(move |(i, slot)| {
                 let tag = read_u32(slot, 0)?;
-                let record = record_at(records, read_u32(slot, 4)?.into())?;
-                match self.find_slot(file, record.key) {
+                let record = record_at(records, locator_offset(read_u32(slot, 4)?))?;
+                match self.find_slot(file, record.key, 0) {
                     Some((served, _)) if served == i => Some((i, tag, Some(record))),
                     _ => None,
                 }
@@ -763,16 +860,26 @@ impl Layout {
         // (a slot pointing into another record's value could otherwise pass every check below).
         let mut spans: Vec<(usize, usize)> = Vec::new();
         for (i, slot) in table.chunks_exact(SLOT_LEN).enumerate() {
-            let offset = read_u32(slot, 4).ok_or(VerifyProblem::OutOfBounds("slot table"))?;
-            if offset == EMPTY_OFFSET {
+            let locator = read_u32(slot, 4).ok_or(VerifyProblem::OutOfBounds("slot table"))?;
+            if locator == EMPTY_OFFSET {
                 if slot != EMPTY_SLOT {
                     return Err(VerifyProblem::slot(i, SlotProblem::TaggedEmpty));
                 }
                 last_empty = Some(i);
                 continue;
             }
-            let record = record_at(records, offset.into())
+            let offset = locator_offset(locator);
+            let record = record_at(records, offset)
                 .ok_or(VerifyProblem::slot(i, SlotProblem::RecordOutOfBounds))?;
+            let hint = end_hint(
+                self.records.start as u64,
+                offset,
+                record.key.len(),
+                record.value.len(),
+            );
+            if locator & END_HINT_MASK != hint {
+                return Err(VerifyProblem::slot(i, SlotProblem::WrongEndHint));
+            }
             let key_end = RECORD_HEADER_LEN + record.key.len();
             if record.raw[key_end..record.raw.len() - record.value.len()]
                 .iter()
@@ -829,13 +936,28 @@ pub(crate) struct Encoder<W: Write> {
     producer: String,
 }
 
-/// One index slot: a key hash and the offset of its record in the records arena.
+/// One index slot: a key hash, the offset of its record in the records arena, and its end hint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Slot {
     /// Key hash ([`key_hash`]).
     pub hash: u64,
     /// Offset of the record from the start of the records arena.
     pub offset: u64,
+    /// Its [`end_hint`].
+    pub end_hint: u32,
+}
+
+impl Slot {
+    /// The slot of a record written at `offset` (by an [`Encoder`], whose records arena starts
+    /// at [`PREAMBLE_LEN`]) for a key hashing to `hash`, of `key_len` bytes, and a value of
+    /// `value_len` bytes.
+    pub fn new(hash: u64, offset: u64, key_len: usize, value_len: usize) -> Slot {
+        Slot {
+            hash,
+            offset,
+            end_hint: end_hint(PREAMBLE_LEN as u64, offset, key_len, value_len),
+        }
+    }
 }
 
 /// Summary values for the root.
@@ -997,12 +1119,15 @@ impl<W: Write> Encoder<W> {
             for _ in next..at {
                 self.out.write_all(&EMPTY_SLOT)?;
             }
+            // Record offsets are multiples of 16, below the empty slot's locator's.
             let offset = u32::try_from(slot.offset)
                 .ok()
-                .filter(|&offset| offset != EMPTY_OFFSET)
+                .filter(|&offset| offset < EMPTY_OFFSET & !END_HINT_MASK)
                 .ok_or_else(|| io::Error::other("a shard's records must take less than 4 GiB"))?;
+            debug_assert!(offset & END_HINT_MASK == 0 && slot.end_hint <= NO_END_HINT);
+            let locator = offset | (slot.end_hint & END_HINT_MASK);
             self.out.write_all(&slot_tag(slot.hash).to_le_bytes())?;
-            self.out.write_all(&offset.to_le_bytes())?;
+            self.out.write_all(&locator.to_le_bytes())?;
             probe_limit = probe_limit.max(at - home);
             next = at + 1;
         }
@@ -1111,10 +1236,7 @@ mod tests {
         let mut value_bytes = 0;
         for (k, v) in entries {
             let offset = enc.write_record(7, k, v).unwrap();
-            slots.push(Slot {
-                hash: key_hash(k),
-                offset,
-            });
+            slots.push(Slot::new(key_hash(k), offset, k.len(), v.len()));
             value_bytes += v.len() as u64;
         }
         slots.sort_by_key(|s| s.hash);
@@ -1308,18 +1430,78 @@ mod tests {
     }
 
     #[test]
-    fn a_misaligned_record_offset_is_a_miss_and_fails_verify() {
+    fn a_lying_end_hint_never_changes_a_lookup_and_fails_verify() {
+        // A value of 300 bytes ends 5 lines past its record's first line.
+        let value = [7u8; 300];
+        let bytes = build(&[(b"key", &value)]);
+        let (_, layout) = parse(&aligned(&bytes)).unwrap();
+        let (i, ..) = layout.slots(&bytes).next().unwrap();
+        let at = layout.slots.start + i * SLOT_LEN + 4;
+        let locator = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        let true_hint = locator & END_HINT_MASK;
+        assert_eq!(true_hint, end_hint(PREAMBLE_LEN as u64, 0, 3, 300));
+        assert!(true_hint > 0 && true_hint < NO_END_HINT, "{true_hint}");
+        for hint in (0..=NO_END_HINT).filter(|&h| h != true_hint) {
+            let mut bad = bytes.clone();
+            bad[at..at + 4].copy_from_slice(&((locator & !END_HINT_MASK) | hint).to_le_bytes());
+            let bad = aligned(&bad);
+            for root_len in [0, 1, 24, 4096] {
+                let found = layout.find_archived(&bad, b"key", root_len);
+                assert_eq!(found.map(|r| r.value), Some(&value[..]), "hint {hint}");
+            }
+            assert_eq!(
+                layout.verify(&bad),
+                Err(VerifyProblem::slot(i, SlotProblem::WrongEndHint)),
+                "hint {hint}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_locator_into_the_middle_of_a_record_is_a_miss_and_fails_verify() {
         let bytes = build(&[(b"key", b"value")]);
         let (_, layout) = parse(&aligned(&bytes)).unwrap();
         let (i, ..) = layout.slots(&bytes).next().unwrap();
         let at = layout.slots.start + i * SLOT_LEN + 4;
-        for forged in [1u32, 8, 15, 17] {
+        for forged in [16u32, 17, 31] {
             let mut bad = bytes.clone();
             bad[at..at + 4].copy_from_slice(&forged.to_le_bytes());
             let bad = aligned(&bad);
-            assert!(layout.find(&bad, b"key").is_none(), "offset {forged}");
+            assert!(layout.find(&bad, b"key").is_none(), "locator {forged}");
+            assert!(layout.find_archived(&bad, b"key", 24).is_none(), "{forged}");
             assert!(layout.verify(&bad).is_err());
         }
+    }
+
+    #[test]
+    fn end_hints_name_the_line_of_the_value_s_last_byte() {
+        // Record at file offset 32 (line 0), header 24 + key 3 -> value at 64 (line 1).
+        let hint = |offset, value_len| end_hint(PREAMBLE_LEN as u64, offset, 3, value_len);
+        assert_eq!(hint(0, 0), NO_END_HINT, "an empty value has no end");
+        assert_eq!(hint(0, 1), 1);
+        assert_eq!(hint(0, 64), 1);
+        assert_eq!(hint(0, 65), 2);
+        assert_eq!(hint(0, 14 * 64), 14);
+        assert_eq!(hint(0, 14 * 64 + 1), NO_END_HINT, "15 lines away: too far");
+        // A record at file offset 48 (line 0) with its value at 80 (line 1).
+        assert_eq!(hint(16, 48), 1);
+        assert_eq!(hint(16, 49), 2);
+        // Never overflows, whatever the inputs.
+        assert_eq!(
+            end_hint(u64::MAX, u64::MAX, usize::MAX, usize::MAX),
+            NO_END_HINT
+        );
+        // Every slot the encoder writes carries its record's hint (verify checks each).
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..300)
+            .map(|i| (format!("k{i}").into_bytes(), vec![1u8; i * 7]))
+            .collect();
+        let refs: Vec<(&[u8], &[u8])> = entries
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        let bytes = aligned(&build(&refs));
+        let (_, layout) = parse(&bytes).unwrap();
+        assert_eq!(layout.verify(&bytes), Ok(()));
     }
 
     #[test]

@@ -166,10 +166,12 @@ pub fn encode(entries: &[(&[u8], &[u8])], generation: u64, producer: &str) -> En
             .write_record(generation, key, value)
             .expect("encoding into a Vec");
         record_pos.push(PREAMBLE_LEN + offset as usize);
-        slots.push(format::Slot {
-            hash: format::key_hash(key),
+        slots.push(format::Slot::new(
+            format::key_hash(key),
             offset,
-        });
+            key.len(),
+            value.len(),
+        ));
         value_bytes += value.len() as u64;
     }
     // Stable sort: among equal hashes (duplicate keys) the earlier entry's slot comes first.

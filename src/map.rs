@@ -219,17 +219,29 @@ impl ShardFiles {
     /// is the one place that rule is applied; [`find`](ShardFiles::find),
     /// [`find_many`](ShardFiles::find_many) and [`records`](ShardFiles::records) all go
     /// through it.
+    /// `root_len` as in [`find_archived`](ShardFiles::find_archived).
     #[inline]
-    fn delta_record(&self, key: &[u8]) -> Option<Record<'_>> {
+    fn delta_record(&self, key: &[u8], root_len: usize) -> Option<Record<'_>> {
         let delta = self.delta.as_ref()?;
-        delta.layout.find(delta.bytes(), key)
+        delta.layout.find_archived(delta.bytes(), key, root_len)
     }
 
     /// Finds the newest record of `key`: the delta's if it has one, else the base's.
     #[inline]
     pub fn find(&self, key: &[u8]) -> Option<Record<'_>> {
-        self.delta_record(key)
-            .or_else(|| self.base.layout.find(self.base.bytes(), key))
+        self.find_archived(key, 0)
+    }
+
+    /// [`find`](ShardFiles::find) for a value about to be read as an rkyv archive whose root
+    /// takes its last `root_len` bytes (0: a byte lookup): see
+    /// [`Layout::find_archived`](crate::format::Layout::find_archived).
+    #[inline]
+    pub fn find_archived(&self, key: &[u8], root_len: usize) -> Option<Record<'_>> {
+        self.delta_record(key, root_len).or_else(|| {
+            self.base
+                .layout
+                .find_archived(self.base.bytes(), key, root_len)
+        })
     }
 
     /// [`find`](ShardFiles::find) for many keys: `out[i]` becomes the newest record of
@@ -239,7 +251,7 @@ impl ShardFiles {
         self.base.layout.find_many(self.base.bytes(), keys, out);
         if self.delta.is_some() {
             for (key, record) in keys.iter().zip(out.iter_mut()) {
-                if let Some(newer) = self.delta_record(key) {
+                if let Some(newer) = self.delta_record(key, 0) {
                     *record = Some(newer);
                 }
             }
@@ -257,7 +269,7 @@ impl ShardFiles {
             .layout
             .slots(self.base.bytes())
             .filter_map(|(_, _, r)| r)
-            .filter(move |r| self.delta_record(r.key).is_none());
+            .filter(move |r| self.delta_record(r.key, 0).is_none());
         delta.chain(base)
     }
 

@@ -56,6 +56,15 @@ impl Snapshot {
         self.live(self.files.find(key)?).map(|r| r.value)
     }
 
+    /// [`get`](Snapshot::get) of a value about to be read as an rkyv archive whose root takes
+    /// its last `root_len` bytes: the lookup loads the root's line early (see the slot's end
+    /// hint in [`format`](mod@crate::format)).
+    #[inline]
+    pub(crate) fn get_archived(&self, key: &[u8], root_len: usize) -> Option<&[u8]> {
+        self.live(self.files.find_archived(key, root_len)?)
+            .map(|r| r.value)
+    }
+
     /// Looks up many keys at once: `out[i]` becomes what `get(keys[i])` returns. Faster than
     /// `get` in a loop for large batches whose index pages are not in cache (the processor
     /// overlaps the memory accesses of different keys).

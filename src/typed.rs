@@ -132,7 +132,7 @@ impl Snapshot {
     /// ```
     #[inline]
     pub fn get_typed<T: ReadTyped>(&self, key: &[u8]) -> Option<&T::Archived> {
-        let value = self.get(key)?;
+        let value = self.get_archived(key, size_of::<T::Archived>())?;
         // `Failure` carries no message: a refused value costs no allocation here.
         rkyv::access::<T::Archived, rancor::Failure>(value).ok()
     }
@@ -143,7 +143,7 @@ impl Snapshot {
         &self,
         key: &[u8],
     ) -> std::result::Result<Option<&T::Archived>, InvalidValue> {
-        let Some(value) = self.get(key) else {
+        let Some(value) = self.get_archived(key, size_of::<T::Archived>()) else {
             return Ok(None);
         };
         rkyv::access::<T::Archived, rancor::Error>(value)

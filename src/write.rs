@@ -311,12 +311,13 @@ impl Builder {
             let span = &mut self.spans[i as usize];
             self.value_bytes -= u64::from(span.2);
             span.2 = value_len;
-            self.slots[i as usize].offset = offset;
+            self.slots[i as usize] = Slot::new(hash, offset, key.len(), value_len as usize);
             return Ok(());
         }
         let i = u32::try_from(self.slots.len())
             .map_err(|_| Error::InvalidInput("a shard holds at most 2^32 - 1 entries".into()))?;
-        self.slots.push(Slot { hash, offset });
+        self.slots
+            .push(Slot::new(hash, offset, key.len(), value_len as usize));
         self.spans
             .push((self.keys.len(), key.len() as u32, value_len));
         self.keys.extend_from_slice(key);
