@@ -88,6 +88,7 @@ struct Row {
     label: &'static str,
     get_hit_ns: Option<f64>,
     get_miss_ns: Option<f64>,
+    get_chained_ns: Option<f64>,
     open_us: Vec<Option<f64>>,
     startup_us: Option<f64>,
     startup_cpu_us: Option<f64>,
@@ -151,6 +152,11 @@ fn verify<P: Peer>(dir: &Path, set: &DataSet) -> Result<()> {
 trait GetRounds {
     /// ns per get over `keys`; checks the number of hits.
     fn round(&self, keys: &[&[u8]], expected_hits: usize) -> Result<f64>;
+    /// ns per get of chained hits: which key comes next depends on the value just read (as a
+    /// start reads a function, then the next one it needs), so the processor cannot overlap
+    /// one lookup's cache misses with the next one's: the figure is a lookup's latency, where
+    /// [`round`](GetRounds::round) measures throughput. Every key of `keys` must be present.
+    fn chained_round(&self, keys: &[&[u8]]) -> Result<f64>;
 }
 
 struct Opened<R>(R);
@@ -172,6 +178,24 @@ impl<R: Reader> GetRounds for Opened<R> {
             return Err(format!("{hits} hits, expected {expected_hits}").into());
         }
         Ok(elapsed * 1e9 / keys.len() as f64)
+    }
+
+    fn chained_round(&self, keys: &[&[u8]]) -> Result<f64> {
+        let start = Instant::now();
+        let (mut next, mut gets, mut sum) = (0usize, 0usize, 0usize);
+        while let Some(key) = keys.get(next) {
+            let x = self
+                .0
+                .get(black_box(key), |v| v.len() + usize::from(v[0]))
+                .ok_or("a chained lookup missed")?;
+            sum = sum.wrapping_add(x);
+            // The next key's index depends on the value read: one or two keys on.
+            next += 1 + (x & 1);
+            gets += 1;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        black_box(sum);
+        Ok(elapsed * 1e9 / gets.max(1) as f64)
     }
 }
 
@@ -301,7 +325,7 @@ fn open_figures(
 /// Lookups per timed chunk of the get figure.
 const GET_CHUNKS: usize = 10;
 
-/// Figure 1: gets on the headline stores, already open. The `cfg.gets` lookups are cut into
+/// Figure 1: gets on the headline stores, already open (plain, 50% miss, and chained). The `cfg.gets` lookups are cut into
 /// [`GET_CHUNKS`] chunks, each timed on every peer in a fresh random order, `cfg.get_rounds`
 /// times over: the median is over `GET_CHUNKS * get_rounds` timings, so a burst of load from
 /// another process on this shared machine spoils a few chunks, not a peer's whole figure.
@@ -323,24 +347,32 @@ fn get_figures(cfg: &Config, engines: &[Engine], set: &DataSet, rows: &mut [Row]
         } else {
             None
         };
-        readers.push((reader, Vec::new(), Vec::new()));
+        readers.push((reader, Vec::new(), Vec::new(), Vec::new()));
     }
     let mut rng = data::Rng::new(data::SEED ^ 4);
     for round in 0..cfg.get_rounds {
         eprintln!("  gets: round {}/{}", round + 1, cfg.get_rounds);
         for ((hit_keys, hit_count), (mix_keys, mix_count)) in hits.iter().zip(&mixes) {
             for i in shuffled(engines.len(), &mut rng) {
-                if let (Some(reader), hit, mix) = &mut readers[i] {
+                if let (Some(reader), hit, mix, _) = &mut readers[i] {
                     hit.push(reader.round(hit_keys, *hit_count)?);
                     mix.push(reader.round(mix_keys, *mix_count)?);
                 }
             }
+            // In a pass of its own, so that other peers' rounds come between a peer's plain
+            // rounds and its chained one, as they come before the plain ones.
+            for i in shuffled(engines.len(), &mut rng) {
+                if let (Some(reader), _, _, chained) = &mut readers[i] {
+                    chained.push(reader.chained_round(hit_keys)?);
+                }
+            }
         }
     }
-    for (row, (_, hit, mix)) in rows.iter_mut().zip(readers) {
+    for (row, (_, hit, mix, chained)) in rows.iter_mut().zip(readers) {
         if !hit.is_empty() {
             row.get_hit_ns = Some(median(hit));
             row.get_miss_ns = Some(median(mix));
+            row.get_chained_ns = Some(median(chained));
         }
     }
     Ok(())
@@ -663,6 +695,10 @@ fn columns(cfg: &Config) -> Vec<Column> {
             format!("get 50% miss ns ({gets})"),
             Box::new(|r: &Row| r.get_miss_ns),
         ),
+        (
+            "chained get hit ns (the same hits, each key chosen by the value before)".into(),
+            Box::new(|r: &Row| r.get_chained_ns),
+        ),
     ];
     for (i, &n) in cfg.open_ns.iter().enumerate() {
         cols.push((
@@ -820,6 +856,13 @@ fn print_targets(cfg: &Config, rows: &[Row]) {
         r,
         fmt_ratio(r),
         |r| r <= 1.5,
+    );
+    let r = div(typed.get_chained_ns, ws.get_chained_ns);
+    line(
+        "typed chained get hit vs raw chained get hit (info: latency)",
+        r,
+        fmt_ratio(r),
+        |_| true,
     );
     let r = div(typed.get_hit_ns, full_typed.get_hit_ns);
     line(
