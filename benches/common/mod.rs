@@ -20,7 +20,7 @@ use std::io::Write;
 use std::path::Path;
 
 pub use self::lmdb::Lmdb;
-pub use self::physical::PhysicalLimit;
+pub use self::physical::{PhysicalLimit, PhysicalTrusted};
 pub use self::redb::Redb;
 pub use self::rkyv_map::{RkyvFull, RkyvInPlace};
 pub use self::sqlite::Sqlite;
@@ -114,6 +114,7 @@ pub trait Peer {
 pub const ENGINES: &[&str] = &[
     Warmshard::NAME,
     PhysicalLimit::NAME,
+    PhysicalTrusted::NAME,
     RkyvInPlace::NAME,
     RkyvFull::NAME,
     WarmshardTyped::NAME,
@@ -128,6 +129,7 @@ pub fn open_get_by_name(engine: &str, dir: &Path, probe: &Probe) -> Result<Optio
     match engine {
         Warmshard::NAME => Warmshard::open_get(dir, probe),
         PhysicalLimit::NAME => PhysicalLimit::open_get(dir, probe),
+        PhysicalTrusted::NAME => PhysicalTrusted::open_get(dir, probe),
         RkyvInPlace::NAME => RkyvInPlace::open_get(dir, probe),
         RkyvFull::NAME => RkyvFull::open_get(dir, probe),
         WarmshardTyped::NAME => WarmshardTyped::open_get(dir, probe),
@@ -145,6 +147,7 @@ pub fn prewarm_by_name(engine: &str, dir: &Path, n: u64) -> Result<()> {
     match engine {
         Warmshard::NAME => Warmshard::prewarm(dir, entries, true),
         PhysicalLimit::NAME => PhysicalLimit::prewarm(dir, entries, true),
+        PhysicalTrusted::NAME => PhysicalTrusted::prewarm(dir, entries, true),
         RkyvInPlace::NAME => RkyvInPlace::prewarm(dir, entries, true),
         RkyvFull::NAME => RkyvFull::prewarm(dir, entries, true),
         WarmshardTyped::NAME => WarmshardTyped::prewarm(dir, entries, true),
