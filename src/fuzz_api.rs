@@ -115,6 +115,18 @@ impl Parsed {
         self.layout.find(file, key).map(Rec::from)
     }
 
+    /// `Layout::find_archived`: `find` that also loads the value's end from the slot's end hint.
+    pub fn find_archived<'a>(
+        &self,
+        file: &'a [u8],
+        key: &[u8],
+        root_len: usize,
+    ) -> Option<Rec<'a>> {
+        self.layout
+            .find_archived(file, key, root_len)
+            .map(Rec::from)
+    }
+
     /// `Layout::find_many`.
     pub fn find_many<'a>(&self, file: &'a [u8], keys: &[&[u8]]) -> Vec<Option<Rec<'a>>> {
         let mut out = Vec::new();

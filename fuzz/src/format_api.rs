@@ -4,8 +4,8 @@
 //! The format module's internals are crate-private; what the targets need of them is
 //! `warmshard::__internals::format_api` (`src/fuzz_api.rs`), re-exported here, so only these two
 //! files change when the format's surface does. What it needs of the format: `parse` (entry count,
-//! file length, producer range; a `Layout`), `Layout::{entry_count, find, find_many, slots,
-//! verify}`, `Record`'s fields (generation, checksum, key, value, raw), `Encoder::{new,
+//! file length, producer range; a `Layout`), `Layout::{entry_count, find, find_archived,
+//! find_many, slots, verify}`, `Record`'s fields (generation, checksum, key, value, raw), `Encoder::{new,
 //! write_record, finish}` with `Slot` and `Summary` (or one `encode` doing what [`encode`]
 //! does), and `key_hash`, `slot_tag`, `value_checksum`, `PREAMBLE_LEN`, `RECORD_HEADER_LEN`.
 //!

@@ -12,7 +12,8 @@
 //! - `find` never returns a record whose key differs from the query, and the record it returns
 //!   is one an occupied slot with the query's tag points to (checked when `slots` lists them
 //!   all); for a key listed once by `slots`, that is the listed record;
-//! - `find_many` returns, key by key, the same record as `find`;
+//! - `find_many` and `find_archived` (whatever the slots' end hints say) return, key by key,
+//!   the same record as `find`;
 //! - `verify` never panics, and when it passes: `slots` lists `entry_count` records, each key
 //!   hashes to its slot's tag, keys are unique, every value matches its checksum, every listed
 //!   record is what `find` returns for its key, and keys not listed miss.
@@ -185,6 +186,14 @@ pub fn check<'a>(file: &'a [u8], extra: &[&'a [u8]]) -> Option<Checked<'a>> {
     let mut found = Vec::with_capacity(probes.len());
     for key in &probes {
         let record = parsed.find(file, key);
+        // The end hint only loads a byte early: whatever the slot's low bits say, a typed
+        // lookup finds exactly what a byte lookup finds.
+        for root_len in [1, 24, 4096] {
+            assert!(
+                same(&parsed.find_archived(file, key, root_len), &record),
+                "find_archived and find disagree (root_len {root_len})"
+            );
+        }
         if let Some(record) = &record {
             assert_eq!(record.key, *key, "find returned another key's record");
             let at = check_record(file, record);
