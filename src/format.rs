@@ -1231,6 +1231,15 @@ fn too_long(what: &str) -> io::Error {
 mod tests {
     use super::*;
 
+    /// [`build`] of owned entries, aligned as a mapping is.
+    fn build_owned(entries: &[(Vec<u8>, Vec<u8>)]) -> rkyv::util::AlignedVec {
+        let refs: Vec<(&[u8], &[u8])> = entries
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        aligned(&build(&refs))
+    }
+
     fn build(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut enc = Encoder::new(Vec::new(), "test 1.0").unwrap();
         let mut slots = Vec::new();
@@ -1267,11 +1276,7 @@ mod tests {
         let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..1000)
             .map(|i| (format!("key{i}").into_bytes(), vec![i as u8; i % 37]))
             .collect();
-        let refs: Vec<(&[u8], &[u8])> = entries
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
-            .collect();
-        let bytes = aligned(&build(&refs));
+        let bytes = build_owned(&entries);
         let (header, layout) = parse(&bytes).unwrap();
         assert_eq!(header.entry_count, 1000);
         assert_eq!(&bytes[header.producer.clone()], b"test 1.0");
@@ -1496,11 +1501,7 @@ mod tests {
         let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..300)
             .map(|i| (format!("k{i}").into_bytes(), vec![1u8; i * 7]))
             .collect();
-        let refs: Vec<(&[u8], &[u8])> = entries
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
-            .collect();
-        let bytes = aligned(&build(&refs));
+        let bytes = build_owned(&entries);
         let (_, layout) = parse(&bytes).unwrap();
         assert_eq!(layout.verify(&bytes), Ok(()));
     }
@@ -1537,11 +1538,7 @@ mod tests {
         let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..8)
             .map(|i| (format!("key{i}").into_bytes(), vec![i as u8; 3]))
             .collect();
-        let refs: Vec<(&[u8], &[u8])> = entries
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
-            .collect();
-        let good = build(&refs);
+        let good = build_owned(&entries).to_vec();
         let (_, layout) = parse(&aligned(&good)).unwrap();
         let table = layout.slots.clone();
         let slot =
@@ -1585,11 +1582,7 @@ mod tests {
         let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..5000)
             .map(|i| (format!("k{i}").into_bytes(), vec![1]))
             .collect();
-        let refs: Vec<(&[u8], &[u8])> = entries
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
-            .collect();
-        let bytes = build(&refs);
+        let bytes = build_owned(&entries).to_vec();
         let (_, layout) = parse(&aligned(&bytes)).unwrap();
         let capacity = slot_capacity_for(5000);
         assert_eq!(layout.slot_capacity, capacity);
