@@ -787,6 +787,18 @@ fn plant_symlink(target: &Path, link: &Path, uid: u32) {
     std::fs::rename(&staging, link).unwrap();
 }
 
+/// Creates `parent/name` holding a shard `s.shard` whose key `k` is `OLD`: the directory a
+/// planted symlink points a victim at.
+fn directory_with_old_shard(parent: &Path, name: &str) -> std::path::PathBuf {
+    let dir = parent.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    let _ = Shard::open_with(dir.join("s.shard"), options())
+        .unwrap()
+        .put_one("k", "OLD")
+        .unwrap();
+    dir
+}
+
 /// #11.6: another user plants a symlink in a shared sticky directory where the user's shard
 /// directory should be, pointing at another directory of the user's: writes are refused with an
 /// error naming it (before the fix the shard landed in the symlink's target), reads are
@@ -798,12 +810,7 @@ fn a_symlink_planted_where_the_shard_directory_should_be_is_refused() {
     };
     let shared = common::sticky_dir();
     let private = tempfile::tempdir().unwrap();
-    let elsewhere = private.path().join("elsewhere");
-    std::fs::create_dir(&elsewhere).unwrap();
-    let _ = Shard::open_with(elsewhere.join("s.shard"), options())
-        .unwrap()
-        .put_one("k", "OLD")
-        .unwrap();
+    let elsewhere = directory_with_old_shard(private.path(), "elsewhere");
     let before = std::fs::read(elsewhere.join("s.shard")).unwrap();
     let link = shared.path().join("cache");
     plant_symlink(&elsewhere, &link, other);
@@ -886,12 +893,7 @@ fn a_flipping_directory_symlink_never_makes_reads_serve_another_directory() {
     };
     let shared = common::sticky_dir();
     let private = tempfile::tempdir().unwrap();
-    let stale = private.path().join("stale");
-    std::fs::create_dir(&stale).unwrap();
-    let _ = Shard::open_with(stale.join("s.shard"), options())
-        .unwrap()
-        .put_one("k", "OLD")
-        .unwrap();
+    let stale = directory_with_old_shard(private.path(), "stale");
     let real = shared.path().join("cache");
     let aside = shared.path().join("cache.aside");
     let _ = Shard::open_with(real.join("s.shard"), options())
