@@ -930,7 +930,7 @@ impl Layout {
 }
 
 /// Writes a shard to `out` in one forward pass: preamble, records as they arrive, then the
-/// tables and the root. The caller supplies slots (hash, record offset) for the live records.
+/// tables and the root. The caller supplies the live records' slots ([`Slot::new`]).
 pub(crate) struct Encoder<W: Write> {
     out: W,
     pos: u64,
