@@ -23,7 +23,12 @@
 //! 3. **Persist the changes** ([`persist`]): the shard is rewritten only if an entry changed or
 //!    a file or directory disappeared, with the values encoded in step 2.
 //! 4. **Print the manifest** ([`assemble`]): the [`Manifest`] keeps the walk's listings and is
-//!    printed straight from them, in order, with no path copied.
+//!    printed straight from them, in order, each directory's path built in one buffer on the
+//!    way down.
+//!
+//! No part keeps a directory's path: the walk hands each directory its parent's index and its
+//! name, and its cache key is its path only while that is short. So memory grows with the tree
+//! (its names and files), not with the square of its depth.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io::Read;
@@ -51,7 +56,9 @@ use super::tree_store::{
     PRODUCER, cache_files, cached_listing, cached_sha256, encode_sha256_entry, file_key,
     listing_value, push_file_key,
 };
-use super::walk::{Spawner, VisitedDir, Visitor, WalkedDir, stamp_file_at, visit_fn, walk};
+use super::walk::{
+    Spawner, VisitedDir, Visitor, WalkedDir, rel_path, stamp_file_at, visit_fn, walk,
+};
 use crate::{BulkMode, Error, Health, Options, Result, Shard, Snapshot, WriteOutcome};
 
 /// Length of each hashing thread's read buffer.
@@ -227,8 +234,10 @@ struct DirRun {
     listing: Listing,
     /// Per entry of `listing`.
     files: Vec<FileState>,
-    /// Its key in the cache when that is not its path (see `listing::dir_key`).
-    long_key: Option<Vec<u8>>,
+    /// Its key in the cache (see `listing::dir_key`): its path relative to the root while that
+    /// is at most 255 bytes long, a short hash otherwise, so keys stay bounded whatever the
+    /// depth.
+    key: Vec<u8>,
     /// Whether its entries were read this run (rather than taken from the cache).
     read: bool,
     /// How many of its entries the cache holds (its files' and its listing, valid or not): the
@@ -245,11 +254,6 @@ struct DirRun {
 }
 
 impl DirRun {
-    /// Its cache key, given its path.
-    fn key<'a>(&'a self, rel: &'a [u8]) -> &'a [u8] {
-        self.long_key.as_deref().unwrap_or(rel)
-    }
-
     /// The new cache value of entry `i`, if it was hashed this run and its entry changed.
     fn new_value(&self, i: usize) -> Option<&[u8]> {
         let at = self
@@ -352,7 +356,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         &options.exclude,
         visitor,
     );
-    if dirs.first().is_none_or(|root| !root.rel.is_empty()) {
+    if dirs.first().is_none_or(|root| root.parent.is_some()) {
         // The root itself could not be read: there is no manifest to give.
         let error = errors.into_iter().find(|e| e.path == root).map_or_else(
             || std::io::Error::other("the directory could not be read"),
@@ -485,7 +489,7 @@ impl<'env> Run<'env> {
         DirRun {
             listing,
             files,
-            long_key: (dir.key != dir.rel).then(|| dir.key.to_vec()),
+            key: dir.key.to_vec(),
             read: dir.read,
             cached_entries,
             new_listing,
@@ -623,11 +627,10 @@ impl<'d, 'env, 's, 'q> Batcher<'d, 'env, 's, 'q> {
 /// a file that could not be read goes to `errors`. Returns how many files were hashed.
 fn take_in_hashed(root: &Path, dirs: &mut [WalkedDir<DirRun>], errors: &mut Vec<PathError>) -> u64 {
     let mut hashed = 0;
-    for WalkedDir {
-        rel, result: dir, ..
-    } in dirs
-    {
+    for at in 0..dirs.len() {
+        let dir = &mut dirs[at].result;
         let batches = std::mem::take(&mut *dir.hashing.lock());
+        let mut failed = Vec::new();
         for batch in batches {
             let offset = dir.values.len() as u32;
             dir.values.extend_from_slice(&batch.values);
@@ -644,17 +647,21 @@ fn take_in_hashed(root: &Path, dirs: &mut [WalkedDir<DirRun>], errors: &mut Vec<
                             dir.new_values.push((i, range));
                         }
                     }
-                    Err(source) => {
-                        let name = dir.listing.name(&dir.listing.entries[i as usize].0);
-                        let path = root
-                            .join(OsStr::from_bytes(rel))
-                            .join(OsStr::from_bytes(name));
-                        errors.push(PathError { path, source });
-                    }
+                    Err(source) => failed.push((i, source)),
                 }
             }
         }
         dir.new_values.sort_unstable_by_key(|(i, _)| *i);
+        if failed.is_empty() {
+            continue;
+        }
+        let dir_path = root.join(OsStr::from_bytes(&rel_path(dirs, at)));
+        let listing = &dirs[at].result.listing;
+        for (i, source) in failed {
+            let name = listing.name(&listing.entries[i as usize].0);
+            let path = dir_path.join(OsStr::from_bytes(name));
+            errors.push(PathError { path, source });
+        }
     }
     hashed
 }
@@ -686,7 +693,7 @@ fn persist(shard: &Shard, view: &Snapshot, dirs: &[WalkedDir<DirRun>]) -> Result
         dirs,
         |dir| (&dir.result.listing, &dir.subdirs),
         |d, entries| {
-            let (rel, dir) = (&dirs[d].rel, &dirs[d].result);
+            let dir = &dirs[d].result;
             for i in entries {
                 if added.is_err() {
                     return;
@@ -696,7 +703,7 @@ fn persist(shard: &Shard, view: &Snapshot, dirs: &[WalkedDir<DirRun>]) -> Result
                 }
                 file_key(
                     &mut key,
-                    dir.key(rel),
+                    &dir.key,
                     dir.listing.name(&dir.listing.entries[i].0),
                 );
                 let value = match dir.new_value(i) {
@@ -711,11 +718,8 @@ fn persist(shard: &Shard, view: &Snapshot, dirs: &[WalkedDir<DirRun>]) -> Result
         },
     );
     added?;
-    for WalkedDir {
-        rel, result: dir, ..
-    } in dirs
-    {
-        listing_key(&mut key, dir.key(rel));
+    for WalkedDir { result: dir, .. } in dirs {
+        listing_key(&mut key, &dir.key);
         let value = match &dir.new_listing {
             Some(listing) => Some(listing.as_slice()),
             None if keep_others => view.get(&key),
@@ -735,16 +739,15 @@ fn assemble(dirs: Vec<WalkedDir<DirRun>>) -> Manifest {
         .into_iter()
         .map(
             |WalkedDir {
-                 rel,
                  subdirs,
                  result: dir,
+                 ..
              }| {
                 // Same layout: collected in place, no copy.
                 let known: Vec<Option<[u8; 32]>> =
                     dir.files.into_iter().map(FileState::sha256).collect();
                 len += known.iter().filter(|k| k.is_some()).count();
                 ManifestDir {
-                    rel,
                     listing: dir.listing,
                     known,
                     subdirs,

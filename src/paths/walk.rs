@@ -44,9 +44,8 @@ impl Excluded {
 
 /// One visited directory, as handed to the caller's visit function.
 pub(crate) struct VisitedDir<'a> {
-    /// Path relative to the root (`/`-separated; the root is empty).
-    pub rel: &'a [u8],
-    /// Its key in the cache (see `listing::dir_key`): `rel` unless that is long.
+    /// Its key in the cache (see `listing::dir_key`): its path relative to the root unless that
+    /// is long.
     pub key: &'a [u8],
     /// The open directory, for `openat`/`fstatat` relative to it.
     pub handle: &'a Arc<OwnedFd>,
@@ -89,9 +88,15 @@ struct DirJob {
 }
 
 /// One directory a walk visited, as [`walk`] returns it.
+///
+/// It keeps its name and its parent's index, not its path: a chain of `n` nested directories
+/// then costs memory in proportion to `n`, not `n²` (see [`rel_path`] for the rare caller that
+/// needs a path after the walk).
 pub(crate) struct WalkedDir<T> {
-    /// Path relative to the root (`/`-separated; the root is empty).
-    pub rel: Vec<u8>,
+    /// Its name (empty for the root).
+    pub name: Vec<u8>,
+    /// Its parent's index in the walk's result; `None` for the root only.
+    pub parent: Option<u32>,
     /// Its subdirectories that were visited: (entry index in the listing it was visited with,
     /// index in the walk's result), by entry index. So the tree can be gone through in
     /// manifest order without looking a path up.
@@ -261,7 +266,6 @@ pub(crate) fn walk<'env, T: Send>(
                                 }
                                 queue.wake.notify_all();
                                 let visited = VisitedDir {
-                                    rel: &rel,
                                     key,
                                     handle: &handle,
                                     stamp: dir.stamp,
@@ -272,7 +276,8 @@ pub(crate) fn walk<'env, T: Send>(
                                 };
                                 let result = (visitor.visit)(visited, &spawner);
                                 found.push(WalkedDir {
-                                    rel,
+                                    name,
+                                    parent: None,
                                     subdirs: Vec::new(),
                                     result,
                                 });
@@ -320,15 +325,38 @@ fn linked<T>(
     for (at, (_, link)) in links.into_iter().enumerate() {
         // A directory is queued only once its parent was listed, so its parent was visited.
         if let Some((parent, entry)) = link
-            && let Some(parent) = dirs.get_mut(position[parent])
+            && let Some(parent_dir) = dirs.get_mut(position[parent])
         {
-            parent.subdirs.push((entry, at as u32));
+            parent_dir.subdirs.push((entry, at as u32));
+            dirs[at].parent = Some(position[parent] as u32);
         }
     }
     for dir in &mut dirs {
         dir.subdirs.sort_unstable_by_key(|(entry, _)| *entry);
     }
     dirs
+}
+
+/// The path relative to the root (`/`-separated; the root is empty) of the directory at index
+/// `at` of a walk's result, rebuilt from its ancestors' names (for error messages: a walked
+/// directory keeps no path).
+pub(crate) fn rel_path<T>(dirs: &[WalkedDir<T>], at: usize) -> Vec<u8> {
+    let mut names = Vec::new();
+    let mut at = Some(at);
+    while let Some(dir) = at.and_then(|at| dirs.get(at)) {
+        if dir.parent.is_some() {
+            names.push(dir.name.as_slice());
+        }
+        at = dir.parent.map(|parent| parent as usize);
+    }
+    let mut path = Vec::new();
+    for name in names.iter().rev() {
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+    }
+    path
 }
 
 /// `listing` without the entries `exclude` matches, and the whole listing if any was taken out.
