@@ -4,24 +4,29 @@
 //! The cache shard holds one [`PathCache`](super::PathCache) entry per regular file, keyed by its
 //! path relative to the root, with a `sha256` dimension, and one cached listing per directory
 //! (keyed by a NUL byte and the directory's path; a directory whose path passes 255 bytes is
-//! keyed by a short hash instead, so deep trees do not cost depth squared; see `listing.rs`). The
-//! keys and values are `tree_store.rs`'s, shared with [`TreeCache`](super::TreeCache).
+//! keyed by a short hash instead, so deep trees do not cost depth squared; see `listing.rs`)
+//! holding each of its files' stamp and hash too — a per-directory stamp index. The keys and
+//! values are `tree_store.rs`'s, shared with [`TreeCache`](super::TreeCache).
 //!
 //! A run has four parts, each with one job:
 //!
 //! 1. **Plan a directory** ([`Run::plan_dir`], called by the parallel walk for each directory,
-//!    whose listing it reuses from the cache while the directory's stamp is unchanged): look
-//!    every file up in the cache in one batch; a file the cache knows is stamped (`lstat`
-//!    relative to its directory's handle) and, while its entry holds for that stamp, answered
-//!    without being read. Each file's state is one [`FileState`].
+//!    whose listing it reuses from the cache while the directory's stamp is unchanged): a file
+//!    whose fresh stamp (`lstat` relative to its directory's handle, taken by the walk) is the
+//!    one its directory's cached listing holds is answered from that listing, by a sequential
+//!    compare; the other files are looked up in the cache in one batch, and a file the cache
+//!    knows is stamped and, while its entry holds for that stamp, answered without being read.
+//!    Each file's state is one [`FileState`].
 //! 2. **Hash what is stale** ([`Run::hash_batch`]): the stale files of a directory are queued as
 //!    tasks (a few small files or one large one each) for the walk's own workers, so walking and
 //!    hashing overlap. A task opens each file relative to the directory's handle, stamps it by
 //!    `fstat` once open (a file the cache did not know costs one path lookup, not two), streams
 //!    it through a fixed buffer per thread, and encodes its new cache entry once, kept only if
 //!    it differs from the cache's.
-//! 3. **Persist the changes** ([`persist`]): the shard is rewritten only if an entry changed or
-//!    a file or directory disappeared, with the values encoded in step 2.
+//! 3. **Persist the changes** ([`index_changes`], [`persist`]): the listing of a directory read
+//!    this run, or with a file its cached listing did not answer, is encoded with its files'
+//!    stamps and hashes; the shard is rewritten only if an entry changed or a file or directory
+//!    disappeared, with the values encoded in step 2.
 //! 4. **Print the manifest** ([`assemble`]): the [`Manifest`] keeps the walk's listings and is
 //!    printed straight from them, in order, each directory's path built in one buffer on the
 //!    way down.
@@ -53,8 +58,8 @@ use super::listing::{Listed, Listing, listing_key};
 use super::manifest::{Manifest, ManifestDir, in_manifest_order, push_hex};
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
 use super::tree_store::{
-    PRODUCER, cache_files, cached_listing, cached_sha256, encode_sha256_entry, file_key,
-    listing_value, push_file_key,
+    PRODUCER, PRODUCER_FAMILY, cache_files, cached_listing, cached_sha256, encode_sha256_entry,
+    file_key, push_file_key,
 };
 use super::walk::{
     Spawner, VisitedDir, Visitor, WalkedDir, rel_path, stamp_file_at, visit_fn, walk,
@@ -241,9 +246,18 @@ struct DirRun {
     /// Whether its entries were read this run (rather than taken from the cache).
     read: bool,
     /// How many of its entries the cache holds (its files' and its listing, valid or not): the
-    /// run tells from their sum whether something vanished.
+    /// run tells from their sum whether something vanished. A file whose hash the cached
+    /// listing answered counts without a lookup: `hash_tree` writes its entry with that record
+    /// (and `persist` writes it again should it be missing).
     cached_entries: usize,
-    /// Its listing to store in the cache: read this run, cacheable, and not racy.
+    /// What its listing is stored from: its stamp, whether it may be stored at all (cacheable,
+    /// listing cache on, stamp not racy), and the whole listing when exclusions took entries
+    /// out of `listing`.
+    stamp: Stamp,
+    storable: bool,
+    unfiltered: Option<Listing>,
+    /// Its listing to store in the cache, with its files' stamps and hashes (see
+    /// [`index_changes`]).
     new_listing: Option<Vec<u8>>,
     /// What its hashing tasks return, while the walk goes on.
     hashing: Arc<Mutex<Vec<HashedBatch>>>,
@@ -284,7 +298,7 @@ struct HashedBatch {
 }
 
 /// `Ok(None)`: the file turned out not to be a regular file, or was gone, when opened.
-type HashResult = std::io::Result<Option<([u8; 32], Option<Range<u32>>)>>;
+type HashResult = std::io::Result<Option<(Stamp, [u8; 32], Option<Range<u32>>)>>;
 
 /// Files of one directory hashed by one task: few small files, or one large one.
 const BATCH_FILES: usize = 64;
@@ -320,8 +334,10 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         .populate(true);
     let shard = Shard::open_with(&shard_path, shard_options)?;
     let view = shard.snapshot();
+    // A cache of an earlier layout of ours reads as empty and is rebuilt by this run's write.
     if options.shard.is_some()
         && let Health::ProducerMismatch { found, .. } = view.health()
+        && !found.starts_with(PRODUCER_FAMILY)
     {
         let error = PathInputError::NotATreeCache {
             producer: found.clone(),
@@ -365,8 +381,9 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         return Err(Error::io("reading", &root, error));
     }
     let hashed = take_in_hashed(&root, &mut dirs, &mut errors);
+    index_changes(&mut dirs, run.taken_at, options.racy_margin);
     errors.sort_by(|a, b| a.path.cmp(&b.path));
-    let (shard_written, cache_error) = match persist(&shard, &view, &dirs) {
+    let (shard_written, cache_error) = match persist(&run, &shard, &dirs) {
         Ok(outcome) => (matches!(outcome, WriteOutcome::Committed { .. }), None),
         Err(error) => (false, Some(error)),
     };
@@ -407,25 +424,28 @@ impl<'env> Run<'env> {
     /// hashing tasks for the walk's workers.
     fn plan_dir(&'env self, dir: VisitedDir<'_>, spawner: &Spawner<'_, 'env>) -> DirRun {
         let mut listing = dir.listing;
+        // Files the cached listing answered (their stamps matched its records) need no lookup.
+        let covered = listing.hashes.iter().filter(|h| h.is_some()).count();
         let values = cached_values(self.view, dir.key, &listing);
         // A listing that was not read came from the cache: no need to look it up again.
         let mut key = Vec::new();
         listing_key(&mut key, dir.key);
         let cached_listing = !dir.read || self.view.get(&key).is_some();
         let cached_entries =
-            values.iter().filter(|v| v.is_some()).count() + usize::from(cached_listing);
-        let new_listing = (self.options.listing_cache && dir.read && dir.cacheable)
-            .then(|| {
-                let whole = dir.unfiltered.as_ref().unwrap_or(&listing);
-                listing_value(whole, &dir.stamp, self.taken_at, self.options.racy_margin)
-            })
-            .flatten();
+            covered + values.iter().filter(|v| v.is_some()).count() + usize::from(cached_listing);
+        let storable = self.options.listing_cache
+            && dir.cacheable
+            && !dir.stamp.is_racy(self.taken_at, self.options.racy_margin);
 
         let hashing = Arc::new(Mutex::new(Vec::new()));
         let mut queue = Batcher::new(dir.handle, &hashing, self, spawner);
         let mut files = Vec::with_capacity(listing.entries.len());
         let mut file_values = values.iter();
-        let Listing { names, entries } = &mut listing;
+        let Listing {
+            names,
+            entries,
+            hashes,
+        } = &mut listing;
         // Only files stamped or hashed here need their name as a C string.
         let c_name = |range: &Range<u32>| {
             let name = names.get(range.start as usize..=range.end as usize)?;
@@ -436,6 +456,10 @@ impl<'env> Run<'env> {
                 files.push(FileState::Absent);
                 continue;
             };
+            if let Some(sha256) = hashes.get(i).copied().flatten() {
+                files.push(FileState::Cached(sha256));
+                continue;
+            }
             let old_value = file_values.next().copied().flatten();
             if old_value.is_some() && stamp.is_none() {
                 let Some(name) = c_name(range) else {
@@ -483,7 +507,7 @@ impl<'env> Run<'env> {
         }
         queue.flush();
 
-        let planned = values.len() as u64;
+        let planned = (covered + values.len()) as u64;
         let seen = self.seen.fetch_add(planned, Ordering::Relaxed) + planned;
         self.report_progress(seen);
         DirRun {
@@ -492,7 +516,10 @@ impl<'env> Run<'env> {
             key: dir.key.to_vec(),
             read: dir.read,
             cached_entries,
-            new_listing,
+            stamp: dir.stamp,
+            storable,
+            unfiltered: dir.unfiltered,
+            new_listing: None,
             hashing,
             new_values: Vec::new(),
             values: Vec::new(),
@@ -528,7 +555,7 @@ impl<'env> Run<'env> {
                         out.values.extend_from_slice(&value);
                         start..out.values.len() as u32
                     });
-                    Some((sha256, range))
+                    Some((stamp, sha256, range))
                 });
                 out.results.push((file.index, result));
             }
@@ -544,7 +571,8 @@ impl<'env> Run<'env> {
     }
 }
 
-/// The cache's value for each file of `listing` (in order), looked up in one batch.
+/// The cache's value for each file of `listing` (in order) whose hash the cached listing did not
+/// answer, looked up in one batch.
 fn cached_values<'v>(
     view: &'v Snapshot,
     dir_key: &[u8],
@@ -553,8 +581,11 @@ fn cached_values<'v>(
     let mut key_bytes =
         Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir_key.len() + 1));
     let mut key_ends = Vec::with_capacity(listing.entries.len());
-    for (range, kind) in &listing.entries {
-        if let Listed::File(_) = kind {
+    for (i, (range, kind)) in listing.entries.iter().enumerate() {
+        let covered = listing.hashes.get(i).is_some_and(Option::is_some);
+        if let Listed::File(_) = kind
+            && !covered
+        {
             push_file_key(&mut key_bytes, dir_key, listing.name(range));
             key_ends.push(key_bytes.len());
         }
@@ -639,8 +670,11 @@ fn take_in_hashed(root: &Path, dirs: &mut [WalkedDir<DirRun>], errors: &mut Vec<
                 *state = FileState::Absent;
                 match result {
                     Ok(None) => {}
-                    Ok(Some((sha256, range))) => {
+                    Ok(Some((stamp, sha256, range))) => {
                         *state = FileState::Hashed(sha256);
+                        if let Some((_, kind)) = dir.listing.entries.get_mut(i as usize) {
+                            *kind = Listed::File(Some(stamp));
+                        }
                         hashed += 1;
                         if let Some(range) = range {
                             let range = range.start + offset..range.end + offset;
@@ -666,11 +700,71 @@ fn take_in_hashed(root: &Path, dirs: &mut [WalkedDir<DirRun>], errors: &mut Vec<
     hashed
 }
 
+/// Encodes the listing to store of each directory that needs one, with its files' stamps and
+/// hashes (the per-directory stamp index that lets the next run answer an unchanged file by a
+/// sequential compare): a directory read this run, or one with a file whose hash its cached
+/// listing did not hold although it could (hashed this run, or answered by its own entry, under
+/// a stamp that is not racy). So a warm run stores nothing, and a run after a change stores the
+/// listings of the changed directories only.
+fn index_changes(dirs: &mut [WalkedDir<DirRun>], taken_at: SystemTime, racy_margin: Duration) {
+    for WalkedDir { result: dir, .. } in dirs {
+        if !dir.storable {
+            continue;
+        }
+        let value = {
+            let dir = &*dir;
+            let keepable = |i: usize| -> Option<(&Stamp, &[u8; 32])> {
+                let (_, Listed::File(Some(stamp))) = dir.listing.entries.get(i)? else {
+                    return None;
+                };
+                let sha256 = match dir.files.get(i)? {
+                    FileState::Cached(sha256) | FileState::Hashed(sha256) => sha256,
+                    FileState::Absent | FileState::Stale => return None,
+                };
+                (!stamp.is_racy(taken_at, racy_margin)).then_some((stamp, sha256))
+            };
+            let uncovered = |i: usize| dir.listing.hashes.get(i).is_none_or(Option::is_none);
+            let stale =
+                (0..dir.listing.entries.len()).any(|i| uncovered(i) && keepable(i).is_some());
+            if !dir.read && !stale {
+                continue;
+            }
+            match &dir.unfiltered {
+                None => dir.listing.encode_with_hashes(&dir.stamp, keepable),
+                Some(whole) => {
+                    // The kept entries are a subsequence of the whole listing, with the same
+                    // name ranges: map each entry of the whole to its kept one.
+                    let mut kept = dir
+                        .listing
+                        .entries
+                        .iter()
+                        .map(|(range, _)| range)
+                        .peekable();
+                    let mut index = 0;
+                    let to_kept: Vec<Option<usize>> = whole
+                        .entries
+                        .iter()
+                        .map(|(range, _)| {
+                            kept.next_if(|k| *k == range).map(|_| {
+                                index += 1;
+                                index - 1
+                            })
+                        })
+                        .collect();
+                    whole.encode_with_hashes(&dir.stamp, |j| keepable(to_kept.get(j).copied()??))
+                }
+            }
+        };
+        dir.new_listing = Some(value);
+    }
+}
+
 /// Writes the tree's changes to the cache, if any: nothing when no entry changed and nothing
 /// vanished; a merge of the changes (which a small change turns into a small write) when only
 /// entries changed or were added; the whole cache rewritten without the entries of files and
 /// directories that are gone otherwise (the others keep their value).
-fn persist(shard: &Shard, view: &Snapshot, dirs: &[WalkedDir<DirRun>]) -> Result<WriteOutcome> {
+fn persist(run: &Run<'_>, shard: &Shard, dirs: &[WalkedDir<DirRun>]) -> Result<WriteOutcome> {
+    let view = run.view;
     let still_there: usize = dirs.iter().map(|dir| dir.result.cached_entries).sum();
     let vanished = still_there != view.len();
     let changed = dirs
@@ -689,6 +783,7 @@ fn persist(shard: &Shard, view: &Snapshot, dirs: &[WalkedDir<DirRun>]) -> Result
     let mut writer = shard.bulk_writer(mode)?;
     let mut added = Ok(());
     let mut key = Vec::new();
+    let mut rebuilt = Vec::new();
     in_manifest_order(
         dirs,
         |dir| (&dir.result.listing, &dir.subdirs),
@@ -708,7 +803,24 @@ fn persist(shard: &Shard, view: &Snapshot, dirs: &[WalkedDir<DirRun>]) -> Result
                 );
                 let value = match dir.new_value(i) {
                     Some(value) => Some(value),
-                    None if keep_others => view.get(&key),
+                    None if keep_others => view.get(&key).or_else(|| {
+                        // Answered by its directory's cached listing, whose record holds all
+                        // the entry would: write the entry again, so that the count of entries
+                        // still holds next run.
+                        let sha256 = dir.listing.hashes.get(i).copied().flatten()?;
+                        let (_, Listed::File(Some(stamp))) = dir.listing.entries.get(i)? else {
+                            return None;
+                        };
+                        encode_sha256_entry(
+                            &mut rebuilt,
+                            stamp,
+                            &sha256,
+                            run.taken_at,
+                            run.options.racy_margin,
+                            run.hours,
+                        );
+                        Some(rebuilt.as_slice())
+                    }),
                     None => None,
                 };
                 if let Some(value) = value {
@@ -747,8 +859,11 @@ fn assemble(dirs: Vec<WalkedDir<DirRun>>) -> Manifest {
                 let known: Vec<Option<[u8; 32]>> =
                     dir.files.into_iter().map(FileState::sha256).collect();
                 len += known.iter().filter(|k| k.is_some()).count();
+                let mut listing = dir.listing;
+                // The manifest keeps the hashes in `known`.
+                listing.hashes = Vec::new();
                 ManifestDir {
-                    listing: dir.listing,
+                    listing,
                     known,
                     subdirs,
                 }

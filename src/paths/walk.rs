@@ -5,7 +5,8 @@
 //! Each directory is opened relative to its parent's handle, `fstat`ed, then listed into a single
 //! name buffer — or, if the caller has a cached listing taken at exactly that stamp, not read at
 //! all — and its regular files are `fstatat`ed relative to the open handle (no path resolution
-//! beyond one component, no allocation per entry). Only regular files are reported: symlinks,
+//! beyond one component, no allocation per entry); a cached listing's file hashes are kept only
+//! for the files whose fresh stamp is the one they were stored under. Only regular files are reported: symlinks,
 //! FIFOs, sockets and devices are never opened.
 
 use std::ffi::{CStr, OsStr};
@@ -52,8 +53,9 @@ pub(crate) struct VisitedDir<'a> {
     /// The directory's own stamp, taken before it was listed.
     pub stamp: Stamp,
     /// Its regular files and subdirectories, in manifest order, without the excluded ones. Files
-    /// of a cached listing have a fresh stamp; those of a listing read this run mostly have none
-    /// yet (see `read_listing`).
+    /// of a cached listing have a fresh stamp, and `listing.hashes` holds the cached hash of
+    /// each whose fresh stamp is the one that hash was stored under; those of a listing read
+    /// this run mostly have no stamp yet (see `read_listing`).
     pub listing: Listing,
     /// The whole listing, when exclusions took entries out of `listing` (what the cache keeps,
     /// so that a run with other exclusions can use it).
@@ -376,8 +378,19 @@ fn filtered(listing: Listing, rel: &[u8], exclude: &Exclude) -> (Listing, Option
     {
         return (listing, None);
     }
-    let mut kept = listing.clone();
-    kept.entries.retain(|(range, _)| keep(range, &mut path));
+    // The kept entries keep their name ranges: `names` is shared as is.
+    let mut kept = Listing {
+        names: listing.names.clone(),
+        ..Listing::default()
+    };
+    for (i, entry) in listing.entries.iter().enumerate() {
+        if keep(&entry.0, &mut path) {
+            kept.entries.push(entry.clone());
+            if let Some(&hash) = listing.hashes.get(i) {
+                kept.hashes.push(hash);
+            }
+        }
+    }
     (kept, Some(listing))
 }
 
@@ -545,20 +558,28 @@ pub(crate) fn stamp_file_at(dir: &OwnedFd, name: &CStr) -> nix::Result<Option<St
     Ok(stamp_at(dir, name)?.filter(Stamp::is_file))
 }
 
-/// Takes a fresh stamp of every file of a cached listing. False if one is no longer a regular
-/// file (the directory changed after all: it must be read again).
+/// Takes a fresh stamp of every file of a cached listing, and keeps a file's cached hash only
+/// if that stamp is exactly the one the hash was stored under. False if a file is no longer a
+/// regular file (the directory changed after all: it must be read again).
 fn stat_cached_files(handle: &OwnedFd, listing: &mut Listing) -> bool {
     for i in 0..listing.entries.len() {
-        let (range, Listed::File(_)) = &listing.entries[i] else {
+        let (range, Listed::File(stored)) = &listing.entries[i] else {
             continue;
         };
+        let stored = *stored;
         let Some(name) = listing.c_name(range) else {
             return false;
         };
-        match stamp_file_at(handle, name) {
-            Ok(Some(fresh)) => listing.entries[i].1 = Listed::File(Some(fresh)),
+        let fresh = match stamp_file_at(handle, name) {
+            Ok(Some(fresh)) => fresh,
             _ => return false,
+        };
+        if stored != Some(fresh)
+            && let Some(hash) = listing.hashes.get_mut(i)
+        {
+            *hash = None;
         }
+        listing.entries[i].1 = Listed::File(Some(fresh));
     }
     true
 }
