@@ -259,8 +259,11 @@ struct DirRun {
     /// Its listing to store in the cache, with its files' stamps and hashes (see
     /// [`index_changes`]).
     new_listing: Option<Vec<u8>>,
-    /// What its hashing tasks return, while the walk goes on.
-    hashing: Arc<Mutex<Vec<HashedBatch>>>,
+    /// Whether its listing may need storing again (see [`index_changes`]): read this run, or a
+    /// file answered by its own entry under a stamp that is not racy; hashing sets it too.
+    maybe_new_listing: bool,
+    /// What its hashing tasks return, while the walk goes on; none if it queued no task.
+    hashing: Option<Arc<Mutex<Vec<HashedBatch>>>>,
     /// The new cache values of its files hashed this run whose entry changed, each encoded once:
     /// (entry index, range in `values`), by entry index.
     new_values: Vec<(u32, Range<u32>)>,
@@ -309,6 +312,8 @@ const UNSTAMPED_PER_BATCH: u64 = 16;
 thread_local! {
     /// Read buffer of a hashing thread: memory stays flat whatever the file size.
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A walking thread's buffer for the cache key of the listing it looks up.
+    static LISTING_KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Builds the manifest of `root` (see the module docs): plan each directory from the cache and
@@ -354,10 +359,10 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         bytes_hashed: AtomicU64::new(0),
     };
     let cached = |dir_key: &[u8], stamp: &Stamp| {
-        let mut key = Vec::with_capacity(dir_key.len() + 1);
-        (options.listing_cache)
-            .then(|| cached_listing(&view, &mut key, dir_key, stamp))
-            .flatten()
+        if !options.listing_cache {
+            return None;
+        }
+        LISTING_KEY.with_borrow_mut(|key| cached_listing(&view, key, dir_key, stamp))
     };
     let visit =
         visit_fn(|dir: VisitedDir<'_>, spawner: &Spawner<'_, '_>| run.plan_dir(dir, spawner));
@@ -380,7 +385,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         );
         return Err(Error::io("reading", &root, error));
     }
-    let hashed = take_in_hashed(&root, &mut dirs, &mut errors);
+    let hashed = take_in_hashed(&run, &root, &mut dirs, &mut errors);
     index_changes(&mut dirs, run.taken_at, options.racy_margin);
     errors.sort_by(|a, b| a.path.cmp(&b.path));
     let (shard_written, cache_error) = match persist(&run, &shard, &dirs) {
@@ -428,17 +433,19 @@ impl<'env> Run<'env> {
         let covered = listing.hashes.iter().filter(|h| h.is_some()).count();
         let values = cached_values(self.view, dir.key, &listing);
         // A listing that was not read came from the cache: no need to look it up again.
-        let mut key = Vec::new();
-        listing_key(&mut key, dir.key);
-        let cached_listing = !dir.read || self.view.get(&key).is_some();
+        let cached_listing = !dir.read || {
+            let mut key = Vec::new();
+            listing_key(&mut key, dir.key);
+            self.view.get(&key).is_some()
+        };
         let cached_entries =
             covered + values.iter().filter(|v| v.is_some()).count() + usize::from(cached_listing);
         let storable = self.options.listing_cache
             && dir.cacheable
             && !dir.stamp.is_racy(self.taken_at, self.options.racy_margin);
 
-        let hashing = Arc::new(Mutex::new(Vec::new()));
-        let mut queue = Batcher::new(dir.handle, &hashing, self, spawner);
+        let mut queue = Batcher::new(dir.handle, self, spawner);
+        let mut maybe_new_listing = dir.read;
         let mut files = Vec::with_capacity(listing.entries.len());
         let mut file_values = values.iter();
         let Listing {
@@ -477,7 +484,7 @@ impl<'env> Run<'env> {
                     }
                     Err(e) => {
                         let result = (i as u32, Err(e.into()));
-                        hashing.lock().push(HashedBatch {
+                        queue.results().lock().push(HashedBatch {
                             values: Vec::new(),
                             results: vec![result],
                         });
@@ -486,10 +493,12 @@ impl<'env> Run<'env> {
                     }
                 }
             }
-            if let Some(sha256) = old_value
+            if let Some((sha256, stamp)) = old_value
                 .zip(stamp.as_ref())
-                .and_then(|(value, stamp)| cached_sha256(value, stamp))
+                .and_then(|(value, stamp)| Some((cached_sha256(value, stamp)?, stamp)))
             {
+                // Its directory's listing could answer it next time.
+                maybe_new_listing |= !stamp.is_racy(self.taken_at, self.options.racy_margin);
                 files.push(FileState::Cached(sha256));
                 continue;
             }
@@ -506,6 +515,7 @@ impl<'env> Run<'env> {
             });
         }
         queue.flush();
+        let hashing = queue.hashing;
 
         let planned = (covered + values.len()) as u64;
         let seen = self.seen.fetch_add(planned, Ordering::Relaxed) + planned;
@@ -520,6 +530,7 @@ impl<'env> Run<'env> {
             storable,
             unfiltered: dir.unfiltered,
             new_listing: None,
+            maybe_new_listing,
             hashing,
             new_values: Vec::new(),
             values: Vec::new(),
@@ -578,14 +589,17 @@ fn cached_values<'v>(
     dir_key: &[u8],
     listing: &Listing,
 ) -> Vec<Option<&'v [u8]>> {
+    let uncovered = |i: usize| listing.hashes.get(i).is_none_or(Option::is_none);
+    let is_file = |kind: &Listed| matches!(kind, Listed::File(_));
+    if !(listing.entries.iter().enumerate()).any(|(i, (_, kind))| is_file(kind) && uncovered(i)) {
+        // The usual warm directory: its cached listing answered every file.
+        return Vec::new();
+    }
     let mut key_bytes =
         Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir_key.len() + 1));
     let mut key_ends = Vec::with_capacity(listing.entries.len());
     for (i, (range, kind)) in listing.entries.iter().enumerate() {
-        let covered = listing.hashes.get(i).is_some_and(Option::is_some);
-        if let Listed::File(_) = kind
-            && !covered
-        {
+        if is_file(kind) && uncovered(i) {
             push_file_key(&mut key_bytes, dir_key, listing.name(range));
             key_ends.push(key_bytes.len());
         }
@@ -604,7 +618,8 @@ fn cached_values<'v>(
 /// Gathers one directory's stale files into hashing tasks: a few small files, or one large one.
 struct Batcher<'d, 'env, 's, 'q> {
     handle: &'d Arc<OwnedFd>,
-    hashing: &'d Arc<Mutex<Vec<HashedBatch>>>,
+    /// Where the tasks put their results, made when the first is queued.
+    hashing: Option<Arc<Mutex<Vec<HashedBatch>>>>,
     run: &'env Run<'env>,
     spawner: &'s Spawner<'q, 'env>,
     batch: Vec<ToHash>,
@@ -612,15 +627,10 @@ struct Batcher<'d, 'env, 's, 'q> {
 }
 
 impl<'d, 'env, 's, 'q> Batcher<'d, 'env, 's, 'q> {
-    fn new(
-        handle: &'d Arc<OwnedFd>,
-        hashing: &'d Arc<Mutex<Vec<HashedBatch>>>,
-        run: &'env Run<'env>,
-        spawner: &'s Spawner<'q, 'env>,
-    ) -> Self {
+    fn new(handle: &'d Arc<OwnedFd>, run: &'env Run<'env>, spawner: &'s Spawner<'q, 'env>) -> Self {
         Batcher {
             handle,
-            hashing,
+            hashing: None,
             run,
             spawner,
             batch: Vec::new(),
@@ -639,6 +649,11 @@ impl<'d, 'env, 's, 'q> Batcher<'d, 'env, 's, 'q> {
         }
     }
 
+    /// Where the directory's hashing results go.
+    fn results(&mut self) -> &Arc<Mutex<Vec<HashedBatch>>> {
+        self.hashing.get_or_insert_with(Default::default)
+    }
+
     /// Queues the files gathered so far as one task.
     fn flush(&mut self) {
         if self.batch.is_empty() {
@@ -646,7 +661,8 @@ impl<'d, 'env, 's, 'q> Batcher<'d, 'env, 's, 'q> {
         }
         let batch = std::mem::take(&mut self.batch);
         self.bytes = 0;
-        let (handle, hashing, run) = (self.handle.clone(), self.hashing.clone(), self.run);
+        let hashing = self.results().clone();
+        let (handle, run) = (self.handle.clone(), self.run);
         self.spawner.spawn(Box::new(move || {
             let hashed = run.hash_batch(&handle, batch);
             hashing.lock().push(hashed);
@@ -656,11 +672,19 @@ impl<'d, 'env, 's, 'q> Batcher<'d, 'env, 's, 'q> {
 
 /// Takes what the hashing tasks returned into each directory's file states and new values;
 /// a file that could not be read goes to `errors`. Returns how many files were hashed.
-fn take_in_hashed(root: &Path, dirs: &mut [WalkedDir<DirRun>], errors: &mut Vec<PathError>) -> u64 {
+fn take_in_hashed(
+    run: &Run<'_>,
+    root: &Path,
+    dirs: &mut [WalkedDir<DirRun>],
+    errors: &mut Vec<PathError>,
+) -> u64 {
     let mut hashed = 0;
     for at in 0..dirs.len() {
         let dir = &mut dirs[at].result;
-        let batches = std::mem::take(&mut *dir.hashing.lock());
+        let Some(hashing) = dir.hashing.take() else {
+            continue;
+        };
+        let batches = std::mem::take(&mut *hashing.lock());
         let mut failed = Vec::new();
         for batch in batches {
             let offset = dir.values.len() as u32;
@@ -672,6 +696,8 @@ fn take_in_hashed(root: &Path, dirs: &mut [WalkedDir<DirRun>], errors: &mut Vec<
                     Ok(None) => {}
                     Ok(Some((stamp, sha256, range))) => {
                         *state = FileState::Hashed(sha256);
+                        dir.maybe_new_listing |=
+                            !stamp.is_racy(run.taken_at, run.options.racy_margin);
                         if let Some((_, kind)) = dir.listing.entries.get_mut(i as usize) {
                             *kind = Listed::File(Some(stamp));
                         }
@@ -689,7 +715,14 @@ fn take_in_hashed(root: &Path, dirs: &mut [WalkedDir<DirRun>], errors: &mut Vec<
         if failed.is_empty() {
             continue;
         }
-        let dir_path = root.join(OsStr::from_bytes(&rel_path(dirs, at)));
+        fn name_of(dir: &DirRun, entry: u32) -> &[u8] {
+            let listing = &dir.listing;
+            listing
+                .entries
+                .get(entry as usize)
+                .map_or(&b""[..], |(range, _)| listing.name(range))
+        }
+        let dir_path = root.join(OsStr::from_bytes(&rel_path(dirs, at, name_of)));
         let listing = &dirs[at].result.listing;
         for (i, source) in failed {
             let name = listing.name(&listing.entries[i as usize].0);
@@ -708,7 +741,7 @@ fn take_in_hashed(root: &Path, dirs: &mut [WalkedDir<DirRun>], errors: &mut Vec<
 /// listings of the changed directories only.
 fn index_changes(dirs: &mut [WalkedDir<DirRun>], taken_at: SystemTime, racy_margin: Duration) {
     for WalkedDir { result: dir, .. } in dirs {
-        if !dir.storable {
+        if !dir.storable || !dir.maybe_new_listing {
             continue;
         }
         let value = {
@@ -859,11 +892,8 @@ fn assemble(dirs: Vec<WalkedDir<DirRun>>) -> Manifest {
                 let known: Vec<Option<[u8; 32]>> =
                     dir.files.into_iter().map(FileState::sha256).collect();
                 len += known.iter().filter(|k| k.is_some()).count();
-                let mut listing = dir.listing;
-                // The manifest keeps the hashes in `known`.
-                listing.hashes = Vec::new();
                 ManifestDir {
-                    listing,
+                    listing: dir.listing,
                     known,
                     subdirs,
                 }

@@ -91,14 +91,13 @@ struct DirJob {
 
 /// One directory a walk visited, as [`walk`] returns it.
 ///
-/// It keeps its name and its parent's index, not its path: a chain of `n` nested directories
-/// then costs memory in proportion to `n`, not `n²` (see [`rel_path`] for the rare caller that
-/// needs a path after the walk).
+/// It keeps its parent's index and its entry there, not its path: a chain of `n` nested
+/// directories then costs memory in proportion to `n`, not `n²` (see [`rel_path`] for the rare
+/// caller that needs a path after the walk).
 pub(crate) struct WalkedDir<T> {
-    /// Its name (empty for the root).
-    pub name: Vec<u8>,
-    /// Its parent's index in the walk's result; `None` for the root only.
-    pub parent: Option<u32>,
+    /// Its parent's index in the walk's result and its entry index in the listing its parent
+    /// was visited with; `None` for the root only.
+    pub parent: Option<(u32, u32)>,
     /// Its subdirectories that were visited: (entry index in the listing it was visited with,
     /// index in the walk's result), by entry index. So the tree can be gone through in
     /// manifest order without looking a path up.
@@ -278,7 +277,6 @@ pub(crate) fn walk<'env, T: Send>(
                                 };
                                 let result = (visitor.visit)(visited, &spawner);
                                 found.push(WalkedDir {
-                                    name,
                                     parent: None,
                                     subdirs: Vec::new(),
                                     result,
@@ -324,13 +322,25 @@ fn linked<T>(
     for (at, (id, _)) in links.iter().enumerate() {
         position[*id] = at;
     }
+    // Each directory's subdirectories, counted first so that each list is allocated once.
+    let mut counts = vec![0u32; dirs.len()];
+    for (_, link) in &links {
+        if let Some(&at) = link.and_then(|(parent, _)| position.get(parent))
+            && let Some(count) = counts.get_mut(at)
+        {
+            *count += 1;
+        }
+    }
+    for (dir, count) in dirs.iter_mut().zip(counts) {
+        dir.subdirs.reserve_exact(count as usize);
+    }
     for (at, (_, link)) in links.into_iter().enumerate() {
         // A directory is queued only once its parent was listed, so its parent was visited.
         if let Some((parent, entry)) = link
             && let Some(parent_dir) = dirs.get_mut(position[parent])
         {
             parent_dir.subdirs.push((entry, at as u32));
-            dirs[at].parent = Some(position[parent] as u32);
+            dirs[at].parent = Some((position[parent] as u32, entry));
         }
     }
     for dir in &mut dirs {
@@ -341,15 +351,21 @@ fn linked<T>(
 
 /// The path relative to the root (`/`-separated; the root is empty) of the directory at index
 /// `at` of a walk's result, rebuilt from its ancestors' names (for error messages: a walked
-/// directory keeps no path).
-pub(crate) fn rel_path<T>(dirs: &[WalkedDir<T>], at: usize) -> Vec<u8> {
+/// directory keeps no path); `name_of(result, entry)` is the name of entry `entry` of the
+/// listing a directory was visited with.
+pub(crate) fn rel_path<'d, T>(
+    dirs: &'d [WalkedDir<T>],
+    at: usize,
+    name_of: impl Fn(&'d T, u32) -> &'d [u8],
+) -> Vec<u8> {
     let mut names = Vec::new();
-    let mut at = Some(at);
-    while let Some(dir) = at.and_then(|at| dirs.get(at)) {
-        if dir.parent.is_some() {
-            names.push(dir.name.as_slice());
-        }
-        at = dir.parent.map(|parent| parent as usize);
+    let mut at = at;
+    while let Some((parent, entry)) = dirs.get(at).and_then(|dir| dir.parent) {
+        let Some(parent_dir) = dirs.get(parent as usize) else {
+            break;
+        };
+        names.push(name_of(&parent_dir.result, entry));
+        at = parent as usize;
     }
     let mut path = Vec::new();
     for name in names.iter().rev() {

@@ -70,7 +70,14 @@ pub(crate) fn run(args: HashTreeArgs) -> Outcome {
         out.push(b'\n');
         stdout.write_all(&out).and_then(|()| stdout.flush())
     } else {
-        report.manifest.write_sha256sum_to(&mut stdout)
+        {
+            let t = std::time::Instant::now();
+            let r = report.manifest.write_sha256sum_to(&mut stdout);
+            if std::env::var_os("WS_TIMING").is_some() {
+                eprintln!("print {:?}", t.elapsed());
+            }
+            r
+        }
     };
     match written {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
