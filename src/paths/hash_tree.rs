@@ -55,7 +55,7 @@ use super::cache::recorded_hours;
 use super::error::{PathError, PathInputError, invalid_path};
 use super::exclude::Exclude;
 use super::listing::{Listed, Listing, listing_key};
-use super::manifest::{Manifest, ManifestDir, in_manifest_order, push_hex};
+use super::manifest::{FileState, Manifest, ManifestDir, in_manifest_order, push_hex};
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
 use super::tree_store::{
     PRODUCER, PRODUCER_FAMILY, cache_files, cached_listing, cached_sha256, encode_sha256_entry,
@@ -204,41 +204,13 @@ pub fn shard_path_for_root(canonical_root: &Path) -> Result<PathBuf> {
         .join(OsStr::from_bytes(&name)))
 }
 
-/// What the run knows of one entry of a directory's listing: the file's state, one per entry.
-#[derive(Clone, Copy, Debug)]
-enum FileState {
-    /// A subdirectory, or a file left out of the manifest: gone or no longer a regular file
-    /// since it was listed, or unreadable (its error is in the report).
-    Absent,
-    /// Queued for hashing: its task's result replaces this once the walk is over.
-    Stale,
-    /// Its hash, from a cache entry still valid for its stamp.
-    Cached([u8; 32]),
-    /// Its hash, read this run.
-    Hashed([u8; 32]),
-}
-
-// The manifest takes the states over as hashes in place (see `assemble`): same size and alignment.
-const _: () = assert!(
-    size_of::<FileState>() == size_of::<Option<[u8; 32]>>()
-        && align_of::<FileState>() == align_of::<Option<[u8; 32]>>()
-);
-
-impl FileState {
-    /// Its hash, if it has one (what the manifest keeps).
-    fn sha256(self) -> Option<[u8; 32]> {
-        match self {
-            FileState::Cached(sha256) | FileState::Hashed(sha256) => Some(sha256),
-            FileState::Absent | FileState::Stale => None,
-        }
-    }
-}
-
 /// One directory of a run: its plan (what the cache already knew), then what hashing it added.
 struct DirRun {
     listing: Listing,
-    /// Per entry of `listing`.
+    /// Per entry of `listing` (the manifest takes them over as they are).
     files: Vec<FileState>,
+    /// How many of `files` have a hash: the directory's lines in the manifest.
+    lines: usize,
     /// Its key in the cache (see `listing::dir_key`): its path relative to the root while that
     /// is at most 255 bytes long, a short hash otherwise, so keys stay bounded whatever the
     /// depth.
@@ -516,6 +488,10 @@ impl<'env> Run<'env> {
         }
         queue.flush();
         let hashing = queue.hashing;
+        let lines = files
+            .iter()
+            .filter(|f| matches!(f, FileState::Cached(_)))
+            .count();
 
         let planned = (covered + values.len()) as u64;
         let seen = self.seen.fetch_add(planned, Ordering::Relaxed) + planned;
@@ -523,6 +499,7 @@ impl<'env> Run<'env> {
         DirRun {
             listing,
             files,
+            lines,
             key: dir.key.to_vec(),
             read: dir.read,
             cached_entries,
@@ -696,6 +673,7 @@ fn take_in_hashed(
                     Ok(None) => {}
                     Ok(Some((stamp, sha256, range))) => {
                         *state = FileState::Hashed(sha256);
+                        dir.lines += 1;
                         dir.maybe_new_listing |=
                             !stamp.is_racy(run.taken_at, run.options.racy_margin);
                         if let Some((_, kind)) = dir.listing.entries.get_mut(i as usize) {
@@ -888,13 +866,10 @@ fn assemble(dirs: Vec<WalkedDir<DirRun>>) -> Manifest {
                  result: dir,
                  ..
              }| {
-                // Same layout: collected in place, no copy.
-                let known: Vec<Option<[u8; 32]>> =
-                    dir.files.into_iter().map(FileState::sha256).collect();
-                len += known.iter().filter(|k| k.is_some()).count();
+                len += dir.lines;
                 ManifestDir {
                     listing: dir.listing,
-                    known,
+                    files: dir.files,
                     subdirs,
                 }
             },

@@ -166,7 +166,7 @@ impl Listing {
                 b'd' => (Listed::Dir, false),
                 _ => return None,
             };
-            let end = after.iter().position(|&b| b == 0)?;
+            let end = find_nul(after)?;
             let name = &after[..end];
             if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
                 return None;
@@ -199,12 +199,31 @@ impl Listing {
     }
 }
 
+/// The position of the first NUL byte of `bytes`, eight bytes at a time (a cached listing is
+/// mostly names to scan for their ends).
+fn find_nul(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        // Exact for the lowest zero byte: no borrow reaches it from below.
+        let zeros = x.wrapping_sub(ONES) & !x & (ONES * 0x80);
+        if zeros != 0 {
+            return Some(at + zeros.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    let rest = chunks.remainder().iter().position(|&b| b == 0)?;
+    Some(at + rest)
+}
+
 /// The bytes of the names (with their NULs) and the number of entries of an encoded listing's
 /// body, so that decoding it allocates once; `None` if a record is cut short.
 fn sizes(mut body: &[u8]) -> Option<(usize, usize)> {
     let (mut names_len, mut count) = (0, 0);
     while let Some((&kind, after)) = body.split_first() {
-        let end = after.iter().position(|&b| b == 0)?;
+        let end = find_nul(after)?;
         let record = if kind == b'h' { RECORD_LEN } else { 0 };
         body = after.get(end + 1 + record..)?;
         names_len += end + 1;
@@ -278,6 +297,24 @@ fn manifest_order(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> std::cmp::Ord
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_nul_is_found_wherever_it_is() {
+        for len in 0..20 {
+            let plain: Vec<u8> = (0..len).map(|i| [1, 0x80, 0xff, b'a'][i % 4]).collect();
+            assert_eq!(find_nul(&plain), None);
+            for at in 0..len {
+                let mut bytes = plain.clone();
+                bytes[at] = 0;
+                // A second NUL after the first, and a 0x01 byte after it, change nothing.
+                if at + 2 < len {
+                    bytes[at + 1] = 1;
+                    bytes[at + 2] = 0;
+                }
+                assert_eq!(find_nul(&bytes), Some(at), "{bytes:?}");
+            }
+        }
+    }
 
     #[test]
     fn manifest_order_matches_sorting_full_paths() {

@@ -31,11 +31,37 @@ pub struct Manifest {
 #[derive(Clone, Debug, Default)]
 pub(super) struct ManifestDir {
     pub listing: Listing,
-    /// Per entry of `listing`, the file's hash (`None` for subdirectories and unreadable files).
-    pub known: Vec<Option<[u8; 32]>>,
+    /// Per entry of `listing`, what the run knows of it: a file's hash, or nothing (a
+    /// subdirectory, an unreadable file).
+    pub files: Vec<FileState>,
     /// Its listed subdirectories: (entry index, index in the manifest's directories), by entry
     /// index.
     pub subdirs: Vec<(u32, u32)>,
+}
+
+/// What a `hash-tree` run knows of one entry of a directory's listing: the file's state, one
+/// per entry. The manifest keeps the run's states as they are (no copy into another form).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum FileState {
+    /// A subdirectory, or a file left out of the manifest: gone or no longer a regular file
+    /// since it was listed, or unreadable (its error is in the report).
+    Absent,
+    /// Queued for hashing: its task's result replaces this once the walk is over.
+    Stale,
+    /// Its hash, from the cache, still valid for its stamp.
+    Cached([u8; 32]),
+    /// Its hash, read this run.
+    Hashed([u8; 32]),
+}
+
+impl FileState {
+    /// Its hash, if it has one (a line of the manifest).
+    pub fn sha256(&self) -> Option<&[u8; 32]> {
+        match self {
+            FileState::Cached(sha256) | FileState::Hashed(sha256) => Some(sha256),
+            FileState::Absent | FileState::Stale => None,
+        }
+    }
 }
 
 /// A run of one directory's entries, as the depth-first traversal hands it out: the directory's
@@ -43,6 +69,8 @@ pub(super) struct ManifestDir {
 struct Run<'p, 'm> {
     path: &'p [u8],
     escape_path: bool,
+    /// Whether any name of the directory needs escaping.
+    escape_names: bool,
     dir: &'m ManifestDir,
     entries: Range<usize>,
 }
@@ -53,7 +81,7 @@ impl Run<'_, '_> {
         let listing = &self.dir.listing;
         for i in self.entries.clone() {
             if let (Some(sha256), Some((range, _))) = (
-                self.dir.known.get(i).and_then(Option::as_ref),
+                self.dir.files.get(i).and_then(FileState::sha256),
                 listing.entries.get(i),
             ) {
                 f(ManifestLine {
@@ -68,7 +96,11 @@ impl Run<'_, '_> {
     /// Appends the `sha256sum` lines of the run's files.
     fn write_lines(&self, out: &mut Vec<u8>) {
         self.for_each_line(|line| {
-            push_line(out, line.dir, self.escape_path, line.name, line.sha256);
+            let escape = Escape {
+                dir: self.escape_path,
+                names: self.escape_names,
+            };
+            push_line(out, line.dir, escape, line.name, line.sha256);
         });
     }
 }
@@ -130,13 +162,11 @@ impl Manifest {
                 if written.is_err() {
                     return;
                 }
-                push_line(
-                    &mut buffer,
-                    line.dir,
-                    run.escape_path,
-                    line.name,
-                    line.sha256,
-                );
+                let escape = Escape {
+                    dir: run.escape_path,
+                    names: run.escape_names,
+                };
+                push_line(&mut buffer, line.dir, escape, line.name, line.sha256);
                 if buffer.len() >= CHUNK {
                     written = out.write_all(&buffer);
                     buffer.clear();
@@ -161,6 +191,8 @@ impl Manifest {
             next: usize,
             path_len: usize,
             escape: bool,
+            /// Whether any of its names needs escaping: one scan of its names per directory.
+            escape_names: bool,
         }
         if self.dirs.is_empty() {
             return;
@@ -172,6 +204,7 @@ impl Manifest {
             next: 0,
             path_len: 0,
             escape: false,
+            escape_names: needs_escape(&self.dirs[0].listing.names),
         }];
         while let Some(frame) = stack.pop() {
             let dir = &self.dirs[frame.dir];
@@ -185,6 +218,7 @@ impl Manifest {
             f(&Run {
                 path: &path,
                 escape_path: frame.escape,
+                escape_names: frame.escape_names,
                 dir,
                 entries: frame.start.min(end)..end,
             });
@@ -207,6 +241,10 @@ impl Manifest {
                 next: 0,
                 path_len: path.len(),
                 escape: frame.escape || needs_escape(name),
+                escape_names: self
+                    .dirs
+                    .get(child)
+                    .is_some_and(|child| needs_escape(&child.listing.names)),
             });
         }
     }
@@ -254,13 +292,11 @@ impl<'a> ManifestLine<'a> {
     /// a backslash, newline or carriage return, a leading `\` with those escaped as `\\`, `\n`,
     /// `\r`.
     pub fn write_sha256sum(&self, out: &mut Vec<u8>) {
-        push_line(
-            out,
-            self.dir,
-            needs_escape(self.dir),
-            self.name,
-            self.sha256,
-        );
+        let escape = Escape {
+            dir: needs_escape(self.dir),
+            names: true,
+        };
+        push_line(out, self.dir, escape, self.name, self.sha256);
     }
 
     /// The SHA-256 as 64 lowercase hex digits.
@@ -273,20 +309,43 @@ impl<'a> ManifestLine<'a> {
 
 /// Whether GNU `sha256sum` escapes a path holding these bytes.
 fn needs_escape(bytes: &[u8]) -> bool {
-    // No early exit, so the scan vectorizes: names are short and almost never escaped.
-    bytes.iter().fold(false, |found, &b| {
-        found | (b == b'\\') | (b == b'\n') | (b == b'\r')
-    })
+    // Eight bytes at a time: a byte equal to `b` makes `x ^ b` hold a zero byte, which
+    // `(y - 0x01..) & !y & 0x80..` finds (exactly, as a whole: no false positive or negative).
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    let holds = |x: u64, b: u8| {
+        let y = x ^ (ONES * u64::from(b));
+        y.wrapping_sub(ONES) & !y & (ONES * 0x80) != 0
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let x = u64::from_ne_bytes(chunk.try_into().unwrap_or_default());
+        if holds(x, b'\\') | holds(x, b'\n') | holds(x, b'\r') {
+            return true;
+        }
+    }
+    (chunks.remainder().iter()).any(|&b| matches!(b, b'\\' | b'\n' | b'\r'))
+}
+
+/// Whether a line's path may need escaping: its directory's path does, or some names may (then
+/// the file's own name decides).
+#[derive(Clone, Copy)]
+struct Escape {
+    dir: bool,
+    names: bool,
 }
 
 /// Appends the `sha256sum` line of the file `name` in directory `dir` (`""` for the root);
-/// `escape_dir` is `needs_escape(dir)`, computed once per directory by the caller.
-fn push_line(out: &mut Vec<u8>, dir: &[u8], escape_dir: bool, name: &[u8], sha256: &[u8; 32]) {
+/// `escape` is computed once per directory by the caller.
+fn push_line(out: &mut Vec<u8>, dir: &[u8], escape: Escape, name: &[u8], sha256: &[u8; 32]) {
     if dir.is_empty() && name == b"-" {
         // `sha256sum -c` reads standard input for a line naming `-`: name the file `./-`.
-        return push_line(out, b".", false, name, sha256);
+        let escape = Escape {
+            dir: false,
+            names: false,
+        };
+        return push_line(out, b".", escape, name, sha256);
     }
-    if escape_dir || needs_escape(name) {
+    if escape.dir || (escape.names && needs_escape(name)) {
         push_escaped_line(out, dir, name, sha256);
         return;
     }
@@ -408,6 +467,24 @@ mod tests {
         }
         out.push(b'\n');
         out
+    }
+
+    #[test]
+    fn an_escaped_byte_is_found_at_any_position_and_nothing_else_is() {
+        for len in 0..20 {
+            // Neighbours of the escaped bytes, and bytes whose high bit is set.
+            let plain: Vec<u8> = (0..len)
+                .map(|i| [b'[', b']', 0x0c, 0x0e, 0x0b, 0xdc, 0x8a, b'a'][i % 8])
+                .collect();
+            assert!(!needs_escape(&plain), "{plain:?}");
+            for at in 0..len {
+                for special in [b'\\', b'\n', b'\r'] {
+                    let mut bytes = plain.clone();
+                    bytes[at] = special;
+                    assert!(needs_escape(&bytes), "{bytes:?}");
+                }
+            }
+        }
     }
 
     #[test]
