@@ -840,3 +840,41 @@ fn a_cache_of_an_earlier_layout_is_rebuilt_not_refused() {
         assert_eq!(hash_tree(&root, &shard).hashed, 0, "{producer}");
     }
 }
+
+#[test]
+fn a_few_files_changed_in_a_large_directory_do_not_rewrite_its_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("big");
+    std::fs::create_dir(&root).unwrap();
+    for i in 0..100 {
+        std::fs::write(root.join(format!("f{i:03}")), format!("{i}")).unwrap();
+    }
+    let shard = tmp.path().join("big.shard");
+    settle();
+    assert_eq!(hash_tree(&root, &shard).hashed, 100);
+    let listing = || {
+        let options = warmshard::Options::new().producer(TREE_CACHE_PRODUCER);
+        let cache = warmshard::Shard::open_with(&shard, options).unwrap();
+        cache.snapshot().get(b"\0").unwrap().to_vec()
+    };
+    let before = listing();
+    // Changed in place (the directory's stamp stays): answered by their own entries, and the
+    // listing, large, is left as it is.
+    for i in 0..3 {
+        std::fs::write(root.join(format!("f{i:03}")), "changed").unwrap();
+    }
+    settle();
+    let partial = hash_tree(&root, &shard);
+    assert_eq!(partial.hashed, 3);
+    assert_eq!(partial.manifest, sha256sum_manifest(&root));
+    assert!(listing() == before, "the listing was stored again");
+    assert_eq!(hash_tree(&root, &shard).hashed, 0);
+    // Once a quarter of its files are not answered by it, the listing is stored again.
+    for i in 0..25 {
+        std::fs::write(root.join(format!("f{i:03}")), "changed again").unwrap();
+    }
+    settle();
+    assert_eq!(hash_tree(&root, &shard).hashed, 25);
+    assert!(listing() != before, "the listing was not stored again");
+    assert_eq!(hash_tree(&root, &shard).hashed, 0);
+}

@@ -713,10 +713,11 @@ fn take_in_hashed(
 
 /// Encodes the listing to store of each directory that needs one, with its files' stamps and
 /// hashes (the per-directory stamp index that lets the next run answer an unchanged file by a
-/// sequential compare): a directory read this run, or one with a file whose hash its cached
-/// listing did not hold although it could (hashed this run, or answered by its own entry, under
-/// a stamp that is not racy). So a warm run stores nothing, and a run after a change stores the
-/// listings of the changed directories only.
+/// sequential compare): a directory read this run, or one where at least a quarter of the files
+/// have a hash its cached listing did not hold although it could (hashed this run, or answered
+/// by its own entry, under a stamp that is not racy); the other files it no longer answers are
+/// answered by their own entries. So a warm run stores nothing, and a run after a change stores
+/// the listings of the directories it changed much only.
 fn index_changes(dirs: &mut [WalkedDir<DirRun>], taken_at: SystemTime, racy_margin: Duration) {
     for WalkedDir { result: dir, .. } in dirs {
         if !dir.storable || !dir.maybe_new_listing {
@@ -735,9 +736,17 @@ fn index_changes(dirs: &mut [WalkedDir<DirRun>], taken_at: SystemTime, racy_marg
                 (!stamp.is_racy(taken_at, racy_margin)).then_some((stamp, sha256))
             };
             let uncovered = |i: usize| dir.listing.hashes.get(i).is_none_or(Option::is_none);
-            let stale =
-                (0..dir.listing.entries.len()).any(|i| uncovered(i) && keepable(i).is_some());
-            if !dir.read && !stale {
+            let stale = (0..dir.listing.entries.len())
+                .filter(|&i| uncovered(i) && keepable(i).is_some())
+                .count();
+            let files = (dir.listing.entries.iter())
+                .filter(|(_, kind)| matches!(kind, Listed::File(_)))
+                .count();
+            // An unread directory's listing is stored again only once a quarter of its files
+            // are answered by their own entries: a few files changed in a large directory
+            // would otherwise rewrite its whole listing on every partial run (and a write past
+            // the delta limit rewrites the whole shard).
+            if !dir.read && (stale == 0 || stale * 4 < files) {
                 continue;
             }
             match &dir.unfiltered {
