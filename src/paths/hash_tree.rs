@@ -55,7 +55,9 @@ use super::cache::recorded_hours;
 use super::error::{PathError, PathInputError, invalid_path};
 use super::exclude::Exclude;
 use super::listing::{Listed, Listing, listing_key};
-use super::manifest::{FileState, Manifest, ManifestDir, in_manifest_order, push_hex};
+use super::manifest::{
+    FileState, Manifest, ManifestDir, in_manifest_order, names_need_escape, push_hex,
+};
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
 use super::tree_store::{
     PRODUCER, PRODUCER_FAMILY, cache_files, cached_listing, cached_sha256, encode_sha256_entry,
@@ -211,6 +213,8 @@ struct DirRun {
     files: Vec<FileState>,
     /// How many of `files` have a hash: the directory's lines in the manifest.
     lines: usize,
+    /// Whether any of its names needs escaping in the manifest (see `manifest.rs`).
+    escape_names: bool,
     /// Its key in the cache (see `listing::dir_key`): its path relative to the root while that
     /// is at most 255 bytes long, a short hash otherwise, so keys stay bounded whatever the
     /// depth.
@@ -497,6 +501,7 @@ impl<'env> Run<'env> {
         let seen = self.seen.fetch_add(planned, Ordering::Relaxed) + planned;
         self.report_progress(seen);
         DirRun {
+            escape_names: names_need_escape(&listing),
             listing,
             files,
             lines,
@@ -877,6 +882,7 @@ fn assemble(dirs: Vec<WalkedDir<DirRun>>) -> Manifest {
              }| {
                 len += dir.lines;
                 ManifestDir {
+                    escape_names: dir.escape_names,
                     listing: dir.listing,
                     files: dir.files,
                     subdirs,

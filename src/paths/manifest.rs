@@ -37,6 +37,9 @@ pub(super) struct ManifestDir {
     /// Its listed subdirectories: (entry index, index in the manifest's directories), by entry
     /// index.
     pub subdirs: Vec<(u32, u32)>,
+    /// Whether any of its names needs escaping ([`names_need_escape`], taken on the worker that
+    /// planned it rather than on the thread that prints).
+    pub escape_names: bool,
 }
 
 /// What a `hash-tree` run knows of one entry of a directory's listing: the file's state, one
@@ -204,7 +207,7 @@ impl Manifest {
             next: 0,
             path_len: 0,
             escape: false,
-            escape_names: needs_escape(&self.dirs[0].listing.names),
+            escape_names: self.dirs[0].escape_names,
         }];
         while let Some(frame) = stack.pop() {
             let dir = &self.dirs[frame.dir];
@@ -241,10 +244,7 @@ impl Manifest {
                 next: 0,
                 path_len: path.len(),
                 escape: frame.escape || needs_escape(name),
-                escape_names: self
-                    .dirs
-                    .get(child)
-                    .is_some_and(|child| needs_escape(&child.listing.names)),
+                escape_names: self.dirs.get(child).is_some_and(|c| c.escape_names),
             });
         }
     }
@@ -324,6 +324,11 @@ fn needs_escape(bytes: &[u8]) -> bool {
         }
     }
     (chunks.remainder().iter()).any(|&b| matches!(b, b'\\' | b'\n' | b'\r'))
+}
+
+/// Whether any name of `listing` needs escaping in a `sha256sum` line.
+pub(super) fn names_need_escape(listing: &Listing) -> bool {
+    needs_escape(&listing.names)
 }
 
 /// Whether a line's path may need escaping: its directory's path does, or some names may (then
@@ -484,6 +489,17 @@ mod tests {
                     assert!(needs_escape(&bytes), "{bytes:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_byte_value_is_written_as_two_lowercase_hex_digits() {
+        for first in (0..=255u8).step_by(32) {
+            let bytes: [u8; 32] = std::array::from_fn(|i| first + i as u8);
+            let mut out = Vec::new();
+            push_hex(&mut out, &bytes);
+            let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
         }
     }
 
