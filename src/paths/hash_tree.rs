@@ -235,9 +235,10 @@ struct DirRun {
     /// Its listing to store in the cache, with its files' stamps and hashes (see
     /// [`index_changes`]).
     new_listing: Option<Vec<u8>>,
-    /// Whether its listing may need storing again (see [`index_changes`]): read this run, or a
-    /// file answered by its own entry under a stamp that is not racy; hashing sets it too.
-    maybe_new_listing: bool,
+    /// How many of its files its cached listing did not answer although it could next time
+    /// (answered by their own entry, or hashed, under a stamp that is not racy): see
+    /// [`index_changes`].
+    uncovered_keepable: usize,
     /// What its hashing tasks return, while the walk goes on; none if it queued no task.
     hashing: Option<Arc<Mutex<Vec<HashedBatch>>>>,
     /// The new cache values of its files hashed this run whose entry changed, each encoded once:
@@ -421,14 +422,20 @@ impl<'env> Run<'env> {
             && !dir.stamp.is_racy(self.taken_at, self.options.racy_margin);
 
         let mut queue = Batcher::new(dir.handle, self, spawner);
-        let mut maybe_new_listing = dir.read;
-        let mut files = Vec::with_capacity(listing.entries.len());
+        // The files the cached listing answered start as cached, the others as absent; the
+        // listing's hashes become the states in place (same layout), so a warm directory
+        // allocates nothing more for them.
+        let hashes = std::mem::take(&mut listing.hashes);
+        let mut files: Vec<FileState> = if hashes.len() == listing.entries.len() {
+            (hashes.into_iter())
+                .map(|hash| hash.map_or(FileState::Absent, FileState::Cached))
+                .collect()
+        } else {
+            vec![FileState::Absent; listing.entries.len()]
+        };
         let mut file_values = values.iter();
-        let Listing {
-            names,
-            entries,
-            hashes,
-        } = &mut listing;
+        let mut uncovered_keepable = 0;
+        let Listing { names, entries, .. } = &mut listing;
         // Only files stamped or hashed here need their name as a C string.
         let c_name = |range: &Range<u32>| {
             let name = names.get(range.start as usize..=range.end as usize)?;
@@ -436,17 +443,14 @@ impl<'env> Run<'env> {
         };
         for (i, (range, kind)) in entries.iter_mut().enumerate() {
             let Listed::File(stamp) = kind else {
-                files.push(FileState::Absent);
                 continue;
             };
-            if let Some(sha256) = hashes.get(i).copied().flatten() {
-                files.push(FileState::Cached(sha256));
-                continue;
+            if let Some(FileState::Cached(_)) = files.get(i) {
+                continue; // answered by the cached listing
             }
             let old_value = file_values.next().copied().flatten();
             if old_value.is_some() && stamp.is_none() {
                 let Some(name) = c_name(range) else {
-                    files.push(FileState::Absent);
                     continue;
                 };
                 // Known to the cache but not stamped by the walk: stamp it now. (A file the
@@ -455,7 +459,6 @@ impl<'env> Run<'env> {
                     Ok(Some(fresh)) => *stamp = Some(fresh),
                     // Gone, or no longer a regular file, since the directory was read.
                     Ok(None) => {
-                        files.push(FileState::Absent);
                         continue;
                     }
                     Err(e) => {
@@ -464,7 +467,6 @@ impl<'env> Run<'env> {
                             values: Vec::new(),
                             results: vec![result],
                         });
-                        files.push(FileState::Absent);
                         continue;
                     }
                 }
@@ -474,15 +476,16 @@ impl<'env> Run<'env> {
                 .and_then(|(value, stamp)| Some((cached_sha256(value, stamp)?, stamp)))
             {
                 // Its directory's listing could answer it next time.
-                maybe_new_listing |= !stamp.is_racy(self.taken_at, self.options.racy_margin);
-                files.push(FileState::Cached(sha256));
+                if !stamp.is_racy(self.taken_at, self.options.racy_margin) {
+                    uncovered_keepable += 1;
+                }
+                files[i] = FileState::Cached(sha256);
                 continue;
             }
             let Some(name) = c_name(range) else {
-                files.push(FileState::Absent);
                 continue;
             };
-            files.push(FileState::Stale);
+            files[i] = FileState::Stale;
             queue.push(ToHash {
                 index: i as u32,
                 name: name.to_owned(),
@@ -512,7 +515,7 @@ impl<'env> Run<'env> {
             storable,
             unfiltered: dir.unfiltered,
             new_listing: None,
-            maybe_new_listing,
+            uncovered_keepable,
             hashing,
             new_values: Vec::new(),
             values: Vec::new(),
@@ -679,8 +682,9 @@ fn take_in_hashed(
                     Ok(Some((stamp, sha256, range))) => {
                         *state = FileState::Hashed(sha256);
                         dir.lines += 1;
-                        dir.maybe_new_listing |=
-                            !stamp.is_racy(run.taken_at, run.options.racy_margin);
+                        if !stamp.is_racy(run.taken_at, run.options.racy_margin) {
+                            dir.uncovered_keepable += 1;
+                        }
                         if let Some((_, kind)) = dir.listing.entries.get_mut(i as usize) {
                             *kind = Listed::File(Some(stamp));
                         }
@@ -725,7 +729,17 @@ fn take_in_hashed(
 /// the listings of the directories it changed much only.
 fn index_changes(dirs: &mut [WalkedDir<DirRun>], taken_at: SystemTime, racy_margin: Duration) {
     for WalkedDir { result: dir, .. } in dirs {
-        if !dir.storable || !dir.maybe_new_listing {
+        let files = || {
+            (dir.listing.entries.iter())
+                .filter(|(_, kind)| matches!(kind, Listed::File(_)))
+                .count()
+        };
+        // An unread directory's listing is stored again only once a quarter of its files are
+        // answered by their own entries: a few files changed in a large directory would
+        // otherwise rewrite its whole listing on every partial run (and a write past the delta
+        // limit rewrites the whole shard).
+        let stale = dir.uncovered_keepable;
+        if !dir.storable || (!dir.read && (stale == 0 || stale * 4 < files())) {
             continue;
         }
         let value = {
@@ -740,20 +754,6 @@ fn index_changes(dirs: &mut [WalkedDir<DirRun>], taken_at: SystemTime, racy_marg
                 };
                 (!stamp.is_racy(taken_at, racy_margin)).then_some((stamp, sha256))
             };
-            let uncovered = |i: usize| dir.listing.hashes.get(i).is_none_or(Option::is_none);
-            let stale = (0..dir.listing.entries.len())
-                .filter(|&i| uncovered(i) && keepable(i).is_some())
-                .count();
-            let files = (dir.listing.entries.iter())
-                .filter(|(_, kind)| matches!(kind, Listed::File(_)))
-                .count();
-            // An unread directory's listing is stored again only once a quarter of its files
-            // are answered by their own entries: a few files changed in a large directory
-            // would otherwise rewrite its whole listing on every partial run (and a write past
-            // the delta limit rewrites the whole shard).
-            if !dir.read && (stale == 0 || stale * 4 < files) {
-                continue;
-            }
             match &dir.unfiltered {
                 None => dir.listing.encode_with_hashes(&dir.stamp, keepable),
                 Some(whole) => {
@@ -832,14 +832,14 @@ fn persist(run: &Run<'_>, shard: &Shard, dirs: &[WalkedDir<DirRun>]) -> Result<W
                         // Answered by its directory's cached listing, whose record holds all
                         // the entry would: write the entry again, so that the count of entries
                         // still holds next run.
-                        let sha256 = dir.listing.hashes.get(i).copied().flatten()?;
+                        let sha256 = dir.files.get(i)?.sha256()?;
                         let (_, Listed::File(Some(stamp))) = dir.listing.entries.get(i)? else {
                             return None;
                         };
                         encode_sha256_entry(
                             &mut rebuilt,
                             stamp,
-                            &sha256,
+                            sha256,
                             run.taken_at,
                             run.options.racy_margin,
                             run.hours,
