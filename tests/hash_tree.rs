@@ -508,10 +508,13 @@ fn deep_paths_under_a_wide_directory_are_all_listed() {
         let report = hash_tree_lib(&root, &shard);
         assert!(report.errors.is_empty(), "{run}: {:?}", report.errors);
         assert_eq!(report.files, 300, "{run}");
-        for (i, line) in report.manifest.iter().enumerate() {
+        let mut i = 0;
+        report.manifest.for_each(|line| {
             assert!(line.path().len() > 4096 + 300);
             assert_eq!(line.hex(), sha_of(format!("{i}").as_bytes()), "{run}");
-        }
+            i += 1;
+        });
+        assert_eq!(i, 300, "{run}");
     }
 }
 
@@ -777,4 +780,101 @@ fn an_unreadable_file_is_left_out_and_named_with_its_full_path() {
     // The library's errors are typed: the path, and the OS error.
     let _typed: fn(&warmshard::paths::PathError) -> (&Path, Option<i32>) =
         |e| (e.path(), e.raw_os_error());
+}
+
+/// Producer string of this version's tree caches (part of the layout: see `tree_store.rs`).
+const TREE_CACHE_PRODUCER: &str = "warmshard hash-tree 2";
+
+#[test]
+fn unchanged_files_are_answered_by_their_directory_s_listing_without_their_own_entries() {
+    let (_tmp, root, shard) = tree(100);
+    settle();
+    assert_eq!(hash_tree(&root, &shard).hashed, 100);
+    // Keep only the directories' listings (keys starting with NUL): every file's own entry goes.
+    let options = warmshard::Options::new()
+        .producer(TREE_CACHE_PRODUCER)
+        .durable(false);
+    let cache = warmshard::Shard::open_with(&shard, options).unwrap();
+    let listings: Vec<(Vec<u8>, Vec<u8>)> = cache
+        .snapshot()
+        .iter()
+        .filter(|(key, _)| key.first() == Some(&0))
+        .map(|(key, value)| (key.to_vec(), value.to_vec()))
+        .collect();
+    assert_eq!(listings.len(), 8, "root and d0..d6");
+    cache.replace_all(listings).unwrap();
+    // Each listing holds its files' stamps and hashes: nothing is read again...
+    let warm = hash_tree(&root, &shard);
+    assert_eq!(warm.hashed, 0);
+    assert_eq!(warm.manifest, sha256sum_manifest(&root));
+    // ...and the files' own entries are written back, for the readers of file entries.
+    let view = PathCache::open(&shard, warmshard::Options::new()).unwrap();
+    let file_keys = view.view().snapshot().keys().filter(|k| k[0] != 0).count();
+    assert_eq!(file_keys, 100);
+    assert!(view.view().entry(b"d3/f3.txt").is_some());
+    // A file changed without its directory changing is not answered by the stale record.
+    std::fs::write(root.join("d3/f3.txt"), "changed in place").unwrap();
+    settle();
+    let partial = hash_tree(&root, &shard);
+    assert_eq!(partial.hashed, 1);
+    assert_eq!(partial.manifest, sha256sum_manifest(&root));
+    assert_eq!(hash_tree(&root, &shard).hashed, 0);
+}
+
+#[test]
+fn a_cache_of_an_earlier_layout_is_rebuilt_not_refused() {
+    for producer in ["warmshard hash-tree 1", "warmshard hash-tree 0"] {
+        let (_tmp, root, shard) = tree(20);
+        settle();
+        std::fs::create_dir_all(shard.parent().unwrap()).unwrap();
+        let options = warmshard::Options::new().producer(producer).durable(false);
+        let old = warmshard::Shard::open_with(&shard, options).unwrap();
+        old.put_one(b"\0", b"L1 a listing of another layout")
+            .unwrap();
+        old.put_one(b"d0/f0.txt", b"an entry of another layout")
+            .unwrap();
+        drop(old);
+        let cold = hash_tree(&root, &shard);
+        assert_eq!((cold.files, cold.hashed), (20, 20), "{producer}");
+        assert_eq!(cold.manifest, sha256sum_manifest(&root), "{producer}");
+        assert_eq!(hash_tree(&root, &shard).hashed, 0, "{producer}");
+    }
+}
+
+#[test]
+fn a_few_files_changed_in_a_large_directory_do_not_rewrite_its_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("big");
+    std::fs::create_dir(&root).unwrap();
+    for i in 0..100 {
+        std::fs::write(root.join(format!("f{i:03}")), format!("{i}")).unwrap();
+    }
+    let shard = tmp.path().join("big.shard");
+    settle();
+    assert_eq!(hash_tree(&root, &shard).hashed, 100);
+    let listing = || {
+        let options = warmshard::Options::new().producer(TREE_CACHE_PRODUCER);
+        let cache = warmshard::Shard::open_with(&shard, options).unwrap();
+        cache.snapshot().get(b"\0").unwrap().to_vec()
+    };
+    let before = listing();
+    // Changed in place (the directory's stamp stays): answered by their own entries, and the
+    // listing, large, is left as it is.
+    for i in 0..3 {
+        std::fs::write(root.join(format!("f{i:03}")), "changed").unwrap();
+    }
+    settle();
+    let partial = hash_tree(&root, &shard);
+    assert_eq!(partial.hashed, 3);
+    assert_eq!(partial.manifest, sha256sum_manifest(&root));
+    assert!(listing() == before, "the listing was stored again");
+    assert_eq!(hash_tree(&root, &shard).hashed, 0);
+    // Once a quarter of its files are not answered by it, the listing is stored again.
+    for i in 0..25 {
+        std::fs::write(root.join(format!("f{i:03}")), "changed again").unwrap();
+    }
+    settle();
+    assert_eq!(hash_tree(&root, &shard).hashed, 25);
+    assert!(listing() != before, "the listing was not stored again");
+    assert_eq!(hash_tree(&root, &shard).hashed, 0);
 }

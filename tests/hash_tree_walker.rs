@@ -62,11 +62,10 @@ fn a_walk_after_hash_tree_reads_nothing_and_agrees_with_its_manifest() {
         "{stats:?}"
     );
     assert_eq!(stats.hashes_cached, 41);
-    let manifest: Vec<_> = report
+    let mut manifest = Vec::new();
+    report
         .manifest
-        .iter()
-        .map(|line| (line.path().into_owned(), *line.sha256))
-        .collect();
+        .for_each(|line| manifest.push((line.path().into_owned(), *line.sha256)));
     let walked: Vec<_> = found
         .iter()
         .map(|(path, hash)| (path.as_os_str().as_encoded_bytes().to_vec(), *hash))

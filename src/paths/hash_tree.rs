@@ -4,26 +4,36 @@
 //! The cache shard holds one [`PathCache`](super::PathCache) entry per regular file, keyed by its
 //! path relative to the root, with a `sha256` dimension, and one cached listing per directory
 //! (keyed by a NUL byte and the directory's path; a directory whose path passes 255 bytes is
-//! keyed by a short hash instead, so deep trees do not cost depth squared; see `listing.rs`). The
-//! keys and values are `tree_store.rs`'s, shared with [`TreeCache`](super::TreeCache).
+//! keyed by a short hash instead, so deep trees do not cost depth squared; see `listing.rs`)
+//! holding each of its files' stamp and hash too — a per-directory stamp index. The keys and
+//! values are `tree_store.rs`'s, shared with [`TreeCache`](super::TreeCache).
 //!
 //! A run has four parts, each with one job:
 //!
 //! 1. **Plan a directory** ([`Run::plan_dir`], called by the parallel walk for each directory,
-//!    whose listing it reuses from the cache while the directory's stamp is unchanged): look
-//!    every file up in the cache in one batch; a file the cache knows is stamped (`lstat`
-//!    relative to its directory's handle) and, while its entry holds for that stamp, answered
-//!    without being read. Each file's state is one [`FileState`].
+//!    whose listing it reuses from the cache while the directory's stamp is unchanged): a file
+//!    whose fresh stamp (`lstat` relative to its directory's handle, taken by the walk) is the
+//!    one its directory's cached listing holds is answered from that listing, by a sequential
+//!    compare; the other files are looked up in the cache in one batch, and a file the cache
+//!    knows is stamped and, while its entry holds for that stamp, answered without being read.
+//!    Each file's state is one [`FileState`].
 //! 2. **Hash what is stale** ([`Run::hash_batch`]): the stale files of a directory are queued as
 //!    tasks (a few small files or one large one each) for the walk's own workers, so walking and
 //!    hashing overlap. A task opens each file relative to the directory's handle, stamps it by
 //!    `fstat` once open (a file the cache did not know costs one path lookup, not two), streams
 //!    it through a fixed buffer per thread, and encodes its new cache entry once, kept only if
 //!    it differs from the cache's.
-//! 3. **Persist the changes** ([`persist`]): the shard is rewritten only if an entry changed or
-//!    a file or directory disappeared, with the values encoded in step 2.
+//! 3. **Persist the changes** ([`index_changes`], [`persist`]): the listing of a directory read
+//!    this run, or with a file its cached listing did not answer, is encoded with its files'
+//!    stamps and hashes; the shard is rewritten only if an entry changed or a file or directory
+//!    disappeared, with the values encoded in step 2.
 //! 4. **Print the manifest** ([`assemble`]): the [`Manifest`] keeps the walk's listings and is
-//!    printed straight from them, in order, with no path copied.
+//!    printed straight from them, in order, each directory's path built in one buffer on the
+//!    way down.
+//!
+//! No part keeps a directory's path: the walk hands each directory its parent's index and its
+//! name, and its cache key is its path only while that is short. So memory grows with the tree
+//! (its names and files), not with the square of its depth.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io::Read;
@@ -45,13 +55,17 @@ use super::cache::recorded_hours;
 use super::error::{PathError, PathInputError, invalid_path};
 use super::exclude::Exclude;
 use super::listing::{Listed, Listing, listing_key};
-use super::manifest::{Manifest, ManifestDir, in_manifest_order, push_hex};
+use super::manifest::{
+    FileState, Manifest, ManifestDir, in_manifest_order, names_need_escape, push_hex,
+};
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
 use super::tree_store::{
-    PRODUCER, cache_files, cached_listing, cached_sha256, encode_sha256_entry, file_key,
-    listing_value, push_file_key,
+    PRODUCER, PRODUCER_FAMILY, cache_files, cached_listing, cached_sha256, encode_sha256_entry,
+    file_key, push_file_key,
 };
-use super::walk::{Spawner, VisitedDir, Visitor, WalkedDir, stamp_file_at, visit_fn, walk};
+use super::walk::{
+    Spawner, VisitedDir, Visitor, WalkedDir, rel_path, stamp_file_at, visit_fn, walk,
+};
 use crate::{BulkMode, Error, Health, Options, Result, Shard, Snapshot, WriteOutcome};
 
 /// Length of each hashing thread's read buffer.
@@ -192,52 +206,41 @@ pub fn shard_path_for_root(canonical_root: &Path) -> Result<PathBuf> {
         .join(OsStr::from_bytes(&name)))
 }
 
-/// What the run knows of one entry of a directory's listing: the file's state, one per entry.
-#[derive(Clone, Copy, Debug)]
-enum FileState {
-    /// A subdirectory, or a file left out of the manifest: gone or no longer a regular file
-    /// since it was listed, or unreadable (its error is in the report).
-    Absent,
-    /// Queued for hashing: its task's result replaces this once the walk is over.
-    Stale,
-    /// Its hash, from a cache entry still valid for its stamp.
-    Cached([u8; 32]),
-    /// Its hash, read this run.
-    Hashed([u8; 32]),
-}
-
-// The manifest takes the states over as hashes in place (see `assemble`): same size and alignment.
-const _: () = assert!(
-    size_of::<FileState>() == size_of::<Option<[u8; 32]>>()
-        && align_of::<FileState>() == align_of::<Option<[u8; 32]>>()
-);
-
-impl FileState {
-    /// Its hash, if it has one (what the manifest keeps).
-    fn sha256(self) -> Option<[u8; 32]> {
-        match self {
-            FileState::Cached(sha256) | FileState::Hashed(sha256) => Some(sha256),
-            FileState::Absent | FileState::Stale => None,
-        }
-    }
-}
-
 /// One directory of a run: its plan (what the cache already knew), then what hashing it added.
 struct DirRun {
     listing: Listing,
-    /// Per entry of `listing`.
+    /// Per entry of `listing` (the manifest takes them over as they are).
     files: Vec<FileState>,
-    /// Its key in the cache when that is not its path (see `listing::dir_key`).
-    long_key: Option<Vec<u8>>,
+    /// How many of `files` have a hash: the directory's lines in the manifest.
+    lines: usize,
+    /// Whether any of its names needs escaping in the manifest (see `manifest.rs`).
+    escape_names: bool,
+    /// Its key in the cache (see `listing::dir_key`): its path relative to the root while that
+    /// is at most 255 bytes long, a short hash otherwise, so keys stay bounded whatever the
+    /// depth.
+    key: Vec<u8>,
     /// Whether its entries were read this run (rather than taken from the cache).
     read: bool,
     /// How many of its entries the cache holds (its files' and its listing, valid or not): the
-    /// run tells from their sum whether something vanished.
+    /// run tells from their sum whether something vanished. A file whose hash the cached
+    /// listing answered counts without a lookup: `hash_tree` writes its entry with that record
+    /// (and `persist` writes it again should it be missing).
     cached_entries: usize,
-    /// Its listing to store in the cache: read this run, cacheable, and not racy.
+    /// What its listing is stored from: its stamp, whether it may be stored at all (cacheable,
+    /// listing cache on, stamp not racy), and the whole listing when exclusions took entries
+    /// out of `listing`.
+    stamp: Stamp,
+    storable: bool,
+    unfiltered: Option<Listing>,
+    /// Its listing to store in the cache, with its files' stamps and hashes (see
+    /// [`index_changes`]).
     new_listing: Option<Vec<u8>>,
-    /// What its hashing tasks return, while the walk goes on.
-    hashing: Arc<Mutex<Vec<HashedBatch>>>,
+    /// How many of its files its cached listing did not answer although it could next time
+    /// (answered by their own entry, or hashed, under a stamp that is not racy): see
+    /// [`index_changes`].
+    uncovered_keepable: usize,
+    /// What its hashing tasks return, while the walk goes on; none if it queued no task.
+    hashing: Option<Arc<Mutex<Vec<HashedBatch>>>>,
     /// The new cache values of its files hashed this run whose entry changed, each encoded once:
     /// (entry index, range in `values`), by entry index.
     new_values: Vec<(u32, Range<u32>)>,
@@ -245,11 +248,6 @@ struct DirRun {
 }
 
 impl DirRun {
-    /// Its cache key, given its path.
-    fn key<'a>(&'a self, rel: &'a [u8]) -> &'a [u8] {
-        self.long_key.as_deref().unwrap_or(rel)
-    }
-
     /// The new cache value of entry `i`, if it was hashed this run and its entry changed.
     fn new_value(&self, i: usize) -> Option<&[u8]> {
         let at = self
@@ -280,7 +278,7 @@ struct HashedBatch {
 }
 
 /// `Ok(None)`: the file turned out not to be a regular file, or was gone, when opened.
-type HashResult = std::io::Result<Option<([u8; 32], Option<Range<u32>>)>>;
+type HashResult = std::io::Result<Option<(Stamp, [u8; 32], Option<Range<u32>>)>>;
 
 /// Files of one directory hashed by one task: few small files, or one large one.
 const BATCH_FILES: usize = 64;
@@ -291,6 +289,8 @@ const UNSTAMPED_PER_BATCH: u64 = 16;
 thread_local! {
     /// Read buffer of a hashing thread: memory stays flat whatever the file size.
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A walking thread's buffer for the cache key of the listing it looks up.
+    static LISTING_KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Builds the manifest of `root` (see the module docs): plan each directory from the cache and
@@ -316,8 +316,10 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         .populate(true);
     let shard = Shard::open_with(&shard_path, shard_options)?;
     let view = shard.snapshot();
+    // A cache of an earlier layout of ours reads as empty and is rebuilt by this run's write.
     if options.shard.is_some()
         && let Health::ProducerMismatch { found, .. } = view.health()
+        && !found.starts_with(PRODUCER_FAMILY)
     {
         let error = PathInputError::NotATreeCache {
             producer: found.clone(),
@@ -334,10 +336,10 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         bytes_hashed: AtomicU64::new(0),
     };
     let cached = |dir_key: &[u8], stamp: &Stamp| {
-        let mut key = Vec::with_capacity(dir_key.len() + 1);
-        (options.listing_cache)
-            .then(|| cached_listing(&view, &mut key, dir_key, stamp))
-            .flatten()
+        if !options.listing_cache {
+            return None;
+        }
+        LISTING_KEY.with_borrow_mut(|key| cached_listing(&view, key, dir_key, stamp))
     };
     let visit =
         visit_fn(|dir: VisitedDir<'_>, spawner: &Spawner<'_, '_>| run.plan_dir(dir, spawner));
@@ -352,7 +354,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         &options.exclude,
         visitor,
     );
-    if dirs.first().is_none_or(|root| !root.rel.is_empty()) {
+    if dirs.first().is_none_or(|root| root.parent.is_some()) {
         // The root itself could not be read: there is no manifest to give.
         let error = errors.into_iter().find(|e| e.path == root).map_or_else(
             || std::io::Error::other("the directory could not be read"),
@@ -360,9 +362,10 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         );
         return Err(Error::io("reading", &root, error));
     }
-    let hashed = take_in_hashed(&root, &mut dirs, &mut errors);
+    let hashed = take_in_hashed(&run, &root, &mut dirs, &mut errors);
+    index_changes(&mut dirs, run.taken_at, options.racy_margin);
     errors.sort_by(|a, b| a.path.cmp(&b.path));
-    let (shard_written, cache_error) = match persist(&shard, &view, &dirs) {
+    let (shard_written, cache_error) = match persist(&run, &shard, &dirs) {
         Ok(outcome) => (matches!(outcome, WriteOutcome::Committed { .. }), None),
         Err(error) => (false, Some(error)),
     };
@@ -403,25 +406,36 @@ impl<'env> Run<'env> {
     /// hashing tasks for the walk's workers.
     fn plan_dir(&'env self, dir: VisitedDir<'_>, spawner: &Spawner<'_, 'env>) -> DirRun {
         let mut listing = dir.listing;
+        // Files the cached listing answered (their stamps matched its records) need no lookup.
+        let covered = listing.hashes.iter().filter(|h| h.is_some()).count();
         let values = cached_values(self.view, dir.key, &listing);
         // A listing that was not read came from the cache: no need to look it up again.
-        let mut key = Vec::new();
-        listing_key(&mut key, dir.key);
-        let cached_listing = !dir.read || self.view.get(&key).is_some();
+        let cached_listing = !dir.read || {
+            let mut key = Vec::new();
+            listing_key(&mut key, dir.key);
+            self.view.get(&key).is_some()
+        };
         let cached_entries =
-            values.iter().filter(|v| v.is_some()).count() + usize::from(cached_listing);
-        let new_listing = (self.options.listing_cache && dir.read && dir.cacheable)
-            .then(|| {
-                let whole = dir.unfiltered.as_ref().unwrap_or(&listing);
-                listing_value(whole, &dir.stamp, self.taken_at, self.options.racy_margin)
-            })
-            .flatten();
+            covered + values.iter().filter(|v| v.is_some()).count() + usize::from(cached_listing);
+        let storable = self.options.listing_cache
+            && dir.cacheable
+            && !dir.stamp.is_racy(self.taken_at, self.options.racy_margin);
 
-        let hashing = Arc::new(Mutex::new(Vec::new()));
-        let mut queue = Batcher::new(dir.handle, &hashing, self, spawner);
-        let mut files = Vec::with_capacity(listing.entries.len());
+        let mut queue = Batcher::new(dir.handle, self, spawner);
+        // The files the cached listing answered start as cached, the others as absent; the
+        // listing's hashes become the states in place (same layout), so a warm directory
+        // allocates nothing more for them.
+        let hashes = std::mem::take(&mut listing.hashes);
+        let mut files: Vec<FileState> = if hashes.len() == listing.entries.len() {
+            (hashes.into_iter())
+                .map(|hash| hash.map_or(FileState::Absent, FileState::Cached))
+                .collect()
+        } else {
+            vec![FileState::Absent; listing.entries.len()]
+        };
         let mut file_values = values.iter();
-        let Listing { names, entries } = &mut listing;
+        let mut uncovered_keepable = 0;
+        let Listing { names, entries, .. } = &mut listing;
         // Only files stamped or hashed here need their name as a C string.
         let c_name = |range: &Range<u32>| {
             let name = names.get(range.start as usize..=range.end as usize)?;
@@ -429,13 +443,14 @@ impl<'env> Run<'env> {
         };
         for (i, (range, kind)) in entries.iter_mut().enumerate() {
             let Listed::File(stamp) = kind else {
-                files.push(FileState::Absent);
                 continue;
             };
+            if let Some(FileState::Cached(_)) = files.get(i) {
+                continue; // answered by the cached listing
+            }
             let old_value = file_values.next().copied().flatten();
             if old_value.is_some() && stamp.is_none() {
                 let Some(name) = c_name(range) else {
-                    files.push(FileState::Absent);
                     continue;
                 };
                 // Known to the cache but not stamped by the walk: stamp it now. (A file the
@@ -444,32 +459,33 @@ impl<'env> Run<'env> {
                     Ok(Some(fresh)) => *stamp = Some(fresh),
                     // Gone, or no longer a regular file, since the directory was read.
                     Ok(None) => {
-                        files.push(FileState::Absent);
                         continue;
                     }
                     Err(e) => {
                         let result = (i as u32, Err(e.into()));
-                        hashing.lock().push(HashedBatch {
+                        queue.results().lock().push(HashedBatch {
                             values: Vec::new(),
                             results: vec![result],
                         });
-                        files.push(FileState::Absent);
                         continue;
                     }
                 }
             }
-            if let Some(sha256) = old_value
+            if let Some((sha256, stamp)) = old_value
                 .zip(stamp.as_ref())
-                .and_then(|(value, stamp)| cached_sha256(value, stamp))
+                .and_then(|(value, stamp)| Some((cached_sha256(value, stamp)?, stamp)))
             {
-                files.push(FileState::Cached(sha256));
+                // Its directory's listing could answer it next time.
+                if !stamp.is_racy(self.taken_at, self.options.racy_margin) {
+                    uncovered_keepable += 1;
+                }
+                files[i] = FileState::Cached(sha256);
                 continue;
             }
             let Some(name) = c_name(range) else {
-                files.push(FileState::Absent);
                 continue;
             };
-            files.push(FileState::Stale);
+            files[i] = FileState::Stale;
             queue.push(ToHash {
                 index: i as u32,
                 name: name.to_owned(),
@@ -478,17 +494,28 @@ impl<'env> Run<'env> {
             });
         }
         queue.flush();
+        let hashing = queue.hashing;
+        let lines = files
+            .iter()
+            .filter(|f| matches!(f, FileState::Cached(_)))
+            .count();
 
-        let planned = values.len() as u64;
+        let planned = (covered + values.len()) as u64;
         let seen = self.seen.fetch_add(planned, Ordering::Relaxed) + planned;
         self.report_progress(seen);
         DirRun {
+            escape_names: names_need_escape(&listing),
             listing,
             files,
-            long_key: (dir.key != dir.rel).then(|| dir.key.to_vec()),
+            lines,
+            key: dir.key.to_vec(),
             read: dir.read,
             cached_entries,
-            new_listing,
+            stamp: dir.stamp,
+            storable,
+            unfiltered: dir.unfiltered,
+            new_listing: None,
+            uncovered_keepable,
             hashing,
             new_values: Vec::new(),
             values: Vec::new(),
@@ -524,7 +551,7 @@ impl<'env> Run<'env> {
                         out.values.extend_from_slice(&value);
                         start..out.values.len() as u32
                     });
-                    Some((sha256, range))
+                    Some((stamp, sha256, range))
                 });
                 out.results.push((file.index, result));
             }
@@ -540,17 +567,24 @@ impl<'env> Run<'env> {
     }
 }
 
-/// The cache's value for each file of `listing` (in order), looked up in one batch.
+/// The cache's value for each file of `listing` (in order) whose hash the cached listing did not
+/// answer, looked up in one batch.
 fn cached_values<'v>(
     view: &'v Snapshot,
     dir_key: &[u8],
     listing: &Listing,
 ) -> Vec<Option<&'v [u8]>> {
+    let uncovered = |i: usize| listing.hashes.get(i).is_none_or(Option::is_none);
+    let is_file = |kind: &Listed| matches!(kind, Listed::File(_));
+    if !(listing.entries.iter().enumerate()).any(|(i, (_, kind))| is_file(kind) && uncovered(i)) {
+        // The usual warm directory: its cached listing answered every file.
+        return Vec::new();
+    }
     let mut key_bytes =
         Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir_key.len() + 1));
     let mut key_ends = Vec::with_capacity(listing.entries.len());
-    for (range, kind) in &listing.entries {
-        if let Listed::File(_) = kind {
+    for (i, (range, kind)) in listing.entries.iter().enumerate() {
+        if is_file(kind) && uncovered(i) {
             push_file_key(&mut key_bytes, dir_key, listing.name(range));
             key_ends.push(key_bytes.len());
         }
@@ -569,7 +603,8 @@ fn cached_values<'v>(
 /// Gathers one directory's stale files into hashing tasks: a few small files, or one large one.
 struct Batcher<'d, 'env, 's, 'q> {
     handle: &'d Arc<OwnedFd>,
-    hashing: &'d Arc<Mutex<Vec<HashedBatch>>>,
+    /// Where the tasks put their results, made when the first is queued.
+    hashing: Option<Arc<Mutex<Vec<HashedBatch>>>>,
     run: &'env Run<'env>,
     spawner: &'s Spawner<'q, 'env>,
     batch: Vec<ToHash>,
@@ -577,15 +612,10 @@ struct Batcher<'d, 'env, 's, 'q> {
 }
 
 impl<'d, 'env, 's, 'q> Batcher<'d, 'env, 's, 'q> {
-    fn new(
-        handle: &'d Arc<OwnedFd>,
-        hashing: &'d Arc<Mutex<Vec<HashedBatch>>>,
-        run: &'env Run<'env>,
-        spawner: &'s Spawner<'q, 'env>,
-    ) -> Self {
+    fn new(handle: &'d Arc<OwnedFd>, run: &'env Run<'env>, spawner: &'s Spawner<'q, 'env>) -> Self {
         Batcher {
             handle,
-            hashing,
+            hashing: None,
             run,
             spawner,
             batch: Vec::new(),
@@ -604,6 +634,11 @@ impl<'d, 'env, 's, 'q> Batcher<'d, 'env, 's, 'q> {
         }
     }
 
+    /// Where the directory's hashing results go.
+    fn results(&mut self) -> &Arc<Mutex<Vec<HashedBatch>>> {
+        self.hashing.get_or_insert_with(Default::default)
+    }
+
     /// Queues the files gathered so far as one task.
     fn flush(&mut self) {
         if self.batch.is_empty() {
@@ -611,7 +646,8 @@ impl<'d, 'env, 's, 'q> Batcher<'d, 'env, 's, 'q> {
         }
         let batch = std::mem::take(&mut self.batch);
         self.bytes = 0;
-        let (handle, hashing, run) = (self.handle.clone(), self.hashing.clone(), self.run);
+        let hashing = self.results().clone();
+        let (handle, run) = (self.handle.clone(), self.run);
         self.spawner.spawn(Box::new(move || {
             let hashed = run.hash_batch(&handle, batch);
             hashing.lock().push(hashed);
@@ -621,13 +657,20 @@ impl<'d, 'env, 's, 'q> Batcher<'d, 'env, 's, 'q> {
 
 /// Takes what the hashing tasks returned into each directory's file states and new values;
 /// a file that could not be read goes to `errors`. Returns how many files were hashed.
-fn take_in_hashed(root: &Path, dirs: &mut [WalkedDir<DirRun>], errors: &mut Vec<PathError>) -> u64 {
+fn take_in_hashed(
+    run: &Run<'_>,
+    root: &Path,
+    dirs: &mut [WalkedDir<DirRun>],
+    errors: &mut Vec<PathError>,
+) -> u64 {
     let mut hashed = 0;
-    for WalkedDir {
-        rel, result: dir, ..
-    } in dirs
-    {
-        let batches = std::mem::take(&mut *dir.hashing.lock());
+    for at in 0..dirs.len() {
+        let dir = &mut dirs[at].result;
+        let Some(hashing) = dir.hashing.take() else {
+            continue;
+        };
+        let batches = std::mem::take(&mut *hashing.lock());
+        let mut failed = Vec::new();
         for batch in batches {
             let offset = dir.values.len() as u32;
             dir.values.extend_from_slice(&batch.values);
@@ -636,34 +679,117 @@ fn take_in_hashed(root: &Path, dirs: &mut [WalkedDir<DirRun>], errors: &mut Vec<
                 *state = FileState::Absent;
                 match result {
                     Ok(None) => {}
-                    Ok(Some((sha256, range))) => {
+                    Ok(Some((stamp, sha256, range))) => {
                         *state = FileState::Hashed(sha256);
+                        dir.lines += 1;
+                        if !stamp.is_racy(run.taken_at, run.options.racy_margin) {
+                            dir.uncovered_keepable += 1;
+                        }
+                        if let Some((_, kind)) = dir.listing.entries.get_mut(i as usize) {
+                            *kind = Listed::File(Some(stamp));
+                        }
                         hashed += 1;
                         if let Some(range) = range {
                             let range = range.start + offset..range.end + offset;
                             dir.new_values.push((i, range));
                         }
                     }
-                    Err(source) => {
-                        let name = dir.listing.name(&dir.listing.entries[i as usize].0);
-                        let path = root
-                            .join(OsStr::from_bytes(rel))
-                            .join(OsStr::from_bytes(name));
-                        errors.push(PathError { path, source });
-                    }
+                    Err(source) => failed.push((i, source)),
                 }
             }
         }
         dir.new_values.sort_unstable_by_key(|(i, _)| *i);
+        if failed.is_empty() {
+            continue;
+        }
+        fn name_of(dir: &DirRun, entry: u32) -> &[u8] {
+            let listing = &dir.listing;
+            listing
+                .entries
+                .get(entry as usize)
+                .map_or(&b""[..], |(range, _)| listing.name(range))
+        }
+        let dir_path = root.join(OsStr::from_bytes(&rel_path(dirs, at, name_of)));
+        let listing = &dirs[at].result.listing;
+        for (i, source) in failed {
+            let name = listing.name(&listing.entries[i as usize].0);
+            let path = dir_path.join(OsStr::from_bytes(name));
+            errors.push(PathError { path, source });
+        }
     }
     hashed
+}
+
+/// Encodes the listing to store of each directory that needs one, with its files' stamps and
+/// hashes (the per-directory stamp index that lets the next run answer an unchanged file by a
+/// sequential compare): a directory read this run, or one where at least a quarter of the files
+/// have a hash its cached listing did not hold although it could (hashed this run, or answered
+/// by its own entry, under a stamp that is not racy); the other files it no longer answers are
+/// answered by their own entries. So a warm run stores nothing, and a run after a change stores
+/// the listings of the directories it changed much only.
+fn index_changes(dirs: &mut [WalkedDir<DirRun>], taken_at: SystemTime, racy_margin: Duration) {
+    for WalkedDir { result: dir, .. } in dirs {
+        let files = || {
+            (dir.listing.entries.iter())
+                .filter(|(_, kind)| matches!(kind, Listed::File(_)))
+                .count()
+        };
+        // An unread directory's listing is stored again only once a quarter of its files are
+        // answered by their own entries: a few files changed in a large directory would
+        // otherwise rewrite its whole listing on every partial run (and a write past the delta
+        // limit rewrites the whole shard).
+        let stale = dir.uncovered_keepable;
+        if !dir.storable || (!dir.read && (stale == 0 || stale * 4 < files())) {
+            continue;
+        }
+        let value = {
+            let dir = &*dir;
+            let keepable = |i: usize| -> Option<(&Stamp, &[u8; 32])> {
+                let (_, Listed::File(Some(stamp))) = dir.listing.entries.get(i)? else {
+                    return None;
+                };
+                let sha256 = match dir.files.get(i)? {
+                    FileState::Cached(sha256) | FileState::Hashed(sha256) => sha256,
+                    FileState::Absent | FileState::Stale => return None,
+                };
+                (!stamp.is_racy(taken_at, racy_margin)).then_some((stamp, sha256))
+            };
+            match &dir.unfiltered {
+                None => dir.listing.encode_with_hashes(&dir.stamp, keepable),
+                Some(whole) => {
+                    // The kept entries are a subsequence of the whole listing, with the same
+                    // name ranges: map each entry of the whole to its kept one.
+                    let mut kept = dir
+                        .listing
+                        .entries
+                        .iter()
+                        .map(|(range, _)| range)
+                        .peekable();
+                    let mut index = 0;
+                    let to_kept: Vec<Option<usize>> = whole
+                        .entries
+                        .iter()
+                        .map(|(range, _)| {
+                            kept.next_if(|k| *k == range).map(|_| {
+                                index += 1;
+                                index - 1
+                            })
+                        })
+                        .collect();
+                    whole.encode_with_hashes(&dir.stamp, |j| keepable(to_kept.get(j).copied()??))
+                }
+            }
+        };
+        dir.new_listing = Some(value);
+    }
 }
 
 /// Writes the tree's changes to the cache, if any: nothing when no entry changed and nothing
 /// vanished; a merge of the changes (which a small change turns into a small write) when only
 /// entries changed or were added; the whole cache rewritten without the entries of files and
 /// directories that are gone otherwise (the others keep their value).
-fn persist(shard: &Shard, view: &Snapshot, dirs: &[WalkedDir<DirRun>]) -> Result<WriteOutcome> {
+fn persist(run: &Run<'_>, shard: &Shard, dirs: &[WalkedDir<DirRun>]) -> Result<WriteOutcome> {
+    let view = run.view;
     let still_there: usize = dirs.iter().map(|dir| dir.result.cached_entries).sum();
     let vanished = still_there != view.len();
     let changed = dirs
@@ -682,11 +808,12 @@ fn persist(shard: &Shard, view: &Snapshot, dirs: &[WalkedDir<DirRun>]) -> Result
     let mut writer = shard.bulk_writer(mode)?;
     let mut added = Ok(());
     let mut key = Vec::new();
+    let mut rebuilt = Vec::new();
     in_manifest_order(
         dirs,
         |dir| (&dir.result.listing, &dir.subdirs),
         |d, entries| {
-            let (rel, dir) = (&dirs[d].rel, &dirs[d].result);
+            let dir = &dirs[d].result;
             for i in entries {
                 if added.is_err() {
                     return;
@@ -696,12 +823,29 @@ fn persist(shard: &Shard, view: &Snapshot, dirs: &[WalkedDir<DirRun>]) -> Result
                 }
                 file_key(
                     &mut key,
-                    dir.key(rel),
+                    &dir.key,
                     dir.listing.name(&dir.listing.entries[i].0),
                 );
                 let value = match dir.new_value(i) {
                     Some(value) => Some(value),
-                    None if keep_others => view.get(&key),
+                    None if keep_others => view.get(&key).or_else(|| {
+                        // Answered by its directory's cached listing, whose record holds all
+                        // the entry would: write the entry again, so that the count of entries
+                        // still holds next run.
+                        let sha256 = dir.files.get(i)?.sha256()?;
+                        let (_, Listed::File(Some(stamp))) = dir.listing.entries.get(i)? else {
+                            return None;
+                        };
+                        encode_sha256_entry(
+                            &mut rebuilt,
+                            stamp,
+                            sha256,
+                            run.taken_at,
+                            run.options.racy_margin,
+                            run.hours,
+                        );
+                        Some(rebuilt.as_slice())
+                    }),
                     None => None,
                 };
                 if let Some(value) = value {
@@ -711,11 +855,8 @@ fn persist(shard: &Shard, view: &Snapshot, dirs: &[WalkedDir<DirRun>]) -> Result
         },
     );
     added?;
-    for WalkedDir {
-        rel, result: dir, ..
-    } in dirs
-    {
-        listing_key(&mut key, dir.key(rel));
+    for WalkedDir { result: dir, .. } in dirs {
+        listing_key(&mut key, &dir.key);
         let value = match &dir.new_listing {
             Some(listing) => Some(listing.as_slice()),
             None if keep_others => view.get(&key),
@@ -735,18 +876,15 @@ fn assemble(dirs: Vec<WalkedDir<DirRun>>) -> Manifest {
         .into_iter()
         .map(
             |WalkedDir {
-                 rel,
                  subdirs,
                  result: dir,
+                 ..
              }| {
-                // Same layout: collected in place, no copy.
-                let known: Vec<Option<[u8; 32]>> =
-                    dir.files.into_iter().map(FileState::sha256).collect();
-                len += known.iter().filter(|k| k.is_some()).count();
+                len += dir.lines;
                 ManifestDir {
-                    rel,
+                    escape_names: dir.escape_names,
                     listing: dir.listing,
-                    known,
+                    files: dir.files,
                     subdirs,
                 }
             },

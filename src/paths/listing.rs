@@ -10,23 +10,30 @@
 //! # Cached listings
 //!
 //! `hash-tree` keeps each directory's listing in its cache shard so that a warm run can skip
-//! reading unchanged directories (`getdents`). A cached listing is keyed by [`listing_key`]: a
-//! NUL byte followed by the directory's key — its path relative to the root, or for a path longer
-//! than [`LONG_DIR`] bytes a short hash (see [`dir_key`]). No file key starts with NUL, so it
-//! never collides with a file's key. Its value:
+//! reading unchanged directories (`getdents`), together with the stamp and SHA-256 of each of its
+//! files it knows (a per-directory stamp index: an unchanged file then costs one `lstat` and a
+//! sequential compare, not a lookup of its own entry). A cached listing is keyed by
+//! [`listing_key`]: a NUL byte followed by the directory's key — its path relative to the root,
+//! or for a path longer than [`LONG_DIR`] bytes a short hash (see [`dir_key`]). No file key
+//! starts with NUL, so it never collides with a file's key. Its value:
 //!
 //! | bytes | content |
 //! |---|---|
-//! | 0..2 | `b"L1"`: tag and version of this encoding |
+//! | 0..2 | `b"L2"`: tag and version of this encoding |
 //! | 2..46 | the directory's [`Stamp`] when it was listed (`fstat` of the open directory, taken **before** reading it) |
-//! | 46.. | the entries in manifest order, each `kind` (`b'f'` regular file, `b'd'` directory), the name's bytes, `0` |
+//! | 46.. | the entries in manifest order, each `kind`, the name's bytes, `0`, then for kind `b'h'` the file's [`Stamp`] (44 bytes) and SHA-256 (32 bytes) |
+//!
+//! Kinds: `b'd'` a directory, `b'f'` a regular file, `b'h'` a regular file with the SHA-256 of
+//! its content under that stamp (a stamp that was not racy when hashed: see
+//! [`Stamp::is_racy`]). `L1` values (listings without hashes) read as misses.
 //!
 //! A cached listing is used only while the directory's stamp matches exactly: creating,
 //! removing or renaming an entry changes the directory's mtime and ctime. It is stored only when
 //! that stamp is not racy (see [`Stamp::is_racy`]): an entry added within the same clock tick as
-//! the listing could otherwise leave the stamp unchanged. A decoded listing is validated (known
+//! the listing could otherwise leave the stamp unchanged. A file's hash is used only while the
+//! file's own fresh stamp equals the one stored with it. A decoded listing is validated (known
 //! kinds, non-empty names without `/`, neither `.` nor `..`, strictly increasing in manifest
-//! order); anything else reads as a miss.
+//! order, whole records); anything else reads as a miss.
 
 use std::ops::Range;
 
@@ -47,10 +54,15 @@ pub(crate) struct Listing {
     pub(crate) names: Vec<u8>,
     /// Each entry's name range in `names` (without the NUL) and kind.
     pub entries: Vec<(Range<u32>, Listed)>,
+    /// Per entry, the SHA-256 its cached record holds, valid for the stamp in `entries` (see
+    /// [`Listing::decode`]); empty when the listing was read, not decoded.
+    pub hashes: Vec<Option<[u8; 32]>>,
 }
 
 /// Tag and version at the start of a cached listing.
-const TAG: &[u8; 2] = b"L1";
+const TAG: &[u8; 2] = b"L2";
+/// Bytes after the name of a `b'h'` record: the file's stamp and SHA-256.
+const RECORD_LEN: usize = STAMP_LEN + 32;
 
 impl Listing {
     /// The name of an entry.
@@ -90,24 +102,47 @@ impl Listing {
         });
     }
 
-    /// The cached form of this listing, taken when the directory's stamp was `dir_stamp`.
+    /// The cached form of this listing, taken when the directory's stamp was `dir_stamp`,
+    /// without file hashes.
     pub fn encode(&self, dir_stamp: &Stamp) -> Vec<u8> {
+        self.encode_with_hashes(dir_stamp, |_| None)
+    }
+
+    /// The cached form of this listing, taken when the directory's stamp was `dir_stamp`, with
+    /// `hash(i)` for entry `i`: a file's stamp and the SHA-256 of its content under it, if
+    /// known and fit to keep (not racy).
+    pub fn encode_with_hashes<'h>(
+        &self,
+        dir_stamp: &Stamp,
+        hash: impl Fn(usize) -> Option<(&'h Stamp, &'h [u8; 32])>,
+    ) -> Vec<u8> {
         let mut out =
             Vec::with_capacity(TAG.len() + STAMP_LEN + self.names.len() + self.entries.len());
         out.extend_from_slice(TAG);
         dir_stamp.encode(&mut out);
-        for (range, kind) in &self.entries {
-            out.push(match kind {
-                Listed::File(_) => b'f',
-                Listed::Dir => b'd',
+        for (i, (range, kind)) in self.entries.iter().enumerate() {
+            let record = match kind {
+                Listed::File(_) => hash(i),
+                Listed::Dir => None,
+            };
+            out.push(match (kind, record) {
+                (Listed::Dir, _) => b'd',
+                (Listed::File(_), None) => b'f',
+                (Listed::File(_), Some(_)) => b'h',
             });
             out.extend_from_slice(self.name_with_nul(range));
+            if let Some((stamp, sha256)) = record {
+                stamp.encode(&mut out);
+                out.extend_from_slice(sha256);
+            }
         }
         out
     }
 
-    /// Decodes a cached listing if it was taken at exactly `dir_stamp` and is well formed.
-    /// Files come without a stamp, to be taken by a fresh `lstat`.
+    /// Decodes a cached listing if it was taken at exactly `dir_stamp` and is well formed. A
+    /// file with a record comes with the stamp it was hashed under (in `entries`) and that hash
+    /// (in `hashes`): the caller must compare that stamp with a fresh `lstat` before trusting
+    /// either. Other files come without a stamp.
     pub fn decode(value: &[u8], dir_stamp: &Stamp) -> Option<Listing> {
         if u32::try_from(value.len()).is_err() {
             return None; // name ranges are u32
@@ -117,20 +152,21 @@ impl Listing {
             return None;
         }
         let mut body = &rest[STAMP_LEN..];
-        // One NUL per entry; counting them first sizes the entries once.
-        let count = body.iter().filter(|&&b| b == 0).count();
+        let (names_len, count) = sizes(body)?;
         let mut listing = Listing {
-            names: Vec::with_capacity(body.len()),
+            names: Vec::with_capacity(names_len),
             entries: Vec::with_capacity(count),
+            hashes: Vec::with_capacity(count),
         };
         let mut previous: Option<(Range<u32>, bool)> = None;
         while let Some((&kind, after)) = body.split_first() {
-            let kind = match kind {
-                b'f' => Listed::File(None),
-                b'd' => Listed::Dir,
+            let (kind, has_record) = match kind {
+                b'f' => (Listed::File(None), false),
+                b'h' => (Listed::File(None), true),
+                b'd' => (Listed::Dir, false),
                 _ => return None,
             };
-            let end = after.iter().position(|&b| b == 0)?;
+            let end = find_nul(after)?;
             let name = &after[..end];
             if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
                 return None;
@@ -141,13 +177,59 @@ impl Listing {
             {
                 return None;
             }
+            body = &after[end + 1..];
+            let (kind, hash) = if has_record {
+                let record = body.get(..RECORD_LEN)?;
+                body = &body[RECORD_LEN..];
+                let (stamp, sha256) = record.split_at(STAMP_LEN);
+                let stamp = Stamp::decode(stamp)?;
+                (
+                    Listed::File(Some(stamp)),
+                    Some(<[u8; 32]>::try_from(sha256).ok()?),
+                )
+            } else {
+                (kind, None)
+            };
             let range = listing.push_name(name);
             previous = Some((range.clone(), is_dir));
             listing.entries.push((range, kind));
-            body = &after[end + 1..];
+            listing.hashes.push(hash);
         }
         Some(listing)
     }
+}
+
+/// The position of the first NUL byte of `bytes`, eight bytes at a time (a cached listing is
+/// mostly names to scan for their ends).
+fn find_nul(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        // Exact for the lowest zero byte: no borrow reaches it from below.
+        let zeros = x.wrapping_sub(ONES) & !x & (ONES * 0x80);
+        if zeros != 0 {
+            return Some(at + zeros.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    let rest = chunks.remainder().iter().position(|&b| b == 0)?;
+    Some(at + rest)
+}
+
+/// The bytes of the names (with their NULs) and the number of entries of an encoded listing's
+/// body, so that decoding it allocates once; `None` if a record is cut short.
+fn sizes(mut body: &[u8]) -> Option<(usize, usize)> {
+    let (mut names_len, mut count) = (0, 0);
+    while let Some((&kind, after)) = body.split_first() {
+        let end = find_nul(after)?;
+        let record = if kind == b'h' { RECORD_LEN } else { 0 };
+        body = after.get(end + 1 + record..)?;
+        names_len += end + 1;
+        count += 1;
+    }
+    Some((names_len, count))
 }
 
 /// The cache key of the listing of the directory whose key is `dir_key` (see [`dir_key`]).
@@ -215,6 +297,24 @@ fn manifest_order(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> std::cmp::Ord
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_nul_is_found_wherever_it_is() {
+        for len in 0..20 {
+            let plain: Vec<u8> = (0..len).map(|i| [1, 0x80, 0xff, b'a'][i % 4]).collect();
+            assert_eq!(find_nul(&plain), None);
+            for at in 0..len {
+                let mut bytes = plain.clone();
+                bytes[at] = 0;
+                // A second NUL after the first, and a 0x01 byte after it, change nothing.
+                if at + 2 < len {
+                    bytes[at + 1] = 1;
+                    bytes[at + 2] = 0;
+                }
+                assert_eq!(find_nul(&bytes), Some(at), "{bytes:?}");
+            }
+        }
+    }
 
     #[test]
     fn manifest_order_matches_sorting_full_paths() {
@@ -299,6 +399,30 @@ mod tests {
     }
 
     #[test]
+    fn file_records_round_trip_with_their_stamp_and_hash() {
+        let listing = sample();
+        let mut file_stamp = dir_stamp();
+        file_stamp.mode = 0o100644;
+        let sha256 = [7u8; 32];
+        // "b.txt" (entry 1) with a record; the others without.
+        let value = listing
+            .encode_with_hashes(&dir_stamp(), |i| (i == 1).then_some((&file_stamp, &sha256)));
+        let back = Listing::decode(&value, &dir_stamp()).expect("decodes");
+        assert_eq!(names(&back), names(&listing));
+        assert_eq!(back.hashes, [None, Some(sha256), None, None]);
+        assert!(matches!(back.entries[1].1, Listed::File(Some(s)) if s == file_stamp));
+        assert!(matches!(back.entries[0].1, Listed::File(None)));
+        // A record cut short, or a listing of the previous encoding, reads as a miss.
+        assert!(Listing::decode(&value[..value.len() - 1], &dir_stamp()).is_none());
+        // Ten bytes into the record of "b.txt": the entries after it read as part of it.
+        let cut = value.len() - b"db\0fc\0".len() - 10;
+        assert!(Listing::decode(&value[..cut], &dir_stamp()).is_none());
+        let mut old = value.clone();
+        old[..2].copy_from_slice(b"L1");
+        assert!(Listing::decode(&old, &dir_stamp()).is_none());
+    }
+
+    #[test]
     fn malformed_cached_listings_read_as_misses() {
         let good = sample().encode(&dir_stamp());
         let header = &good[..TAG.len() + STAMP_LEN];
@@ -307,6 +431,8 @@ mod tests {
         for body in [
             &b"xname\0"[..], // unknown kind
             b"fname",        // no terminator
+            b"hname\0",      // no record
+            b"hname\0short", // record cut short
             b"f\0",          // empty name
             b"f.\0",         // dot
             b"d..\0",        // dot-dot
@@ -322,6 +448,7 @@ mod tests {
         }
         assert!(Listing::decode(&good[..5], &dir_stamp()).is_none());
         assert!(Listing::decode(b"L2", &dir_stamp()).is_none());
+        assert!(Listing::decode(b"L3", &dir_stamp()).is_none());
         let mut key = Vec::new();
         listing_key(&mut key, b"a/b");
         assert_eq!(key, b"\0a/b");

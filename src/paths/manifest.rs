@@ -2,11 +2,12 @@
 //! `sha256sum` prints for them.
 //!
 //! A manifest keeps the listings the walk produced (see `listing.rs` for manifest order) with
-//! each file's hash, and goes through them depth-first when asked ([`in_manifest_order`]), so
-//! building it copies no path. A line is `<64 lowercase hex>  <path>\n`; a path holding a
-//! backslash, newline or carriage return is escaped as GNU `sha256sum` escapes it: a leading `\`,
-//! and `\\`, `\n`, `\r` in the path. A file named `-` in the root is written `./-`:
-//! `sha256sum -c` would read standard input for `-`.
+//! each file's hash, and no path: it goes through them depth-first when asked, building each
+//! directory's path in one buffer (a name pushed on the way down, dropped on the way back), so
+//! its memory grows with the tree's names, not with the square of its depth. A line is
+//! `<64 lowercase hex>  <path>\n`; a path holding a backslash, newline or carriage return is
+//! escaped as GNU `sha256sum` escapes it: a leading `\`, and `\\`, `\n`, `\r` in the path. A file
+//! named `-` in the root is written `./-`: `sha256sum -c` would read standard input for `-`.
 
 use std::ops::Range;
 
@@ -14,39 +15,96 @@ use super::listing::Listing;
 use super::walk::join_rel;
 
 /// The manifest of a tree: every regular file's path (relative to the root, `/`-separated,
-/// sorted by bytes) and SHA-256. It keeps the walk's directory listings and goes through them in
-/// manifest order when asked, so building it copies no path.
+/// sorted by bytes) and SHA-256. It keeps the walk's directory listings, not paths, and goes
+/// through them in manifest order when asked ([`for_each`](Manifest::for_each),
+/// [`write_sha256sum_to`](Manifest::write_sha256sum_to)).
 #[derive(Clone, Debug, Default)]
 pub struct Manifest {
-    /// The listed directories.
+    /// The listed directories, the root first.
     dirs: Vec<ManifestDir>,
     /// Number of lines.
     len: usize,
 }
 
-/// One directory of a [`Manifest`].
+/// One directory of a [`Manifest`]. It keeps no path: its name is its entry in its parent's
+/// listing.
 #[derive(Clone, Debug, Default)]
 pub(super) struct ManifestDir {
-    /// Path relative to the root.
-    pub rel: Vec<u8>,
     pub listing: Listing,
-    /// Per entry of `listing`, the file's hash (`None` for subdirectories and unreadable files).
-    pub known: Vec<Option<[u8; 32]>>,
+    /// Per entry of `listing`, what the run knows of it: a file's hash, or nothing (a
+    /// subdirectory, an unreadable file).
+    pub files: Vec<FileState>,
     /// Its listed subdirectories: (entry index, index in the manifest's directories), by entry
     /// index.
     pub subdirs: Vec<(u32, u32)>,
+    /// Whether any of its names needs escaping ([`names_need_escape`], taken on the worker that
+    /// planned it rather than on the thread that prints).
+    pub escape_names: bool,
 }
 
-impl ManifestDir {
-    /// The lines of the files among `entries`.
-    fn lines(&self, entries: Range<usize>) -> impl Iterator<Item = ManifestLine<'_>> {
-        entries.filter_map(move |i| {
-            Some(ManifestLine {
-                dir: &self.rel,
-                name: self.listing.name(&self.listing.entries[i].0),
-                sha256: self.known[i].as_ref()?,
-            })
-        })
+/// What a `hash-tree` run knows of one entry of a directory's listing: the file's state, one
+/// per entry. The manifest keeps the run's states as they are (no copy into another form).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum FileState {
+    /// A subdirectory, or a file left out of the manifest: gone or no longer a regular file
+    /// since it was listed, or unreadable (its error is in the report).
+    Absent,
+    /// Queued for hashing: its task's result replaces this once the walk is over.
+    Stale,
+    /// Its hash, from the cache, still valid for its stamp.
+    Cached([u8; 32]),
+    /// Its hash, read this run.
+    Hashed([u8; 32]),
+}
+
+impl FileState {
+    /// Its hash, if it has one (a line of the manifest).
+    pub fn sha256(&self) -> Option<&[u8; 32]> {
+        match self {
+            FileState::Cached(sha256) | FileState::Hashed(sha256) => Some(sha256),
+            FileState::Absent | FileState::Stale => None,
+        }
+    }
+}
+
+/// A run of one directory's entries, as the depth-first traversal hands it out: the directory's
+/// path (no trailing `/`; empty for the root) and whether GNU `sha256sum` escapes it.
+struct Run<'p, 'm> {
+    path: &'p [u8],
+    escape_path: bool,
+    /// Whether any name of the directory needs escaping.
+    escape_names: bool,
+    dir: &'m ManifestDir,
+    entries: Range<usize>,
+}
+
+impl Run<'_, '_> {
+    /// Calls `f` with the line of each file of the run.
+    fn for_each_line(&self, mut f: impl FnMut(ManifestLine<'_>)) {
+        let listing = &self.dir.listing;
+        for i in self.entries.clone() {
+            if let (Some(sha256), Some((range, _))) = (
+                self.dir.files.get(i).and_then(FileState::sha256),
+                listing.entries.get(i),
+            ) {
+                f(ManifestLine {
+                    dir: self.path,
+                    name: listing.name(range),
+                    sha256,
+                });
+            }
+        }
+    }
+
+    /// Appends the `sha256sum` lines of the run's files.
+    fn write_lines(&self, out: &mut Vec<u8>) {
+        self.for_each_line(|line| {
+            let escape = Escape {
+                dir: self.escape_path,
+                names: self.escape_names,
+            };
+            push_line(out, line.dir, escape, line.name, line.sha256);
+        });
     }
 }
 
@@ -66,22 +124,31 @@ impl Manifest {
         self.len == 0
     }
 
-    /// The lines in order.
-    pub fn iter(&self) -> impl Iterator<Item = ManifestLine<'_>> {
-        let mut runs = Vec::new();
-        self.for_each_run(|dir, entries| runs.push((dir, entries)));
-        runs.into_iter()
-            .flat_map(|(dir, entries)| dir.lines(entries))
+    /// Calls `f` with each line, in order. A line borrows its directory's path from a buffer
+    /// the traversal reuses, so the manifest holds no path: copy what you keep
+    /// ([`ManifestLine::path`]).
+    ///
+    /// ```
+    /// # fn main() -> warmshard::Result<()> {
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// # let root = tmp.path().join("src");
+    /// # std::fs::create_dir_all(root.join("sub")).unwrap();
+    /// # std::fs::write(root.join("sub/a.rs"), "fn a() {}").unwrap();
+    /// use warmshard::paths::{HashTreeOptions, hash_tree};
+    /// let options = HashTreeOptions::default().shard(tmp.path().join("tree.shard"));
+    /// let report = hash_tree(&root, &options)?;
+    /// let mut paths = Vec::new();
+    /// report.manifest.for_each(|line| paths.push(line.path().into_owned()));
+    /// assert_eq!(paths, [b"sub/a.rs".to_vec()]);
+    /// # Ok(()) }
+    /// ```
+    pub fn for_each(&self, mut f: impl FnMut(ManifestLine<'_>)) {
+        self.for_each_run(|run| run.for_each_line(&mut f));
     }
 
     /// Appends the whole manifest as GNU `sha256sum` prints it.
     pub fn write_sha256sum(&self, out: &mut Vec<u8>) {
-        self.for_each_run(|dir, entries| {
-            let escape_dir = needs_escape(&dir.rel);
-            for line in dir.lines(entries) {
-                push_line(out, line.dir, escape_dir, line.name, line.sha256);
-            }
-        });
+        self.for_each_run(|run| run.write_lines(out));
     }
 
     /// Writes the whole manifest as GNU `sha256sum` prints it to `out`, in chunks of about
@@ -90,40 +157,109 @@ impl Manifest {
         const CHUNK: usize = 64 * 1024;
         let mut buffer = Vec::with_capacity(CHUNK + 4096);
         let mut written = Ok(());
-        self.for_each_run(|dir, entries| {
+        self.for_each_run(|run| {
             if written.is_err() {
                 return;
             }
-            let escape_dir = needs_escape(&dir.rel);
-            for line in dir.lines(entries) {
-                push_line(&mut buffer, line.dir, escape_dir, line.name, line.sha256);
+            run.for_each_line(|line| {
+                if written.is_err() {
+                    return;
+                }
+                let escape = Escape {
+                    dir: run.escape_path,
+                    names: run.escape_names,
+                };
+                push_line(&mut buffer, line.dir, escape, line.name, line.sha256);
                 if buffer.len() >= CHUNK {
                     written = out.write_all(&buffer);
                     buffer.clear();
-                    if written.is_err() {
-                        return;
-                    }
                 }
-            }
+            });
         });
         written?;
         out.write_all(&buffer)?;
         out.flush()
     }
 
-    /// Calls `f(directory, entries)` for each run of a directory's entries in manifest order.
-    fn for_each_run<'m>(&'m self, mut f: impl FnMut(&'m ManifestDir, Range<usize>)) {
-        in_manifest_order(
-            &self.dirs,
-            |dir| (&dir.listing, &dir.subdirs),
-            |d, entries| f(&self.dirs[d], entries),
-        );
+    /// Calls `f` for each run of a directory's entries that lies between two of its listed
+    /// subdirectories, in manifest order, depth first from the root; the subdirectories are
+    /// gone through in between. The directory's path is built in one buffer: a name pushed on
+    /// the way down, truncated on the way back.
+    fn for_each_run(&self, mut f: impl FnMut(&Run<'_, '_>)) {
+        /// A directory being gone through: its index, next entry and next subdirectory, the
+        /// length of its path in the buffer, and whether that path is escaped.
+        struct Frame {
+            dir: usize,
+            start: usize,
+            next: usize,
+            path_len: usize,
+            escape: bool,
+            /// Whether any of its names needs escaping: one scan of its names per directory.
+            escape_names: bool,
+        }
+        if self.dirs.is_empty() {
+            return;
+        }
+        let mut path = Vec::new();
+        let mut stack = vec![Frame {
+            dir: 0,
+            start: 0,
+            next: 0,
+            path_len: 0,
+            escape: false,
+            escape_names: self.dirs[0].escape_names,
+        }];
+        while let Some(frame) = stack.pop() {
+            let dir = &self.dirs[frame.dir];
+            path.truncate(frame.path_len);
+            let subdir = dir.subdirs.get(frame.next).and_then(|&(entry, child)| {
+                let (range, _) = dir.listing.entries.get(entry as usize)?;
+                let child = child as usize;
+                (child < self.dirs.len()).then_some((entry as usize, range, child))
+            });
+            let end = subdir.map_or(dir.listing.entries.len(), |(entry, _, _)| entry);
+            f(&Run {
+                path: &path,
+                escape_path: frame.escape,
+                escape_names: frame.escape_names,
+                dir,
+                entries: frame.start.min(end)..end,
+            });
+            let Some((entry, range, child)) = subdir else {
+                continue;
+            };
+            stack.push(Frame {
+                start: entry + 1,
+                next: frame.next + 1,
+                ..frame
+            });
+            let name = dir.listing.name(range);
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
+            stack.push(Frame {
+                dir: child,
+                start: 0,
+                next: 0,
+                path_len: path.len(),
+                escape: frame.escape || needs_escape(name),
+                escape_names: self.dirs.get(child).is_some_and(|c| c.escape_names),
+            });
+        }
+    }
+
+    /// Every line as (path, SHA-256), in order.
+    fn owned_lines(&self) -> Vec<(Vec<u8>, [u8; 32])> {
+        let mut lines = Vec::with_capacity(self.len);
+        self.for_each(|line| lines.push((line.path().into_owned(), *line.sha256)));
+        lines
     }
 }
 
 impl PartialEq for Manifest {
     fn eq(&self, other: &Self) -> bool {
-        self.len == other.len && self.iter().eq(other.iter())
+        self.len == other.len && self.owned_lines() == other.owned_lines()
     }
 }
 
@@ -156,13 +292,11 @@ impl<'a> ManifestLine<'a> {
     /// a backslash, newline or carriage return, a leading `\` with those escaped as `\\`, `\n`,
     /// `\r`.
     pub fn write_sha256sum(&self, out: &mut Vec<u8>) {
-        push_line(
-            out,
-            self.dir,
-            needs_escape(self.dir),
-            self.name,
-            self.sha256,
-        );
+        let escape = Escape {
+            dir: needs_escape(self.dir),
+            names: true,
+        };
+        push_line(out, self.dir, escape, self.name, self.sha256);
     }
 
     /// The SHA-256 as 64 lowercase hex digits.
@@ -175,20 +309,48 @@ impl<'a> ManifestLine<'a> {
 
 /// Whether GNU `sha256sum` escapes a path holding these bytes.
 fn needs_escape(bytes: &[u8]) -> bool {
-    // No early exit, so the scan vectorizes: names are short and almost never escaped.
-    bytes.iter().fold(false, |found, &b| {
-        found | (b == b'\\') | (b == b'\n') | (b == b'\r')
-    })
+    // Eight bytes at a time: a byte equal to `b` makes `x ^ b` hold a zero byte, which
+    // `(y - 0x01..) & !y & 0x80..` finds (exactly, as a whole: no false positive or negative).
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    let holds = |x: u64, b: u8| {
+        let y = x ^ (ONES * u64::from(b));
+        y.wrapping_sub(ONES) & !y & (ONES * 0x80) != 0
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let x = u64::from_ne_bytes(chunk.try_into().unwrap_or_default());
+        if holds(x, b'\\') | holds(x, b'\n') | holds(x, b'\r') {
+            return true;
+        }
+    }
+    (chunks.remainder().iter()).any(|&b| matches!(b, b'\\' | b'\n' | b'\r'))
+}
+
+/// Whether any name of `listing` needs escaping in a `sha256sum` line.
+pub(super) fn names_need_escape(listing: &Listing) -> bool {
+    needs_escape(&listing.names)
+}
+
+/// Whether a line's path may need escaping: its directory's path does, or some names may (then
+/// the file's own name decides).
+#[derive(Clone, Copy)]
+struct Escape {
+    dir: bool,
+    names: bool,
 }
 
 /// Appends the `sha256sum` line of the file `name` in directory `dir` (`""` for the root);
-/// `escape_dir` is `needs_escape(dir)`, computed once per directory by the caller.
-fn push_line(out: &mut Vec<u8>, dir: &[u8], escape_dir: bool, name: &[u8], sha256: &[u8; 32]) {
+/// `escape` is computed once per directory by the caller.
+fn push_line(out: &mut Vec<u8>, dir: &[u8], escape: Escape, name: &[u8], sha256: &[u8; 32]) {
     if dir.is_empty() && name == b"-" {
         // `sha256sum -c` reads standard input for a line naming `-`: name the file `./-`.
-        return push_line(out, b".", false, name, sha256);
+        let escape = Escape {
+            dir: false,
+            names: false,
+        };
+        return push_line(out, b".", escape, name, sha256);
     }
-    if escape_dir || needs_escape(name) {
+    if escape.dir || (escape.names && needs_escape(name)) {
         push_escaped_line(out, dir, name, sha256);
         return;
     }
@@ -310,6 +472,35 @@ mod tests {
         }
         out.push(b'\n');
         out
+    }
+
+    #[test]
+    fn an_escaped_byte_is_found_at_any_position_and_nothing_else_is() {
+        for len in 0..20 {
+            // Neighbours of the escaped bytes, and bytes whose high bit is set.
+            let plain: Vec<u8> = (0..len)
+                .map(|i| [b'[', b']', 0x0c, 0x0e, 0x0b, 0xdc, 0x8a, b'a'][i % 8])
+                .collect();
+            assert!(!needs_escape(&plain), "{plain:?}");
+            for at in 0..len {
+                for special in [b'\\', b'\n', b'\r'] {
+                    let mut bytes = plain.clone();
+                    bytes[at] = special;
+                    assert!(needs_escape(&bytes), "{bytes:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_byte_value_is_written_as_two_lowercase_hex_digits() {
+        for first in (0..=255u8).step_by(32) {
+            let bytes: [u8; 32] = std::array::from_fn(|i| first + i as u8);
+            let mut out = Vec::new();
+            push_hex(&mut out, &bytes);
+            let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
     }
 
     #[test]

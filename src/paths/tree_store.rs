@@ -7,7 +7,10 @@
 //!   ([`cached_sha256`], [`encode_sha256_entry`]).
 //! - A directory's listing is keyed by [`listing_key`] and trusted only for the directory stamp
 //!   it was read under ([`cached_listing`]); it is stored only when that stamp is not racy
-//!   ([`listing_value`]).
+//!   ([`listing_value`]). `hash_tree` stores with it each file's stamp and hash (see
+//!   `listing.rs`): an unchanged file is then answered from its directory's listing, without a
+//!   lookup of its own entry. Every file hash a listing holds is also in that file's entry, so
+//!   [`TreeCache::sha256`](super::TreeCache::sha256) and other readers of file entries see it.
 
 use std::time::{Duration, SystemTime};
 
@@ -17,8 +20,13 @@ use super::stamp::Stamp;
 use super::walk::Excluded;
 use crate::{Shard, Snapshot};
 
-/// Producer string of tree cache shards.
-pub(super) const PRODUCER: &str = "warmshard hash-tree 1";
+/// Producer string of tree cache shards. Its number changes with the layout (2: listings hold
+/// their files' stamps and hashes), so that a cache of another layout reads as empty and is
+/// rebuilt.
+pub(super) const PRODUCER: &str = "warmshard hash-tree 2";
+/// What every layout's producer string starts with: a cache of another layout of ours is
+/// rebuilt, not refused as another program's shard.
+pub(super) const PRODUCER_FAMILY: &str = "warmshard hash-tree ";
 /// The dimension holding a file's SHA-256.
 pub(super) const DIMENSION: &str = "sha256";
 

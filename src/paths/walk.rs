@@ -5,7 +5,8 @@
 //! Each directory is opened relative to its parent's handle, `fstat`ed, then listed into a single
 //! name buffer — or, if the caller has a cached listing taken at exactly that stamp, not read at
 //! all — and its regular files are `fstatat`ed relative to the open handle (no path resolution
-//! beyond one component, no allocation per entry). Only regular files are reported: symlinks,
+//! beyond one component, no allocation per entry); a cached listing's file hashes are kept only
+//! for the files whose fresh stamp is the one they were stored under. Only regular files are reported: symlinks,
 //! FIFOs, sockets and devices are never opened.
 
 use std::ffi::{CStr, OsStr};
@@ -44,17 +45,17 @@ impl Excluded {
 
 /// One visited directory, as handed to the caller's visit function.
 pub(crate) struct VisitedDir<'a> {
-    /// Path relative to the root (`/`-separated; the root is empty).
-    pub rel: &'a [u8],
-    /// Its key in the cache (see `listing::dir_key`): `rel` unless that is long.
+    /// Its key in the cache (see `listing::dir_key`): its path relative to the root unless that
+    /// is long.
     pub key: &'a [u8],
     /// The open directory, for `openat`/`fstatat` relative to it.
     pub handle: &'a Arc<OwnedFd>,
     /// The directory's own stamp, taken before it was listed.
     pub stamp: Stamp,
     /// Its regular files and subdirectories, in manifest order, without the excluded ones. Files
-    /// of a cached listing have a fresh stamp; those of a listing read this run mostly have none
-    /// yet (see `read_listing`).
+    /// of a cached listing have a fresh stamp, and `listing.hashes` holds the cached hash of
+    /// each whose fresh stamp is the one that hash was stored under; those of a listing read
+    /// this run mostly have no stamp yet (see `read_listing`).
     pub listing: Listing,
     /// The whole listing, when exclusions took entries out of `listing` (what the cache keeps,
     /// so that a run with other exclusions can use it).
@@ -89,9 +90,14 @@ struct DirJob {
 }
 
 /// One directory a walk visited, as [`walk`] returns it.
+///
+/// It keeps its parent's index and its entry there, not its path: a chain of `n` nested
+/// directories then costs memory in proportion to `n`, not `n²` (see [`rel_path`] for the rare
+/// caller that needs a path after the walk).
 pub(crate) struct WalkedDir<T> {
-    /// Path relative to the root (`/`-separated; the root is empty).
-    pub rel: Vec<u8>,
+    /// Its parent's index in the walk's result and its entry index in the listing its parent
+    /// was visited with; `None` for the root only.
+    pub parent: Option<(u32, u32)>,
     /// Its subdirectories that were visited: (entry index in the listing it was visited with,
     /// index in the walk's result), by entry index. So the tree can be gone through in
     /// manifest order without looking a path up.
@@ -261,7 +267,6 @@ pub(crate) fn walk<'env, T: Send>(
                                 }
                                 queue.wake.notify_all();
                                 let visited = VisitedDir {
-                                    rel: &rel,
                                     key,
                                     handle: &handle,
                                     stamp: dir.stamp,
@@ -272,7 +277,7 @@ pub(crate) fn walk<'env, T: Send>(
                                 };
                                 let result = (visitor.visit)(visited, &spawner);
                                 found.push(WalkedDir {
-                                    rel,
+                                    parent: None,
                                     subdirs: Vec::new(),
                                     result,
                                 });
@@ -317,18 +322,59 @@ fn linked<T>(
     for (at, (id, _)) in links.iter().enumerate() {
         position[*id] = at;
     }
+    // Each directory's subdirectories, counted first so that each list is allocated once.
+    let mut counts = vec![0u32; dirs.len()];
+    for (_, link) in &links {
+        if let Some(&at) = link.and_then(|(parent, _)| position.get(parent))
+            && let Some(count) = counts.get_mut(at)
+        {
+            *count += 1;
+        }
+    }
+    for (dir, count) in dirs.iter_mut().zip(counts) {
+        dir.subdirs.reserve_exact(count as usize);
+    }
     for (at, (_, link)) in links.into_iter().enumerate() {
         // A directory is queued only once its parent was listed, so its parent was visited.
         if let Some((parent, entry)) = link
-            && let Some(parent) = dirs.get_mut(position[parent])
+            && let Some(parent_dir) = dirs.get_mut(position[parent])
         {
-            parent.subdirs.push((entry, at as u32));
+            parent_dir.subdirs.push((entry, at as u32));
+            dirs[at].parent = Some((position[parent] as u32, entry));
         }
     }
     for dir in &mut dirs {
         dir.subdirs.sort_unstable_by_key(|(entry, _)| *entry);
     }
     dirs
+}
+
+/// The path relative to the root (`/`-separated; the root is empty) of the directory at index
+/// `at` of a walk's result, rebuilt from its ancestors' names (for error messages: a walked
+/// directory keeps no path); `name_of(result, entry)` is the name of entry `entry` of the
+/// listing a directory was visited with.
+pub(crate) fn rel_path<'d, T>(
+    dirs: &'d [WalkedDir<T>],
+    at: usize,
+    name_of: impl Fn(&'d T, u32) -> &'d [u8],
+) -> Vec<u8> {
+    let mut names = Vec::new();
+    let mut at = at;
+    while let Some((parent, entry)) = dirs.get(at).and_then(|dir| dir.parent) {
+        let Some(parent_dir) = dirs.get(parent as usize) else {
+            break;
+        };
+        names.push(name_of(&parent_dir.result, entry));
+        at = parent as usize;
+    }
+    let mut path = Vec::new();
+    for name in names.iter().rev() {
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+    }
+    path
 }
 
 /// `listing` without the entries `exclude` matches, and the whole listing if any was taken out.
@@ -348,8 +394,19 @@ fn filtered(listing: Listing, rel: &[u8], exclude: &Exclude) -> (Listing, Option
     {
         return (listing, None);
     }
-    let mut kept = listing.clone();
-    kept.entries.retain(|(range, _)| keep(range, &mut path));
+    // The kept entries keep their name ranges: `names` is shared as is.
+    let mut kept = Listing {
+        names: listing.names.clone(),
+        ..Listing::default()
+    };
+    for (i, entry) in listing.entries.iter().enumerate() {
+        if keep(&entry.0, &mut path) {
+            kept.entries.push(entry.clone());
+            if let Some(&hash) = listing.hashes.get(i) {
+                kept.hashes.push(hash);
+            }
+        }
+    }
     (kept, Some(listing))
 }
 
@@ -517,20 +574,28 @@ pub(crate) fn stamp_file_at(dir: &OwnedFd, name: &CStr) -> nix::Result<Option<St
     Ok(stamp_at(dir, name)?.filter(Stamp::is_file))
 }
 
-/// Takes a fresh stamp of every file of a cached listing. False if one is no longer a regular
-/// file (the directory changed after all: it must be read again).
+/// Takes a fresh stamp of every file of a cached listing, and keeps a file's cached hash only
+/// if that stamp is exactly the one the hash was stored under. False if a file is no longer a
+/// regular file (the directory changed after all: it must be read again).
 fn stat_cached_files(handle: &OwnedFd, listing: &mut Listing) -> bool {
     for i in 0..listing.entries.len() {
-        let (range, Listed::File(_)) = &listing.entries[i] else {
+        let (range, Listed::File(stored)) = &listing.entries[i] else {
             continue;
         };
+        let stored = *stored;
         let Some(name) = listing.c_name(range) else {
             return false;
         };
-        match stamp_file_at(handle, name) {
-            Ok(Some(fresh)) => listing.entries[i].1 = Listed::File(Some(fresh)),
+        let fresh = match stamp_file_at(handle, name) {
+            Ok(Some(fresh)) => fresh,
             _ => return false,
+        };
+        if stored != Some(fresh)
+            && let Some(hash) = listing.hashes.get_mut(i)
+        {
+            *hash = None;
         }
+        listing.entries[i].1 = Listed::File(Some(fresh));
     }
     true
 }

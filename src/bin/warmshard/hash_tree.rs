@@ -54,26 +54,30 @@ pub(crate) fn run(args: HashTreeArgs) -> Outcome {
     let mut stdout = std::io::stdout().lock();
     let written = if args.json {
         let mut out = Vec::new();
-        let lines: Vec<serde_json::Value> = report
-            .manifest
-            .iter()
-            .map(|line| {
-                let path = line.path();
-                let mut object = serde_json::json!({
-                    "path": String::from_utf8_lossy(&path),
-                    "sha256": line.hex(),
-                });
-                if std::str::from_utf8(&path).is_err() {
-                    object["path_bytes"] = serde_json::json!(path);
-                }
-                object
-            })
-            .collect();
+        let mut lines: Vec<serde_json::Value> = Vec::with_capacity(report.manifest.len());
+        report.manifest.for_each(|line| {
+            let path = line.path();
+            let mut object = serde_json::json!({
+                "path": String::from_utf8_lossy(&path),
+                "sha256": line.hex(),
+            });
+            if std::str::from_utf8(&path).is_err() {
+                object["path_bytes"] = serde_json::json!(path);
+            }
+            lines.push(object);
+        });
         serde_json::to_writer(&mut out, &lines).map_err(|e| Error::InvalidInput(e.to_string()))?;
         out.push(b'\n');
         stdout.write_all(&out).and_then(|()| stdout.flush())
     } else {
-        report.manifest.write_sha256sum_to(&mut stdout)
+        {
+            let t = std::time::Instant::now();
+            let r = report.manifest.write_sha256sum_to(&mut stdout);
+            if std::env::var_os("WS_TIMING").is_some() {
+                eprintln!("print {:?}", t.elapsed());
+            }
+            r
+        }
     };
     match written {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
