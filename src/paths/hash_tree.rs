@@ -408,11 +408,11 @@ impl<'env> Run<'env> {
         let mut listing = dir.listing;
         // Files the cached listing answered (their stamps matched its records) need no lookup.
         let covered = listing.hashes.iter().filter(|h| h.is_some()).count();
-        let values = cached_values(self.view, dir.key, &listing);
+        let values = cached_values(self.view, &dir.key, &listing);
         // A listing that was not read came from the cache: no need to look it up again.
         let cached_listing = !dir.read || {
             let mut key = Vec::new();
-            listing_key(&mut key, dir.key);
+            listing_key(&mut key, &dir.key);
             self.view.get(&key).is_some()
         };
         let cached_entries =
@@ -508,7 +508,7 @@ impl<'env> Run<'env> {
             listing,
             files,
             lines,
-            key: dir.key.to_vec(),
+            key: dir.key,
             read: dir.read,
             cached_entries,
             stamp: dir.stamp,

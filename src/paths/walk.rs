@@ -46,8 +46,8 @@ impl Excluded {
 /// One visited directory, as handed to the caller's visit function.
 pub(crate) struct VisitedDir<'a> {
     /// Its key in the cache (see `listing::dir_key`): its path relative to the root unless that
-    /// is long.
-    pub key: &'a [u8],
+    /// is long. The visit takes it over (no copy per directory).
+    pub key: Vec<u8>,
     /// The open directory, for `openat`/`fstatat` relative to it.
     pub handle: &'a Arc<OwnedFd>,
     /// The directory's own stamp, taken before it was listed.
@@ -79,9 +79,9 @@ struct DirJob {
     /// Its parent's handle, to open it relative to; none for the root, or to open it from the
     /// root.
     parent: Option<Arc<OwnedFd>>,
-    name: Vec<u8>,
-    /// Its path relative to the root.
+    /// Its path relative to the root; its name is the last `name_len` bytes.
     rel: Vec<u8>,
+    name_len: usize,
     /// Its cache key if that is not its path.
     long_key: Option<Vec<u8>>,
     /// Its number in this walk (the root is 0), and its parent's with its entry index there.
@@ -179,8 +179,8 @@ pub(crate) fn walk<'env, T: Send>(
         state: Mutex::new((
             vec![Job::Dir(DirJob {
                 parent: None,
-                name: Vec::new(),
                 rel: Vec::new(),
+                name_len: 0,
                 long_key: None,
                 id: 0,
                 link: None,
@@ -202,18 +202,21 @@ pub(crate) fn walk<'env, T: Send>(
                 let mut found_links = Vec::new();
                 let mut failed = Vec::new();
                 let mut child = Vec::new();
+                // Reused for every directory: the jobs of its subdirectories.
+                let mut subdirs = Vec::new();
                 while let Some(job) = next_job(&queue) {
                     match job {
                         Job::Task(task) => task(),
                         Job::Dir(DirJob {
                             parent,
-                            name,
                             rel,
+                            name_len,
                             long_key,
                             id,
                             link,
                         }) => {
                             let key = long_key.as_deref().unwrap_or(&rel);
+                            let name = &rel[rel.len() - name_len..];
                             if parent.is_some() {
                                 waiting_handles.fetch_sub(1, Ordering::Relaxed);
                             }
@@ -226,7 +229,7 @@ pub(crate) fn walk<'env, T: Send>(
                                 },
                                 parent.as_deref(),
                                 DirName {
-                                    name: &name,
+                                    name,
                                     rel: &rel,
                                     key,
                                 },
@@ -236,7 +239,6 @@ pub(crate) fn walk<'env, T: Send>(
                             ) {
                                 let handle = Arc::new(dir.handle);
                                 let (listing, unfiltered) = filtered(dir.listing, &rel, exclude);
-                                let mut subdirs = Vec::new();
                                 for (i, (range, kind)) in listing.entries.iter().enumerate() {
                                     if let Listed::Dir = kind {
                                         let name = listing.name(range);
@@ -251,8 +253,8 @@ pub(crate) fn walk<'env, T: Send>(
                                         let child_key = dir_key(key, name, child.len());
                                         subdirs.push(Job::Dir(DirJob {
                                             parent,
-                                            name: name.to_vec(),
                                             rel: child.clone(),
+                                            name_len: name.len(),
                                             long_key: child_key,
                                             id: next_id.fetch_add(1, Ordering::Relaxed),
                                             link: Some((id, i as u32)),
@@ -267,7 +269,7 @@ pub(crate) fn walk<'env, T: Send>(
                                 }
                                 queue.wake.notify_all();
                                 let visited = VisitedDir {
-                                    key,
+                                    key: long_key.unwrap_or(rel),
                                     handle: &handle,
                                     stamp: dir.stamp,
                                     listing,
