@@ -191,7 +191,9 @@ pub(crate) fn walk<'env, T: Send>(
     };
     let waiting_handles = AtomicUsize::new(0);
     let next_id = AtomicUsize::new(1);
-    // What the workers found: the visited directories, and the same number of (id, link).
+    // What the workers found: the visited directories (in chunks that never grow, so that no
+    // directory's result is copied but once, when they are joined), and the same number of
+    // (id, link), in the same order.
     let results = Mutex::new((Vec::new(), Vec::new()));
     let errors = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
@@ -199,7 +201,7 @@ pub(crate) fn walk<'env, T: Send>(
             scope.spawn(|| {
                 reserve_heap();
                 let spawner = Spawner { queue: &queue };
-                let mut found = Vec::new();
+                let mut found: Vec<Vec<WalkedDir<T>>> = Vec::new();
                 let mut found_links = Vec::new();
                 let mut failed = Vec::new();
                 let mut child = Vec::new();
@@ -279,11 +281,16 @@ pub(crate) fn walk<'env, T: Send>(
                                     cacheable: !is_excluded,
                                 };
                                 let result = (visitor.visit)(visited, &spawner);
-                                found.push(WalkedDir {
-                                    parent: None,
-                                    subdirs: Vec::new(),
-                                    result,
-                                });
+                                if found.last().is_none_or(|c| c.len() == c.capacity()) {
+                                    found.push(Vec::with_capacity(DIRS_PER_CHUNK));
+                                }
+                                if let Some(chunk) = found.last_mut() {
+                                    chunk.push(WalkedDir {
+                                        parent: None,
+                                        subdirs: Vec::new(),
+                                        result,
+                                    });
+                                }
                                 found_links.push((id, link));
                             }
                         }
@@ -302,7 +309,7 @@ pub(crate) fn walk<'env, T: Send>(
         }
     });
     (
-        linked(results.into_inner(), next_id.into_inner()),
+        linked(joined(results.into_inner()), next_id.into_inner()),
         errors.into_inner(),
     )
 }
@@ -320,6 +327,20 @@ fn reserve_heap() {
     for len in [THRESHOLD, RESERVE] {
         drop(std::hint::black_box(Vec::<u8>::with_capacity(len)));
     }
+}
+
+/// Visited directories a worker keeps per chunk of its results.
+const DIRS_PER_CHUNK: usize = 256;
+
+/// The workers' chunks of visited directories as one vector (each moved once), with their links.
+fn joined<T>(
+    (chunks, links): (Vec<Vec<WalkedDir<T>>>, Vec<Link>),
+) -> (Vec<WalkedDir<T>>, Vec<Link>) {
+    let mut dirs = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
+    for chunk in chunks {
+        dirs.extend(chunk);
+    }
+    (dirs, links)
 }
 
 /// The (id, link to its parent) of a visited directory (see [`DirJob`]).
