@@ -878,3 +878,32 @@ fn a_few_files_changed_in_a_large_directory_do_not_rewrite_its_listing() {
     assert!(listing() != before, "the listing was not stored again");
     assert_eq!(hash_tree(&root, &shard).hashed, 0);
 }
+
+#[test]
+fn a_run_under_a_tight_address_space_limit_completes() {
+    // `ulimit -v 30000` (30 MB of address space): the walk's workers must not need more than
+    // the tree does. Seen before the fix: each worker reserved a 24 MiB block up front, and the
+    // failed allocation aborted the process (exit 134, "memory allocation ... failed").
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("small");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("a"), "a").unwrap();
+    std::fs::write(root.join("sub/b"), "b").unwrap();
+    settle();
+    let shard = tmp.path().join("small.shard");
+    for run in ["cold", "warm"] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(r#"ulimit -v 30000 && exec "$0" "$@""#)
+            .arg(BIN)
+            .args(["--no-fsync", "--shard"])
+            .arg(&shard)
+            .args(["hash-tree", "--threads", "2"])
+            .arg(&root)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{run}: {:?} {stderr}", out.status);
+        assert_eq!(out.stdout, sha256sum_manifest(&root), "{run}");
+    }
+}

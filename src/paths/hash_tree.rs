@@ -309,11 +309,9 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         Some(path) => path.clone(),
         None => shard_path_for_root(&root)?,
     };
-    let shard_options = options
-        .shard_options
-        .clone()
-        .producer(PRODUCER)
-        .populate(true);
+    // The mapping is not populated (unless the caller's options ask): a warm run reads the
+    // cached listings, not the files' own entries (more than half of the shard).
+    let shard_options = options.shard_options.clone().producer(PRODUCER);
     let shard = Shard::open_with(&shard_path, shard_options)?;
     let view = shard.snapshot();
     // A cache of an earlier layout of ours reads as empty and is rebuilt by this run's write.
@@ -408,11 +406,11 @@ impl<'env> Run<'env> {
         let mut listing = dir.listing;
         // Files the cached listing answered (their stamps matched its records) need no lookup.
         let covered = listing.hashes.iter().filter(|h| h.is_some()).count();
-        let values = cached_values(self.view, dir.key, &listing);
+        let values = cached_values(self.view, &dir.key, &listing);
         // A listing that was not read came from the cache: no need to look it up again.
         let cached_listing = !dir.read || {
             let mut key = Vec::new();
-            listing_key(&mut key, dir.key);
+            listing_key(&mut key, &dir.key);
             self.view.get(&key).is_some()
         };
         let cached_entries =
@@ -508,7 +506,7 @@ impl<'env> Run<'env> {
             listing,
             files,
             lines,
-            key: dir.key.to_vec(),
+            key: dir.key,
             read: dir.read,
             cached_entries,
             stamp: dir.stamp,

@@ -166,9 +166,12 @@ impl Listing {
                 b'd' => (Listed::Dir, false),
                 _ => return None,
             };
-            let end = find_nul(after)?;
+            // The name ends at its NUL; a `/` before it makes the listing a miss.
+            let (end, b'\0') = find_nul_or_slash(after)? else {
+                return None;
+            };
             let name = &after[..end];
-            if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+            if name.is_empty() || name == b"." || name == b".." {
                 return None;
             }
             let is_dir = matches!(kind, Listed::Dir);
@@ -216,6 +219,33 @@ fn find_nul(bytes: &[u8]) -> Option<usize> {
     }
     let rest = chunks.remainder().iter().position(|&b| b == 0)?;
     Some(at + rest)
+}
+
+/// The position and value of the first byte of `bytes` that is NUL or `/`, eight bytes at a
+/// time: one pass finds a cached name's end and whether it holds a `/`.
+fn find_nul_or_slash(bytes: &[u8]) -> Option<(usize, u8)> {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const SLASHES: u64 = ONES * b'/' as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let y = x ^ SLASHES;
+        // Each term is exact for its lowest zero byte (see `find_nul`), so their union is
+        // exact for the lowest byte that is either.
+        let zeros = (x.wrapping_sub(ONES) & !x) | (y.wrapping_sub(ONES) & !y);
+        let zeros = zeros & (ONES * 0x80);
+        if zeros != 0 {
+            let i = at + zeros.trailing_zeros() as usize / 8;
+            return Some((i, bytes[i]));
+        }
+        at += 8;
+    }
+    let rest = chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == 0 || b == b'/')?;
+    Some((at + rest, bytes[at + rest]))
 }
 
 /// The bytes of the names (with their NULs) and the number of entries of an encoded listing's
@@ -312,6 +342,29 @@ mod tests {
                     bytes[at + 2] = 0;
                 }
                 assert_eq!(find_nul(&bytes), Some(at), "{bytes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_nul_or_slash_is_found_wherever_it_is() {
+        for len in 0..20 {
+            // Neighbours of `/` (0x2e, 0x30) and of NUL, and bytes whose high bit is set.
+            let plain: Vec<u8> = (0..len)
+                .map(|i| [1, 0x2e, 0x30, 0xaf, 0x80, 0xff][i % 6])
+                .collect();
+            assert_eq!(find_nul_or_slash(&plain), None);
+            for at in 0..len {
+                for first in [0, b'/'] {
+                    let mut bytes = plain.clone();
+                    bytes[at] = first;
+                    // Either byte after the first changes nothing.
+                    if at + 2 < len {
+                        bytes[at + 1] = if first == 0 { b'/' } else { 0 };
+                        bytes[at + 2] = 0;
+                    }
+                    assert_eq!(find_nul_or_slash(&bytes), Some((at, first)), "{bytes:?}");
+                }
             }
         }
     }

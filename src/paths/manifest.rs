@@ -153,9 +153,15 @@ impl Manifest {
 
     /// Writes the whole manifest as GNU `sha256sum` prints it to `out`, in chunks of about
     /// 64 KiB (no copy of the whole text in memory), and flushes it.
+    ///
+    /// Lines are written into one buffer set up once, each part copied into place: a line costs
+    /// its copies, not a fill of its bytes first (as growing a `Vec` by a line would).
     pub fn write_sha256sum_to(&self, mut out: impl std::io::Write) -> std::io::Result<()> {
         const CHUNK: usize = 64 * 1024;
-        let mut buffer = Vec::with_capacity(CHUNK + 4096);
+        let mut buffer = vec![0u8; CHUNK];
+        let mut at = 0;
+        // An escaped line (rare) is built here first.
+        let mut escaped = Vec::new();
         let mut written = Ok(());
         self.for_each_run(|run| {
             if written.is_err() {
@@ -169,15 +175,30 @@ impl Manifest {
                     dir: run.escape_path,
                     names: run.escape_names,
                 };
-                push_line(&mut buffer, line.dir, escape, line.name, line.sha256);
-                if buffer.len() >= CHUNK {
-                    written = out.write_all(&buffer);
-                    buffer.clear();
+                let len = plain_line_len(line.dir, line.name);
+                let plain = is_plain(line.dir, escape, line.name);
+                if plain && at + len <= CHUNK {
+                    write_plain_line(&mut buffer[at..at + len], line.dir, line.name, line.sha256);
+                    at += len;
+                    return;
+                }
+                written = out.write_all(&buffer[..at]);
+                at = 0;
+                if plain && len <= CHUNK {
+                    write_plain_line(&mut buffer[..len], line.dir, line.name, line.sha256);
+                    at = len;
+                    return;
+                }
+                // Escaped, or longer than the buffer: written on its own.
+                escaped.clear();
+                push_line(&mut escaped, line.dir, escape, line.name, line.sha256);
+                if written.is_ok() {
+                    written = out.write_all(&escaped);
                 }
             });
         });
         written?;
-        out.write_all(&buffer)?;
+        out.write_all(&buffer[..at])?;
         out.flush()
     }
 
@@ -339,6 +360,35 @@ struct Escape {
     names: bool,
 }
 
+/// Whether the line of `name` in `dir` is written as is: not escaped, and not the root's `-`.
+fn is_plain(dir: &[u8], escape: Escape, name: &[u8]) -> bool {
+    let root_dash = dir.is_empty() && name == b"-";
+    !(root_dash || escape.dir || (escape.names && needs_escape(name)))
+}
+
+/// Length of the plain line `<64 hex>  <dir>/<name>\n` (`<name>` alone in the root).
+fn plain_line_len(dir: &[u8], name: &[u8]) -> usize {
+    let dir_len = if dir.is_empty() { 0 } else { dir.len() + 1 };
+    66 + dir_len + name.len() + 1
+}
+
+/// Writes the plain line of `name` in `dir` into `line`, which is exactly
+/// [`plain_line_len`] long: one bounds check per part, not per byte.
+fn write_plain_line(line: &mut [u8], dir: &[u8], name: &[u8], sha256: &[u8; 32]) {
+    let (hex, rest) = line.split_at_mut(64);
+    write_hex(hex, sha256);
+    let (spaces, path) = rest.split_at_mut(2);
+    spaces.copy_from_slice(b"  ");
+    let dir_len = if dir.is_empty() { 0 } else { dir.len() + 1 };
+    if dir_len > 0 {
+        path[..dir.len()].copy_from_slice(dir);
+        path[dir.len()] = b'/';
+    }
+    let (name_out, newline) = path[dir_len..].split_at_mut(name.len());
+    name_out.copy_from_slice(name);
+    newline[0] = b'\n';
+}
+
 /// Appends the `sha256sum` line of the file `name` in directory `dir` (`""` for the root);
 /// `escape` is computed once per directory by the caller.
 fn push_line(out: &mut Vec<u8>, dir: &[u8], escape: Escape, name: &[u8], sha256: &[u8; 32]) {
@@ -350,25 +400,13 @@ fn push_line(out: &mut Vec<u8>, dir: &[u8], escape: Escape, name: &[u8], sha256:
         };
         return push_line(out, b".", escape, name, sha256);
     }
-    if escape.dir || (escape.names && needs_escape(name)) {
+    if !is_plain(dir, escape, name) {
         push_escaped_line(out, dir, name, sha256);
         return;
     }
-    // `<64 hex>  <dir>/<name>\n`, written in place: one bounds check per part, not per byte.
-    let dir_len = if dir.is_empty() { 0 } else { dir.len() + 1 };
     let start = out.len();
-    out.resize(start + 66 + dir_len + name.len() + 1, b' ');
-    let line = &mut out[start..];
-    let (hex, rest) = line.split_at_mut(64);
-    write_hex(hex, sha256);
-    let path = &mut rest[2..];
-    if dir_len > 0 {
-        path[..dir.len()].copy_from_slice(dir);
-        path[dir.len()] = b'/';
-    }
-    let (name_out, newline) = path[dir_len..].split_at_mut(name.len());
-    name_out.copy_from_slice(name);
-    newline[0] = b'\n';
+    out.resize(start + plain_line_len(dir, name), 0);
+    write_plain_line(&mut out[start..], dir, name, sha256);
 }
 
 /// [`push_line`] for a path GNU `sha256sum` escapes: a leading `\`, and backslash, newline and
