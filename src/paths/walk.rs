@@ -199,7 +199,6 @@ pub(crate) fn walk<'env, T: Send>(
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| {
-                reserve_heap();
                 let spawner = Spawner { queue: &queue };
                 let mut found: Vec<Vec<WalkedDir<T>>> = Vec::new();
                 let mut found_links = Vec::new();
@@ -312,26 +311,6 @@ pub(crate) fn walk<'env, T: Send>(
         linked(joined(results.into_inner()), next_id.into_inner()),
         errors.into_inner(),
     )
-}
-
-/// Reserves room in this thread's heap for the listings it will keep, without touching it.
-///
-/// glibc grows a worker thread's heap only by what each allocation needs, one `mprotect` at a
-/// time: a warm walk of `/usr` made 2,900 of them. Freeing one large block (past the mmap
-/// threshold) raises that threshold and the trim threshold with it; the next large block then
-/// comes from this thread's heap in one step and stays there once freed, for the small
-/// allocations that follow. Elsewhere this is two allocations and two frees.
-fn reserve_heap() {
-    const THRESHOLD: usize = 24 << 20;
-    const RESERVE: usize = 16 << 20;
-    for len in [THRESHOLD, RESERVE] {
-        // Under a tight address-space limit (`ulimit -v`) the block is simply not reserved.
-        let mut block = Vec::<u8>::new();
-        if block.try_reserve_exact(len).is_err() {
-            return;
-        }
-        drop(std::hint::black_box(block));
-    }
 }
 
 /// Visited directories a worker keeps per chunk of its results.
