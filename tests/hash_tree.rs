@@ -601,8 +601,8 @@ fn a_cache_that_cannot_be_written_still_prints_the_manifest_and_exits_3() {
 fn an_unreadable_root_is_an_error_not_an_empty_manifest() {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
-        println!("SKIPPED: no user 'nobody' to run as");
+    let Some((other_uid, other_gid)) = common::second_user("running hash-tree as another user")
+    else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -614,15 +614,15 @@ fn an_unreadable_root_is_an_error_not_an_empty_manifest() {
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711)).unwrap();
     let cache = tmp.path().join("cache");
     std::fs::create_dir(&cache).unwrap();
-    nix::unistd::chown(&cache, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    nix::unistd::chown(&cache, Some(other_uid.into()), Some(other_gid.into())).unwrap();
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
     let out = Command::new(BIN)
         .args(["--no-fsync", "--shard"])
         .arg(cache.join("c.shard"))
         .arg("hash-tree")
         .arg(&root)
-        .uid(nobody.uid.as_raw())
-        .gid(nobody.gid.as_raw())
+        .uid(other_uid)
+        .gid(other_gid)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -739,8 +739,8 @@ fn excluded_paths_are_left_out_and_excluded_directories_never_read() {
 fn an_unreadable_file_is_left_out_and_named_with_its_full_path() {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
-        println!("SKIPPED: no user 'nobody' to run as");
+    let Some((other_uid, other_gid)) = common::second_user("running hash-tree as another user")
+    else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -756,14 +756,14 @@ fn an_unreadable_file_is_left_out_and_named_with_its_full_path() {
     .unwrap();
     let cache = tmp.path().join("cache");
     std::fs::create_dir(&cache).unwrap();
-    nix::unistd::chown(&cache, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    nix::unistd::chown(&cache, Some(other_uid.into()), Some(other_gid.into())).unwrap();
     let out = Command::new(BIN)
         .args(["--no-fsync", "--shard"])
         .arg(cache.join("c.shard"))
         .arg("hash-tree")
         .arg(&root)
-        .uid(nobody.uid.as_raw())
-        .gid(nobody.gid.as_raw())
+        .uid(other_uid)
+        .gid(other_gid)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
