@@ -493,14 +493,7 @@ fn deep_paths_under_a_wide_directory_are_all_listed() {
         for level in 0..25u8 {
             dir = common::mkdir_at(&dir, &long(b'a' + level % 26));
         }
-        let file = nix::fcntl::openat(
-            &dir,
-            "f",
-            OFlag::O_WRONLY | OFlag::O_CREAT,
-            Mode::from_bits_truncate(0o600),
-        )
-        .unwrap();
-        nix::unistd::write(&file, format!("{i}").as_bytes()).unwrap();
+        common::write_at(&dir, "f", format!("{i}").as_bytes());
     }
     settle();
     let shard = tmp.path().join("deep.shard");

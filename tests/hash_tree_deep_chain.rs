@@ -19,14 +19,7 @@ fn chain(root: &Path, depth: usize) {
     for _ in 0..depth {
         dir = common::mkdir_at(&dir, b"d");
     }
-    let file = nix::fcntl::openat(
-        &dir,
-        "f",
-        OFlag::O_WRONLY | OFlag::O_CREAT,
-        Mode::from_bits_truncate(0o600),
-    )
-    .unwrap();
-    nix::unistd::write(&file, b"bottom").unwrap();
+    common::write_at(&dir, "f", b"bottom");
 }
 
 /// Removes a chain built by [`chain`] without a long path or a handle per level: the

@@ -79,14 +79,7 @@ fn paths_longer_than_path_max_and_non_utf8_names_are_imported_as_their_bytes() {
         key.push(b'/');
     }
     key.push(b'f');
-    let file = nix::fcntl::openat(
-        &dir,
-        "f",
-        OFlag::O_WRONLY | OFlag::O_CREAT,
-        Mode::from_bits_truncate(0o600),
-    )
-    .unwrap();
-    nix::unistd::write(&file, b"deep").unwrap();
+    common::write_at(&dir, "f", b"deep");
     let shard = tmp.path().join("s.shard");
     import(&shard, &root);
     assert!(key.len() > 4096);

@@ -118,3 +118,18 @@ pub fn mkdir_at(dir: &std::os::fd::OwnedFd, name: &[u8]) -> std::os::fd::OwnedFd
     )
     .unwrap()
 }
+
+/// Creates the file `dir/<name>` (0600) relative to an open directory and writes `content`
+/// into it: the last step of building a tree deeper than `PATH_MAX`.
+pub fn write_at(dir: &std::os::fd::OwnedFd, name: &str, content: &[u8]) {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let file = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT,
+        Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    nix::unistd::write(&file, content).unwrap();
+}
