@@ -590,10 +590,29 @@ fn a_cache_that_cannot_be_written_still_prints_the_manifest_and_exits_3() {
     assert_eq!(hash_tree(&root, &shard).hashed, 0);
 }
 
+/// `warmshard hash-tree ROOT` run as `user`, its cache in a directory of that user's made in
+/// `scratch`.
+fn hash_tree_as(user: (u32, u32), scratch: &Path, root: &Path) -> std::process::Output {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let cache = scratch.join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    nix::unistd::chown(&cache, Some(user.0.into()), Some(user.1.into())).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    Command::new(BIN)
+        .args(["--no-fsync", "--shard"])
+        .arg(cache.join("c.shard"))
+        .arg("hash-tree")
+        .arg(root)
+        .uid(user.0)
+        .gid(user.1)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn an_unreadable_root_is_an_error_not_an_empty_manifest() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let Some((other_uid, other_gid)) = common::second_user("running hash-tree as another user")
     else {
         return;
@@ -605,19 +624,7 @@ fn an_unreadable_root_is_an_error_not_an_empty_manifest() {
     std::fs::write(root.join("f"), "x").unwrap();
     // Searchable (it resolves) but not readable by the other user.
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711)).unwrap();
-    let cache = tmp.path().join("cache");
-    std::fs::create_dir(&cache).unwrap();
-    nix::unistd::chown(&cache, Some(other_uid.into()), Some(other_gid.into())).unwrap();
-    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let out = Command::new(BIN)
-        .args(["--no-fsync", "--shard"])
-        .arg(cache.join("c.shard"))
-        .arg("hash-tree")
-        .arg(&root)
-        .uid(other_uid)
-        .gid(other_gid)
-        .output()
-        .unwrap();
+    let out = hash_tree_as((other_uid, other_gid), tmp.path(), &root);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(out.stdout.is_empty());
@@ -731,7 +738,6 @@ fn excluded_paths_are_left_out_and_excluded_directories_never_read() {
 #[test]
 fn an_unreadable_file_is_left_out_and_named_with_its_full_path() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let Some((other_uid, other_gid)) = common::second_user("running hash-tree as another user")
     else {
         return;
@@ -747,18 +753,7 @@ fn an_unreadable_file_is_left_out_and_named_with_its_full_path() {
         std::fs::Permissions::from_mode(0o600),
     )
     .unwrap();
-    let cache = tmp.path().join("cache");
-    std::fs::create_dir(&cache).unwrap();
-    nix::unistd::chown(&cache, Some(other_uid.into()), Some(other_gid.into())).unwrap();
-    let out = Command::new(BIN)
-        .args(["--no-fsync", "--shard"])
-        .arg(cache.join("c.shard"))
-        .arg("hash-tree")
-        .arg(&root)
-        .uid(other_uid)
-        .gid(other_gid)
-        .output()
-        .unwrap();
+    let out = hash_tree_as((other_uid, other_gid), tmp.path(), &root);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(

@@ -43,6 +43,14 @@ fn options(shard: &Path) -> HashTreeOptions {
         .shard_options(warmshard::Options::new().durable(false))
 }
 
+/// Opens the tree's cache and walks it whole: the cache (for its stats) and every file found.
+fn walk_all(root: &Path, shard: &Path) -> (TreeCache, Vec<(PathBuf, [u8; 32])>) {
+    let cache = open(root, shard);
+    let mut found = Vec::new();
+    walk(&cache, Path::new(""), &mut found);
+    (cache, found)
+}
+
 fn open(root: &Path, shard: &Path) -> TreeCache {
     TreeCache::open(root, Some(shard), warmshard::Options::new().durable(false)).unwrap()
 }
@@ -52,9 +60,7 @@ fn a_walk_after_hash_tree_reads_nothing_and_agrees_with_its_manifest() {
     let (_tmp, root, shard) = tree();
     settle();
     let report = hash_tree(&root, &options(&shard)).unwrap();
-    let cache = open(&root, &shard);
-    let mut found = Vec::new();
-    walk(&cache, Path::new(""), &mut found);
+    let (cache, found) = walk_all(&root, &shard);
     let stats = cache.stats();
     assert_eq!(
         (stats.listings_read, stats.files_hashed),
@@ -77,9 +83,7 @@ fn a_walk_after_hash_tree_reads_nothing_and_agrees_with_its_manifest() {
 fn what_a_walk_learns_makes_the_next_hash_tree_run_warm() {
     let (_tmp, root, shard) = tree();
     settle();
-    let cache = open(&root, &shard);
-    let mut found = Vec::new();
-    walk(&cache, Path::new(""), &mut found);
+    let (cache, _) = walk_all(&root, &shard);
     assert_eq!(cache.stats().files_hashed, 41);
     assert!(matches!(
         cache.commit().unwrap(),
@@ -97,9 +101,7 @@ fn stamps_decide_and_bypass_reads_everything_and_writes_nothing() {
     std::fs::write(root.join("d1/e1/f1.rs"), "changed").unwrap();
     std::fs::write(root.join("d2/new.rs"), "new").unwrap();
     settle();
-    let cache = open(&root, &shard);
-    let mut found = Vec::new();
-    walk(&cache, Path::new(""), &mut found);
+    let (cache, found) = walk_all(&root, &shard);
     let stats = cache.stats();
     // d2 gained an entry (its listing is read again); one file changed and one is new.
     assert_eq!(
