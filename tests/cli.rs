@@ -5,6 +5,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_warmshard");
 
 fn run(shard: &Path, args: &[&str], stdin: &[u8]) -> Output {
@@ -102,11 +104,7 @@ fn import_merge_and_replace_with_nested_and_non_utf8_names() {
     let shard = dir.path().join("import.shard");
     assert!(run(&shard, &["put", "kept"], b"1").status.success());
     let out = run(&shard, &["import", src.to_str().unwrap()], b"");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out, "warmshard import");
 
     let out = run(&shard, &["ls"], b"");
     let mut expected = b"a/b/deep.txt\ncaf\xe9.bin\nkept\ntop.txt\n".to_vec();
@@ -231,15 +229,10 @@ fn kill_switch_env_disables_reads_and_writes() {
 fn shard_path_from_environment_and_errors_for_directories() {
     let dir = tempfile::tempdir().unwrap();
     let shard = dir.path().join("env.shard");
-    let out = Command::new(BIN)
-        .args(["put", "k", "/dev/null"])
-        .env("WARMSHARD_PATH", &shard)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::output_ok(
+        Command::new(BIN)
+            .args(["put", "k", "/dev/null"])
+            .env("WARMSHARD_PATH", &shard),
     );
     assert!(shard.exists());
 

@@ -122,16 +122,11 @@ fn cold_manifest_equals_sha256sum_and_verifies_with_check() {
 
     let manifest_file = tmp.path().join("MANIFEST");
     std::fs::write(&manifest_file, &run.manifest).unwrap();
-    let check = Command::new("sha256sum")
-        .current_dir(&root)
-        .args(["-c", "--quiet"])
-        .arg(&manifest_file)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
+    common::output_ok(
+        Command::new("sha256sum")
+            .current_dir(&root)
+            .args(["-c", "--quiet"])
+            .arg(&manifest_file),
     );
 }
 
@@ -527,17 +522,12 @@ fn a_file_named_dash_is_checked_by_sha256sum_not_read_from_stdin() {
     let manifest = tmp.path().join("MANIFEST");
     std::fs::write(&manifest, &run.manifest).unwrap();
     // Standard input holds other bytes: a check that read it for `-` would fail.
-    let check = Command::new("sha256sum")
-        .arg("-c")
-        .arg(&manifest)
-        .current_dir(&root)
-        .stdin(std::fs::File::open("/dev/null").unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
+    common::output_ok(
+        Command::new("sha256sum")
+            .arg("-c")
+            .arg(&manifest)
+            .current_dir(&root)
+            .stdin(std::fs::File::open("/dev/null").unwrap()),
     );
 }
 
@@ -700,12 +690,7 @@ fn excluded_paths_are_left_out_and_excluded_directories_never_read() {
         for pattern in exclude {
             command.args(["--exclude", pattern]);
         }
-        let out = command.arg(&root).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = common::output_ok(command.arg(&root));
         String::from_utf8(out.stdout).unwrap()
     };
     let all = run(&[]);

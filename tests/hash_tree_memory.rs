@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+mod common;
+
 #[test]
 fn peak_memory_is_flat_when_hashing_a_large_file() {
     let tmp = tempfile::tempdir().unwrap();
@@ -12,17 +14,12 @@ fn peak_memory_is_flat_when_hashing_a_large_file() {
     let file = std::fs::File::create(root.join("one-gib")).unwrap();
     file.set_len(1 << 30).unwrap();
     drop(file);
-    let out = Command::new(env!("CARGO_BIN_EXE_warmshard"))
-        .arg("--shard")
-        .arg(tmp.path().join("big.shard"))
-        .args(["hash-tree", "--stats"])
-        .arg(&root)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::output_ok(
+        Command::new(env!("CARGO_BIN_EXE_warmshard"))
+            .arg("--shard")
+            .arg(tmp.path().join("big.shard"))
+            .args(["hash-tree", "--stats"])
+            .arg(&root),
     );
     // sha256 of 1 GiB of zero bytes, computed independently here.
     let expected = {

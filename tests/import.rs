@@ -15,17 +15,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_warmshard");
 
 /// `warmshard import DIR` into `shard`, which must succeed.
 fn import(shard: &Path, dir: &Path) {
-    let out = Command::new(BIN)
-        .args(["--no-fsync", "--shard"])
-        .arg(shard)
-        .arg("import")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::output_ok(
+        Command::new(BIN)
+            .args(["--no-fsync", "--shard"])
+            .arg(shard)
+            .arg("import")
+            .arg(dir),
     );
 }
 

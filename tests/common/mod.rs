@@ -3,6 +3,26 @@
 //! `mod common;`).
 
 use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs `command` to its end and returns its output; fails the test, showing the command and
+/// what it printed, unless it exited with success.
+pub fn output_ok(command: &mut Command) -> Output {
+    let out = command.output().unwrap();
+    assert_success(&out, &format!("{command:?}"));
+    out
+}
+
+/// Fails the test, showing `what` ran and what it printed, unless `out` is a success.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
 
 /// Names of the temporary files a writer leaves next to its shard (`.<name>.<random>.tmp`).
 pub fn temp_files(dir: &Path) -> Vec<String> {
