@@ -418,6 +418,18 @@ fn ten_thousand_random_bit_flips_never_serve_a_wrong_value() {
 
 #[test]
 fn directories_are_created_0700_and_files_0600_whatever_the_umask() {
+    /// `command`, run under umask 0 (nothing masked: every mode bit is the program's choice).
+    fn with_umask_0(command: &mut Command) -> &mut Command {
+        // SAFETY: umask is async-signal-safe, and the closure touches nothing else.
+        unsafe {
+            command.pre_exec(|| {
+                nix::libc::umask(0);
+                Ok(())
+            });
+        }
+        command
+    }
+
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a/b/c/new.shard");
     let mut command = Command::new(env!("CARGO_BIN_EXE_warmshard"));
@@ -426,15 +438,7 @@ fn directories_are_created_0700_and_files_0600_whatever_the_umask() {
         .arg(&path)
         .args(["put", "k"])
         .stdin(Stdio::null());
-    // SAFETY: umask is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            nix::libc::umask(0);
-            Ok(())
-        });
-    }
-    let out = command.output().unwrap();
-    assert!(out.status.success(), "{out:?}");
+    common::output_ok(with_umask_0(&mut command));
     let mode = |p: PathBuf| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
     for sub in ["a", "a/b", "a/b/c"] {
         assert_eq!(mode(dir.path().join(sub)), 0o700, "{sub}");
@@ -450,15 +454,7 @@ fn directories_are_created_0700_and_files_0600_whatever_the_umask() {
         .env("XDG_CACHE_HOME", &cache)
         .args(["put", "k"])
         .stdin(Stdio::null());
-    // SAFETY: umask is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            nix::libc::umask(0);
-            Ok(())
-        });
-    }
-    let out = command.output().unwrap();
-    assert!(out.status.success(), "{out:?}");
+    common::output_ok(with_umask_0(&mut command));
     assert_eq!(mode(cache.join("warmshard")), 0o700, "cache directory");
     assert_eq!(
         mode(cache.join("warmshard/default.shard")),
