@@ -582,6 +582,16 @@ fn a_cache_that_cannot_be_written_still_prints_the_manifest_and_exits_3() {
 
 /// `warmshard hash-tree ROOT` run as `user`, its cache in a directory of that user's made in
 /// `scratch`.
+/// The suite's second user and a scratch directory it can search (mode 0711) but not list;
+/// `None` (the test prints SKIPPED) where no second user can be had.
+fn scratch_for_second_user() -> Option<((u32, u32), tempfile::TempDir)> {
+    use std::os::unix::fs::PermissionsExt;
+    let user = common::second_user("running hash-tree as another user")?;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    Some((user, tmp))
+}
+
 fn hash_tree_as(user: (u32, u32), scratch: &Path, root: &Path) -> std::process::Output {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
@@ -603,18 +613,15 @@ fn hash_tree_as(user: (u32, u32), scratch: &Path, root: &Path) -> std::process::
 #[test]
 fn an_unreadable_root_is_an_error_not_an_empty_manifest() {
     use std::os::unix::fs::PermissionsExt;
-    let Some((other_uid, other_gid)) = common::second_user("running hash-tree as another user")
-    else {
+    let Some((user, tmp)) = scratch_for_second_user() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let root = tmp.path().join("root");
     std::fs::create_dir(&root).unwrap();
     std::fs::write(root.join("f"), "x").unwrap();
     // Searchable (it resolves) but not readable by the other user.
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711)).unwrap();
-    let out = hash_tree_as((other_uid, other_gid), tmp.path(), &root);
+    let out = hash_tree_as(user, tmp.path(), &root);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(out.stdout.is_empty());
@@ -723,12 +730,9 @@ fn excluded_paths_are_left_out_and_excluded_directories_never_read() {
 #[test]
 fn an_unreadable_file_is_left_out_and_named_with_its_full_path() {
     use std::os::unix::fs::PermissionsExt;
-    let Some((other_uid, other_gid)) = common::second_user("running hash-tree as another user")
-    else {
+    let Some((user, tmp)) = scratch_for_second_user() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let root = tmp.path().join("root");
     std::fs::create_dir_all(root.join("sub")).unwrap();
     std::fs::write(root.join("sub/open"), "x").unwrap();
@@ -738,7 +742,7 @@ fn an_unreadable_file_is_left_out_and_named_with_its_full_path() {
         std::fs::Permissions::from_mode(0o600),
     )
     .unwrap();
-    let out = hash_tree_as((other_uid, other_gid), tmp.path(), &root);
+    let out = hash_tree_as(user, tmp.path(), &root);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(
