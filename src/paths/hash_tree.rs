@@ -27,9 +27,12 @@
 //!    this run, or with a file its cached listing did not answer, is encoded with its files'
 //!    stamps and hashes; the shard is rewritten only if an entry changed or a file or directory
 //!    disappeared, with the values encoded in step 2.
-//! 4. **Print the manifest** ([`assemble`]): the [`Manifest`] keeps the walk's listings and is
-//!    printed straight from them, in order, each directory's path built in one buffer on the
-//!    way down.
+//! 4. **Print the manifest** (`take_in_manifest_order` in `walk.rs`, [`assemble`]): while the
+//!    workers walk, the calling thread takes the directories they finished in manifest order,
+//!    takes in what their hashing tasks returned, and ([`hash_tree_to`]) writes their lines as
+//!    soon as every directory before them is done, each directory's path built in one buffer
+//!    on the way down; so little is left to print once the walk is over. The [`Manifest`]
+//!    keeps the walk's listings and is printed straight from them.
 //!
 //! No part keeps a directory's path: the walk hands each directory its parent's index and its
 //! name, and its cache key is its path only while that is short. So memory grows with the tree
@@ -56,7 +59,8 @@ use super::error::{PathError, PathInputError, invalid_path};
 use super::exclude::Exclude;
 use super::listing::{Listed, Listing, listing_key};
 use super::manifest::{
-    FileState, Manifest, ManifestDir, in_manifest_order, names_need_escape, push_hex,
+    FileState, Manifest, ManifestDir, Sha256sumWriter, in_manifest_order, names_need_escape,
+    needs_escape, push_hex,
 };
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
 use super::tree_store::{
@@ -64,7 +68,7 @@ use super::tree_store::{
     file_key, push_file_key,
 };
 use super::walk::{
-    Spawner, VisitedDir, Visitor, WalkedDir, rel_path, stamp_file_at, visit_fn, walk,
+    Spawner, VisitedDir, Visitor, WalkedDir, stamp_file_at, take_in_manifest_order, visit_fn, walk,
 };
 use crate::{BulkMode, Error, Health, Options, Result, Shard, Snapshot, WriteOutcome};
 
@@ -192,6 +196,9 @@ pub struct HashTreeReport {
     /// Why the cache shard could not be written (lock timeout, size limit, I/O...), if it could
     /// not. The manifest is complete and correct either way: the next run only re-hashes more.
     pub cache_error: Option<Error>,
+    /// Why the manifest could not be written to the writer given to [`hash_tree_to`], if it
+    /// could not (always `None` for [`hash_tree`]). The run went on without writing more.
+    pub output_error: Option<std::io::Error>,
 }
 
 /// The default cache shard of a canonical root: `<cache dir>/warmshard/trees/<sha256 of the
@@ -296,6 +303,49 @@ thread_local! {
 /// Builds the manifest of `root` (see the module docs): plan each directory from the cache and
 /// hash what is stale (both during the walk), persist what changed, then assemble the manifest.
 pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeReport> {
+    run_hash_tree(root, options, None)
+}
+
+/// [`hash_tree`], writing the manifest to `out` as GNU `sha256sum` prints it
+/// ([`Manifest::write_sha256sum_to`]) while the tree is walked: each directory's lines as soon
+/// as it and every directory before it in the manifest are done. `out` is flushed once the
+/// manifest is complete, before the cache is written.
+///
+/// A failed write does not end the run (the cache is still brought up to date); it is in
+/// [`HashTreeReport::output_error`], and nothing more is written after it. If the root cannot
+/// be read, the error is returned and nothing is written.
+///
+/// ```
+/// # fn main() -> warmshard::Result<()> {
+/// # let tmp = tempfile::tempdir().unwrap();
+/// # let root = tmp.path().join("src");
+/// # std::fs::create_dir_all(root.join("sub")).unwrap();
+/// # std::fs::write(root.join("sub/a.rs"), "fn a() {}").unwrap();
+/// use warmshard::paths::{HashTreeOptions, hash_tree_to};
+/// let options = HashTreeOptions::default().shard(tmp.path().join("tree.shard"));
+/// let mut out = Vec::new();
+/// let report = hash_tree_to(&root, &options, &mut out)?;
+/// assert!(report.output_error.is_none());
+/// let mut again = Vec::new();
+/// report.manifest.write_sha256sum_to(&mut again).unwrap();
+/// assert_eq!(out, again);
+/// assert!(out.ends_with(b"  sub/a.rs\n"));
+/// # Ok(()) }
+/// ```
+pub fn hash_tree_to(
+    root: &Path,
+    options: &HashTreeOptions,
+    out: &mut dyn std::io::Write,
+) -> Result<HashTreeReport> {
+    run_hash_tree(root, options, Some(out))
+}
+
+/// [`hash_tree`], and [`hash_tree_to`] when `out` is given.
+fn run_hash_tree(
+    root: &Path,
+    options: &HashTreeOptions,
+    out: Option<&mut dyn std::io::Write>,
+) -> Result<HashTreeReport> {
     let started = Instant::now();
     let root = std::fs::canonicalize(root).map_err(|e| Error::io("resolving", root, e))?;
     if !root.is_dir() {
@@ -345,13 +395,47 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         cached: &cached,
         visit: &visit,
     };
-    let (mut dirs, mut errors) = walk(
+    let mut hashed = 0;
+    let mut unreadable = Vec::new();
+    let mut printer = out.map(Sha256sumWriter::new);
+    let (dirs, mut errors) = walk(
         &root,
         options.threads,
         &cache_files(&shard),
         &options.exclude,
         visitor,
+        |walked| {
+            // Each directory is printed as soon as it and every one before it are done, while
+            // the workers go on.
+            let dirs = take_in_manifest_order(
+                walked,
+                |dir| &dir.listing,
+                |dirs, at, path| {
+                    let dir = &mut dirs[at].result;
+                    hashed += take_in_hashed(&run, &root, dir, path, &mut unreadable);
+                },
+                |dir, path, entries| {
+                    if let Some(printer) = &mut printer {
+                        let escape_path = needs_escape(path);
+                        let (listing, files) = (&dir.listing, &dir.files);
+                        printer.write_run(
+                            path,
+                            escape_path,
+                            dir.escape_names,
+                            listing,
+                            files,
+                            entries,
+                        );
+                    }
+                },
+            );
+            // The manifest is out before the cache is written.
+            let printed = printer.map(Sha256sumWriter::finish);
+            (dirs, printed)
+        },
     );
+    let (mut dirs, printed) = dirs;
+    errors.append(&mut unreadable);
     if dirs.first().is_none_or(|root| root.parent.is_some()) {
         // The root itself could not be read: there is no manifest to give.
         let error = errors.into_iter().find(|e| e.path == root).map_or_else(
@@ -360,7 +444,6 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         );
         return Err(Error::io("reading", &root, error));
     }
-    let hashed = take_in_hashed(&run, &root, &mut dirs, &mut errors);
     index_changes(&mut dirs, run.taken_at, options.racy_margin);
     errors.sort_by(|a, b| a.path.cmp(&b.path));
     let (shard_written, cache_error) = match persist(&run, &shard, &dirs) {
@@ -381,6 +464,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         shard_path,
         shard_written,
         cache_error,
+        output_error: printed.and_then(std::io::Result::err),
         manifest,
     })
 }
@@ -653,67 +737,59 @@ impl<'d, 'env, 's, 'q> Batcher<'d, 'env, 's, 'q> {
     }
 }
 
-/// Takes what the hashing tasks returned into each directory's file states and new values;
-/// a file that could not be read goes to `errors`. Returns how many files were hashed.
+/// Takes what the hashing tasks of one directory (at `dir_path` relative to `root`) returned
+/// into its file states and new values; a file that could not be read goes to `errors`.
+/// Returns how many files were hashed.
 fn take_in_hashed(
     run: &Run<'_>,
     root: &Path,
-    dirs: &mut [WalkedDir<DirRun>],
+    dir: &mut DirRun,
+    dir_path: &[u8],
     errors: &mut Vec<PathError>,
 ) -> u64 {
     let mut hashed = 0;
-    for at in 0..dirs.len() {
-        let dir = &mut dirs[at].result;
-        let Some(hashing) = dir.hashing.take() else {
-            continue;
-        };
-        let batches = std::mem::take(&mut *hashing.lock());
-        let mut failed = Vec::new();
-        for batch in batches {
-            let offset = dir.values.len() as u32;
-            dir.values.extend_from_slice(&batch.values);
-            for (i, result) in batch.results {
-                let state = &mut dir.files[i as usize];
-                *state = FileState::Absent;
-                match result {
-                    Ok(None) => {}
-                    Ok(Some((stamp, sha256, range))) => {
-                        *state = FileState::Hashed(sha256);
-                        dir.lines += 1;
-                        if !stamp.is_racy(run.taken_at, run.options.racy_margin) {
-                            dir.uncovered_keepable += 1;
-                        }
-                        if let Some((_, kind)) = dir.listing.entries.get_mut(i as usize) {
-                            *kind = Listed::File(Some(stamp));
-                        }
-                        hashed += 1;
-                        if let Some(range) = range {
-                            let range = range.start + offset..range.end + offset;
-                            dir.new_values.push((i, range));
-                        }
+    let Some(hashing) = dir.hashing.take() else {
+        return 0;
+    };
+    let batches = std::mem::take(&mut *hashing.lock());
+    let mut failed = Vec::new();
+    for batch in batches {
+        let offset = dir.values.len() as u32;
+        dir.values.extend_from_slice(&batch.values);
+        for (i, result) in batch.results {
+            let state = &mut dir.files[i as usize];
+            *state = FileState::Absent;
+            match result {
+                Ok(None) => {}
+                Ok(Some((stamp, sha256, range))) => {
+                    *state = FileState::Hashed(sha256);
+                    dir.lines += 1;
+                    if !stamp.is_racy(run.taken_at, run.options.racy_margin) {
+                        dir.uncovered_keepable += 1;
                     }
-                    Err(source) => failed.push((i, source)),
+                    if let Some((_, kind)) = dir.listing.entries.get_mut(i as usize) {
+                        *kind = Listed::File(Some(stamp));
+                    }
+                    hashed += 1;
+                    if let Some(range) = range {
+                        let range = range.start + offset..range.end + offset;
+                        dir.new_values.push((i, range));
+                    }
                 }
+                Err(source) => failed.push((i, source)),
             }
         }
-        dir.new_values.sort_unstable_by_key(|(i, _)| *i);
-        if failed.is_empty() {
-            continue;
-        }
-        fn name_of(dir: &DirRun, entry: u32) -> &[u8] {
-            let listing = &dir.listing;
-            listing
-                .entries
-                .get(entry as usize)
-                .map_or(&b""[..], |(range, _)| listing.name(range))
-        }
-        let dir_path = root.join(OsStr::from_bytes(&rel_path(dirs, at, name_of)));
-        let listing = &dirs[at].result.listing;
-        for (i, source) in failed {
-            let name = listing.name(&listing.entries[i as usize].0);
-            let path = dir_path.join(OsStr::from_bytes(name));
-            errors.push(PathError { path, source });
-        }
+    }
+    dir.new_values.sort_unstable_by_key(|(i, _)| *i);
+    if failed.is_empty() {
+        return hashed;
+    }
+    let dir_path = root.join(OsStr::from_bytes(dir_path));
+    let listing = &dir.listing;
+    for (i, source) in failed {
+        let name = listing.name(&listing.entries[i as usize].0);
+        let path = dir_path.join(OsStr::from_bytes(name));
+        errors.push(PathError { path, source });
     }
     hashed
 }

@@ -6,8 +6,12 @@
 //! name buffer — or, if the caller has a cached listing taken at exactly that stamp, not read at
 //! all — and its regular files are `fstatat`ed relative to the open handle (no path resolution
 //! beyond one component, no allocation per entry); a cached listing's file hashes are kept only
-//! for the files whose fresh stamp is the one they were stored under. Only regular files are reported: symlinks,
-//! FIFOs, sockets and devices are never opened.
+//! for the files whose fresh stamp is the one they were stored under. Only regular files are
+//! reported: symlinks, FIFOs, sockets and devices are never opened.
+//!
+//! While the workers walk, the calling thread takes the directories they finished in manifest
+//! order ([`take_in_manifest_order`]): `hash-tree` prints a directory's lines as soon as it and
+//! every directory before it are done, rather than all of them once the walk is over.
 
 use std::ffi::{CStr, OsStr};
 use std::os::fd::OwnedFd;
@@ -71,7 +75,8 @@ pub(crate) type Task<'env> = Box<dyn FnOnce() + Send + 'env>;
 
 enum Job<'env> {
     Dir(DirJob),
-    Task(Task<'env>),
+    /// A task and the id of the directory whose visit queued it.
+    Task(Task<'env>, usize),
 }
 
 /// A directory to visit.
@@ -84,23 +89,23 @@ struct DirJob {
     name_len: usize,
     /// Its cache key if that is not its path.
     long_key: Option<Vec<u8>>,
-    /// Its number in this walk (the root is 0), and its parent's with its entry index there.
+    /// Its number in this walk (the root is 0).
     id: usize,
-    link: Option<(usize, u32)>,
 }
 
-/// One directory a walk visited, as [`walk`] returns it.
+/// One directory a walk visited, as [`take_in_manifest_order`] returns it.
 ///
 /// It keeps its parent's index and its entry there, not its path: a chain of `n` nested
-/// directories then costs memory in proportion to `n`, not `n²` (see [`rel_path`] for the rare
-/// caller that needs a path after the walk).
+/// directories then costs memory in proportion to `n`, not `n²`.
 pub(crate) struct WalkedDir<T> {
     /// Its parent's index in the walk's result and its entry index in the listing its parent
     /// was visited with; `None` for the root only.
     pub parent: Option<(u32, u32)>,
     /// Its subdirectories that were visited: (entry index in the listing it was visited with,
     /// index in the walk's result), by entry index. So the tree can be gone through in
-    /// manifest order without looking a path up.
+    /// manifest order without looking a path up. (Until [`take_in_manifest_order`] takes them,
+    /// the second of each is the subdirectory's id in the walk, and the list also holds those
+    /// that could not be read.)
     pub subdirs: Vec<(u32, u32)>,
     /// What the visit returned.
     pub result: T,
@@ -118,15 +123,176 @@ struct Queue<'env> {
     wake: Condvar,
 }
 
-/// Lets a visit queue tasks for the walk's workers; the walk returns once they have all run.
+/// Lets a visit queue tasks for the walk's workers; the walk returns once they have all run,
+/// and the directory is handed to the caller's thread (see [`Walked::take`]) once its own have.
 pub(crate) struct Spawner<'q, 'env> {
     queue: &'q Queue<'env>,
+    /// The id of the directory being visited, and how many tasks its visit queued.
+    dir: usize,
+    spawned: std::cell::Cell<usize>,
 }
 
 impl<'env> Spawner<'_, 'env> {
     pub fn spawn(&self, task: Task<'env>) {
-        self.queue.state.lock().0.push(Job::Task(task));
+        self.spawned.set(self.spawned.get() + 1);
+        self.queue.state.lock().0.push(Job::Task(task, self.dir));
         self.queue.wake.notify_one();
+    }
+}
+
+/// The visited directories, by id, until the caller's thread takes them (see [`Walked`]).
+struct Board<T> {
+    state: Mutex<BoardState<T>>,
+    /// Wakes the caller's thread when `finished` reaches `wake_at`, or when the walk is over.
+    ready: Condvar,
+}
+
+struct BoardState<T> {
+    /// Indexed by directory id.
+    slots: Vec<Slot<T>>,
+    /// Directories finished so far (visited with all their tasks run, or failed).
+    finished: usize,
+    /// The caller's thread waits until `finished` reaches this (`usize::MAX`: it does not wait):
+    /// woken once per batch of directories rather than once per directory, it costs few
+    /// context switches.
+    wake_at: usize,
+    /// Workers still running: none left means nothing more will finish.
+    workers: usize,
+}
+
+enum Slot<T> {
+    /// Not visited yet; `tasks_run` of its tasks have run already (a task may end before the
+    /// visit that queued it returns).
+    Pending { tasks_run: usize },
+    /// Visited; waits for `tasks_left` of its tasks. Its `subdirs` hold their ids.
+    Visited {
+        dir: Box<WalkedDir<T>>,
+        tasks_left: usize,
+    },
+    /// Could not be read, or taken by the caller already.
+    Gone,
+}
+
+/// Directories the caller's thread lets finish before it is woken, when it waits for one.
+const WAKE_BATCH: usize = 256;
+
+impl<T> Board<T> {
+    fn new(workers: usize) -> Self {
+        Board {
+            state: Mutex::new(BoardState {
+                slots: Vec::new(),
+                finished: 0,
+                wake_at: usize::MAX,
+                workers,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn slot(state: &mut BoardState<T>, id: usize) -> &mut Slot<T> {
+        if state.slots.len() <= id {
+            state
+                .slots
+                .resize_with(id + 1, || Slot::Pending { tasks_run: 0 });
+        }
+        &mut state.slots[id]
+    }
+
+    fn finish(&self, state: &mut BoardState<T>) {
+        state.finished += 1;
+        if state.finished >= state.wake_at {
+            state.wake_at = usize::MAX;
+            self.ready.notify_one();
+        }
+    }
+
+    /// Directory `id` was visited, and its visit queued `tasks` tasks.
+    fn visited(&self, id: usize, dir: WalkedDir<T>, tasks: usize) {
+        let dir = Box::new(dir);
+        let mut state = self.state.lock();
+        let slot = Self::slot(&mut state, id);
+        let tasks_run = match slot {
+            Slot::Pending { tasks_run } => *tasks_run,
+            _ => 0,
+        };
+        let tasks_left = tasks.saturating_sub(tasks_run);
+        *slot = Slot::Visited { dir, tasks_left };
+        if tasks_left == 0 {
+            self.finish(&mut state);
+        }
+    }
+
+    /// Directory `id` could not be read.
+    fn failed(&self, id: usize) {
+        let mut state = self.state.lock();
+        *Self::slot(&mut state, id) = Slot::Gone;
+        self.finish(&mut state);
+    }
+
+    /// A task queued by the visit of directory `id` has run.
+    fn task_done(&self, id: usize) {
+        let mut state = self.state.lock();
+        match Self::slot(&mut state, id) {
+            Slot::Pending { tasks_run } => *tasks_run += 1,
+            Slot::Visited { tasks_left, .. } => {
+                *tasks_left = tasks_left.saturating_sub(1);
+                if *tasks_left == 0 {
+                    self.finish(&mut state);
+                }
+            }
+            Slot::Gone => {}
+        }
+    }
+
+    /// A worker is done (or unwinding): once none is left, nothing more will finish.
+    fn worker_done(&self) {
+        let mut state = self.state.lock();
+        state.workers = state.workers.saturating_sub(1);
+        if state.workers == 0 {
+            self.ready.notify_all();
+        }
+    }
+}
+
+/// Tells the board a worker is done, also when it unwinds: the caller's thread would otherwise
+/// wait for it forever.
+struct WorkerDone<'b, T>(&'b Board<T>);
+
+impl<T> Drop for WorkerDone<'_, T> {
+    fn drop(&mut self) {
+        self.0.worker_done();
+    }
+}
+
+/// What the caller's thread sees of a walk under way: it takes each directory once the
+/// directory and every task its visit queued are done.
+pub(crate) struct Walked<'b, T> {
+    board: &'b Board<T>,
+}
+
+impl<T> Walked<'_, T> {
+    /// Waits until directory `id` was visited and every task its visit queued has run, and
+    /// takes it (its `subdirs` hold their ids; its `parent` is not set); `None` if it could not
+    /// be read, was taken already or the walk ended without it.
+    pub fn take(&self, id: usize) -> Option<WalkedDir<T>> {
+        let mut state = self.board.state.lock();
+        loop {
+            let workers = state.workers;
+            let slot = Board::slot(&mut state, id);
+            match slot {
+                Slot::Visited { tasks_left: 0, .. } => {
+                    let Slot::Visited { dir, .. } = std::mem::replace(slot, Slot::Gone) else {
+                        return None;
+                    };
+                    return Some(*dir);
+                }
+                Slot::Gone => return None,
+                _ if workers == 0 => return None,
+                _ => {}
+            }
+            state.wake_at = state.finished.saturating_add(WAKE_BATCH);
+            self.board.ready.wait(&mut state);
+        }
     }
 }
 
@@ -157,17 +323,21 @@ where
     f
 }
 
-/// Walks `root` with `threads` workers, calling `visitor.visit` for every directory, and returns
-/// the visited directories, the root first if it could be read, each with its visited
-/// subdirectories, and the errors met. Returns once every directory is visited and every queued
-/// task has run.
-pub(crate) fn walk<'env, T: Send>(
+/// Walks `root` with `threads` workers, calling `visitor.visit` for every directory, while
+/// `follow` runs on the calling thread and takes the visited directories as they finish (see
+/// [`Walked::take`], [`take_in_manifest_order`]). Returns what `follow` returned, and the
+/// errors met, once every directory is visited and every queued task has run.
+///
+/// Subdirectories are visited first to last in manifest order (as far as the workers' shared
+/// stack allows), so that the caller can take them in that order soon after they finish.
+pub(crate) fn walk<'env, T: Send, R>(
     root: &Path,
     threads: usize,
     excluded: &Excluded,
     exclude: &Exclude,
     visitor: Visitor<'_, 'env, T>,
-) -> (Vec<WalkedDir<T>>, Vec<WalkError>) {
+    follow: impl FnOnce(&Walked<'_, T>) -> R,
+) -> (R, Vec<WalkError>) {
     let excluded_rel: Option<Vec<u8>> = excluded
         .dir
         .strip_prefix(root)
@@ -183,7 +353,6 @@ pub(crate) fn walk<'env, T: Send>(
                 name_len: 0,
                 long_key: None,
                 id: 0,
-                link: None,
             })],
             0,
         )),
@@ -191,31 +360,29 @@ pub(crate) fn walk<'env, T: Send>(
     };
     let waiting_handles = AtomicUsize::new(0);
     let next_id = AtomicUsize::new(1);
-    // What the workers found: the visited directories (in chunks that never grow, so that no
-    // directory's result is copied but once, when they are joined), and the same number of
-    // (id, link), in the same order.
-    let results = Mutex::new((Vec::new(), Vec::new()));
+    let threads = threads.max(1);
+    let board = Board::new(threads);
     let errors = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..threads.max(1) {
+    let followed = std::thread::scope(|scope| {
+        for _ in 0..threads {
             scope.spawn(|| {
-                let spawner = Spawner { queue: &queue };
-                let mut found: Vec<Vec<WalkedDir<T>>> = Vec::new();
-                let mut found_links = Vec::new();
+                let _done = WorkerDone(&board);
                 let mut failed = Vec::new();
                 let mut child = Vec::new();
                 // Reused for every directory: the jobs of its subdirectories.
                 let mut subdirs = Vec::new();
                 while let Some(job) = next_job(&queue) {
                     match job {
-                        Job::Task(task) => task(),
+                        Job::Task(task, dir) => {
+                            task();
+                            board.task_done(dir);
+                        }
                         Job::Dir(DirJob {
                             parent,
                             rel,
                             name_len,
                             long_key,
                             id,
-                            link,
                         }) => {
                             let key = long_key.as_deref().unwrap_or(&rel);
                             let name = &rel[rel.len() - name_len..];
@@ -224,7 +391,7 @@ pub(crate) fn walk<'env, T: Send>(
                             }
                             let is_excluded = excluded_rel.as_deref() == Some(rel.as_slice());
                             let excluded = is_excluded.then_some(excluded);
-                            if let Some(dir) = open_and_list(
+                            let Some(dir) = open_and_list(
                                 Root {
                                     path: root,
                                     handle: root_handle.as_ref(),
@@ -238,166 +405,173 @@ pub(crate) fn walk<'env, T: Send>(
                                 excluded,
                                 visitor.cached,
                                 &mut failed,
-                            ) {
-                                let handle = Arc::new(dir.handle);
-                                let (listing, unfiltered) = filtered(dir.listing, &rel, exclude);
-                                for (i, (range, kind)) in listing.entries.iter().enumerate() {
-                                    if let Listed::Dir = kind {
-                                        let name = listing.name(range);
-                                        join_rel(&mut child, &rel, name);
-                                        let held = waiting_handles.fetch_add(1, Ordering::Relaxed);
-                                        let parent = if held < MAX_WAITING_HANDLES {
-                                            Some(handle.clone())
-                                        } else {
-                                            waiting_handles.fetch_sub(1, Ordering::Relaxed);
-                                            None
-                                        };
-                                        let child_key = dir_key(key, name, child.len());
-                                        subdirs.push(Job::Dir(DirJob {
-                                            parent,
-                                            rel: child.clone(),
-                                            name_len: name.len(),
-                                            long_key: child_key,
-                                            id: next_id.fetch_add(1, Ordering::Relaxed),
-                                            link: Some((id, i as u32)),
-                                        }));
-                                    }
+                            ) else {
+                                board.failed(id);
+                                continue_job(&queue);
+                                continue;
+                            };
+                            let handle = Arc::new(dir.handle);
+                            let (listing, unfiltered) = filtered(dir.listing, &rel, exclude);
+                            // (entry index, id) of each subdirectory, by entry index.
+                            let mut subdir_ids = Vec::new();
+                            for (i, (range, kind)) in listing.entries.iter().enumerate() {
+                                if let Listed::Dir = kind {
+                                    let name = listing.name(range);
+                                    join_rel(&mut child, &rel, name);
+                                    let held = waiting_handles.fetch_add(1, Ordering::Relaxed);
+                                    let parent = if held < MAX_WAITING_HANDLES {
+                                        Some(handle.clone())
+                                    } else {
+                                        waiting_handles.fetch_sub(1, Ordering::Relaxed);
+                                        None
+                                    };
+                                    let child_key = dir_key(key, name, child.len());
+                                    let child_id = next_id.fetch_add(1, Ordering::Relaxed);
+                                    subdir_ids.push((i as u32, child_id as u32));
+                                    subdirs.push(Job::Dir(DirJob {
+                                        parent,
+                                        rel: child.clone(),
+                                        name_len: name.len(),
+                                        long_key: child_key,
+                                        id: child_id,
+                                    }));
                                 }
-                                // Subdirectories go on the stack before the visit's tasks, so
-                                // the tasks run first and release this directory's handle.
-                                {
-                                    let mut state = queue.state.lock();
-                                    state.0.append(&mut subdirs);
-                                }
-                                queue.wake.notify_all();
-                                let visited = VisitedDir {
-                                    key: long_key.unwrap_or(rel),
-                                    handle: &handle,
-                                    stamp: dir.stamp,
-                                    listing,
-                                    unfiltered,
-                                    read: dir.read,
-                                    cacheable: !is_excluded,
-                                };
-                                let result = (visitor.visit)(visited, &spawner);
-                                if found.last().is_none_or(|c| c.len() == c.capacity()) {
-                                    found.push(Vec::with_capacity(DIRS_PER_CHUNK));
-                                }
-                                if let Some(chunk) = found.last_mut() {
-                                    chunk.push(WalkedDir {
-                                        parent: None,
-                                        subdirs: Vec::new(),
-                                        result,
-                                    });
-                                }
-                                found_links.push((id, link));
                             }
+                            // Subdirectories go on the stack before the visit's tasks, so the
+                            // tasks run first and release this directory's handle; the last
+                            // pushed is taken first, so the first in manifest order goes last.
+                            subdirs.reverse();
+                            {
+                                let mut state = queue.state.lock();
+                                state.0.append(&mut subdirs);
+                            }
+                            queue.wake.notify_all();
+                            let visited = VisitedDir {
+                                key: long_key.unwrap_or(rel),
+                                handle: &handle,
+                                stamp: dir.stamp,
+                                listing,
+                                unfiltered,
+                                read: dir.read,
+                                cacheable: !is_excluded,
+                            };
+                            let spawner = Spawner {
+                                queue: &queue,
+                                dir: id,
+                                spawned: std::cell::Cell::new(0),
+                            };
+                            let result = (visitor.visit)(visited, &spawner);
+                            let walked = WalkedDir {
+                                parent: None,
+                                subdirs: subdir_ids,
+                                result,
+                            };
+                            board.visited(id, walked, spawner.spawned.get());
                         }
                     }
-                    let mut state = queue.state.lock();
-                    state.1 -= 1;
-                    if state.1 == 0 && state.0.is_empty() {
-                        queue.wake.notify_all();
-                    }
+                    continue_job(&queue);
                 }
-                let mut results = results.lock();
-                results.0.append(&mut found);
-                results.1.append(&mut found_links);
                 errors.lock().append(&mut failed);
             });
         }
+        follow(&Walked { board: &board })
     });
-    (
-        linked(joined(results.into_inner()), next_id.into_inner()),
-        errors.into_inner(),
-    )
+    (followed, errors.into_inner())
 }
 
-/// Visited directories a worker keeps per chunk of its results.
-const DIRS_PER_CHUNK: usize = 256;
-
-/// The workers' chunks of visited directories as one vector (each moved once), with their links.
-fn joined<T>(
-    (chunks, links): (Vec<Vec<WalkedDir<T>>>, Vec<Link>),
-) -> (Vec<WalkedDir<T>>, Vec<Link>) {
-    let mut dirs = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
-    for chunk in chunks {
-        dirs.extend(chunk);
+/// A worker is done with the job it took.
+fn continue_job(queue: &Queue<'_>) {
+    let mut state = queue.state.lock();
+    state.1 -= 1;
+    if state.1 == 0 && state.0.is_empty() {
+        queue.wake.notify_all();
     }
-    (dirs, links)
 }
 
-/// The (id, link to its parent) of a visited directory (see [`DirJob`]).
-type Link = (usize, Option<(usize, u32)>);
-
-/// The visited directories (`dirs`, each with its id and link in `links`; ids below `ids`),
-/// the root first, each with its visited subdirectories. Nothing is sorted or moved but the
-/// root.
-fn linked<T>(
-    (mut dirs, mut links): (Vec<WalkedDir<T>>, Vec<Link>),
-    ids: usize,
+/// Takes every directory of a walk under way in manifest order (depth first from the root,
+/// each directory's entries in order, a subdirectory gone through where its entry is), each
+/// as soon as it and every one before it finished. Calls `took(dirs, at, path)` when it took
+/// directory `at` (its parent link set; `path` is its path relative to the root) and
+/// `run(dir, path, entries)` for each run of a directory's entries that lies between two of its
+/// subdirectories. Returns the directories in the order taken (the root first), each with its
+/// subdirectories as (entry index, index in the result), like [`in_manifest_order`] goes
+/// through them; a subdirectory that could not be read is not one of them.
+///
+/// The path is built in one buffer (a name pushed on the way down, truncated on the way back),
+/// so memory grows with the tree, not with the square of its depth.
+///
+/// [`in_manifest_order`]: super::manifest::in_manifest_order
+pub(crate) fn take_in_manifest_order<T>(
+    walked: &Walked<'_, T>,
+    listing_of: impl Fn(&T) -> &Listing,
+    mut took: impl FnMut(&mut [WalkedDir<T>], usize, &[u8]),
+    mut run: impl FnMut(&T, &[u8], std::ops::Range<usize>),
 ) -> Vec<WalkedDir<T>> {
-    if let Some(root) = links.iter().position(|(id, _)| *id == 0) {
-        dirs.swap(0, root);
-        links.swap(0, root);
+    /// A directory being gone through: its index, next entry and next subdirectory, and the
+    /// length of its path in the buffer.
+    struct Frame {
+        dir: usize,
+        start: usize,
+        next: usize,
+        path_len: usize,
     }
-    let mut position = vec![usize::MAX; ids];
-    for (at, (id, _)) in links.iter().enumerate() {
-        position[*id] = at;
-    }
-    // Each directory's subdirectories, counted first so that each list is allocated once.
-    let mut counts = vec![0u32; dirs.len()];
-    for (_, link) in &links {
-        if let Some(&at) = link.and_then(|(parent, _)| position.get(parent))
-            && let Some(count) = counts.get_mut(at)
-        {
-            *count += 1;
+    let mut dirs = Vec::new();
+    let mut path = Vec::new();
+    let Some(root) = walked.take(0) else {
+        return dirs;
+    };
+    dirs.push(root);
+    took(&mut dirs, 0, &path);
+    let mut stack = vec![Frame {
+        dir: 0,
+        start: 0,
+        next: 0,
+        path_len: 0,
+    }];
+    while let Some(frame) = stack.pop() {
+        path.truncate(frame.path_len);
+        let dir = &dirs[frame.dir];
+        let listing = listing_of(&dir.result);
+        let len = listing.entries.len();
+        let subdir = dir.subdirs.get(frame.next).copied();
+        let end = subdir.map_or(len, |(entry, _)| (entry as usize).min(len));
+        run(&dir.result, &path, frame.start.min(end)..end);
+        let Some((entry, id)) = subdir else {
+            continue;
+        };
+        if let Some((range, _)) = listing.entries.get(entry as usize) {
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(listing.name(range));
         }
-    }
-    for (dir, count) in dirs.iter_mut().zip(counts) {
-        dir.subdirs.reserve_exact(count as usize);
-    }
-    for (at, (_, link)) in links.into_iter().enumerate() {
-        // A directory is queued only once its parent was listed, so its parent was visited.
-        if let Some((parent, entry)) = link
-            && let Some(parent_dir) = dirs.get_mut(position[parent])
-        {
-            parent_dir.subdirs.push((entry, at as u32));
-            dirs[at].parent = Some((position[parent] as u32, entry));
-        }
-    }
-    for dir in &mut dirs {
-        dir.subdirs.sort_unstable_by_key(|(entry, _)| *entry);
+        let Some(mut child) = walked.take(id as usize) else {
+            // Could not be read: not one of its subdirectories.
+            dirs[frame.dir].subdirs.remove(frame.next);
+            stack.push(Frame {
+                start: entry as usize + 1,
+                ..frame
+            });
+            continue;
+        };
+        let at = dirs.len();
+        child.parent = Some((frame.dir as u32, entry));
+        dirs[frame.dir].subdirs[frame.next].1 = at as u32;
+        dirs.push(child);
+        took(&mut dirs, at, &path);
+        stack.push(Frame {
+            start: entry as usize + 1,
+            next: frame.next + 1,
+            ..frame
+        });
+        stack.push(Frame {
+            dir: at,
+            start: 0,
+            next: 0,
+            path_len: path.len(),
+        });
     }
     dirs
-}
-
-/// The path relative to the root (`/`-separated; the root is empty) of the directory at index
-/// `at` of a walk's result, rebuilt from its ancestors' names (for error messages: a walked
-/// directory keeps no path); `name_of(result, entry)` is the name of entry `entry` of the
-/// listing a directory was visited with.
-pub(crate) fn rel_path<'d, T>(
-    dirs: &'d [WalkedDir<T>],
-    at: usize,
-    name_of: impl Fn(&'d T, u32) -> &'d [u8],
-) -> Vec<u8> {
-    let mut names = Vec::new();
-    let mut at = at;
-    while let Some((parent, entry)) = dirs.get(at).and_then(|dir| dir.parent) {
-        let Some(parent_dir) = dirs.get(parent as usize) else {
-            break;
-        };
-        names.push(name_of(&parent_dir.result, entry));
-        at = parent as usize;
-    }
-    let mut path = Vec::new();
-    for name in names.iter().rev() {
-        if !path.is_empty() {
-            path.push(b'/');
-        }
-        path.extend_from_slice(name);
-    }
-    path
 }
 
 /// `listing` without the entries `exclude` matches, and the whole listing if any was taken out.
