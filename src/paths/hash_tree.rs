@@ -398,6 +398,10 @@ fn run_hash_tree(
     let mut hashed = 0;
     let mut unreadable = Vec::new();
     let mut printer = out.map(Sha256sumWriter::new);
+    // What the manifest keeps of each directory, by its index in `dirs`: moved out of the
+    // directory's run once it and everything under it were gone through.
+    let mut manifest_dirs: Vec<ManifestDir> = Vec::new();
+    let mut lines = 0;
     let (dirs, mut errors) = walk(
         &root,
         options.threads,
@@ -428,13 +432,30 @@ fn run_hash_tree(
                         );
                     }
                 },
+                |dirs, at| {
+                    if manifest_dirs.len() < dirs.len() {
+                        manifest_dirs.resize_with(dirs.len(), ManifestDir::default);
+                    }
+                    let walked = &mut dirs[at];
+                    let dir = &mut walked.result;
+                    index_changes(dir, run.taken_at, options.racy_margin);
+                    lines += dir.lines;
+                    if let Some(slot) = manifest_dirs.get_mut(at) {
+                        *slot = ManifestDir {
+                            escape_names: dir.escape_names,
+                            listing: std::mem::take(&mut dir.listing),
+                            files: std::mem::take(&mut dir.files),
+                            subdirs: std::mem::take(&mut walked.subdirs),
+                        };
+                    }
+                },
             );
             // The manifest is out before the cache is written.
             let printed = printer.map(Sha256sumWriter::finish);
             (dirs, printed)
         },
     );
-    let (mut dirs, printed) = dirs;
+    let (dirs, printed) = dirs;
     errors.append(&mut unreadable);
     if dirs.first().is_none_or(|root| root.parent.is_some()) {
         // The root itself could not be read: there is no manifest to give.
@@ -444,15 +465,14 @@ fn run_hash_tree(
         );
         return Err(Error::io("reading", &root, error));
     }
-    index_changes(&mut dirs, run.taken_at, options.racy_margin);
     errors.sort_by(|a, b| a.path.cmp(&b.path));
-    let (shard_written, cache_error) = match persist(&run, &shard, &dirs) {
+    let (shard_written, cache_error) = match persist(&run, &shard, &manifest_dirs, &dirs) {
         Ok(outcome) => (matches!(outcome, WriteOutcome::Committed { .. }), None),
         Err(error) => (false, Some(error)),
     };
     let dirs_read = dirs.iter().filter(|dir| dir.result.read).count() as u64;
     let dirs_found = dirs.len() as u64;
-    let manifest = assemble(dirs);
+    let manifest = Manifest::new(manifest_dirs, lines);
     Ok(HashTreeReport {
         files: manifest.len() as u64,
         hashed,
@@ -794,15 +814,15 @@ fn take_in_hashed(
     hashed
 }
 
-/// Encodes the listing to store of each directory that needs one, with its files' stamps and
+/// Encodes the listing to store of a directory if it needs one, with its files' stamps and
 /// hashes (the per-directory stamp index that lets the next run answer an unchanged file by a
 /// sequential compare): a directory read this run, or one where at least a quarter of the files
 /// have a hash its cached listing did not hold although it could (hashed this run, or answered
 /// by its own entry, under a stamp that is not racy); the other files it no longer answers are
 /// answered by their own entries. So a warm run stores nothing, and a run after a change stores
 /// the listings of the directories it changed much only.
-fn index_changes(dirs: &mut [WalkedDir<DirRun>], taken_at: SystemTime, racy_margin: Duration) {
-    for WalkedDir { result: dir, .. } in dirs {
+fn index_changes(dir: &mut DirRun, taken_at: SystemTime, racy_margin: Duration) {
+    {
         let files = || {
             (dir.listing.entries.iter())
                 .filter(|(_, kind)| matches!(kind, Listed::File(_)))
@@ -814,7 +834,7 @@ fn index_changes(dirs: &mut [WalkedDir<DirRun>], taken_at: SystemTime, racy_marg
         // limit rewrites the whole shard).
         let stale = dir.uncovered_keepable;
         if !dir.storable || (!dir.read && (stale == 0 || stale * 4 < files())) {
-            continue;
+            return;
         }
         let value = {
             let dir = &*dir;
@@ -862,7 +882,14 @@ fn index_changes(dirs: &mut [WalkedDir<DirRun>], taken_at: SystemTime, racy_marg
 /// vanished; a merge of the changes (which a small change turns into a small write) when only
 /// entries changed or were added; the whole cache rewritten without the entries of files and
 /// directories that are gone otherwise (the others keep their value).
-fn persist(run: &Run<'_>, shard: &Shard, dirs: &[WalkedDir<DirRun>]) -> Result<WriteOutcome> {
+///
+/// `manifest[i]` holds the listing and file states of `dirs[i]`.
+fn persist(
+    run: &Run<'_>,
+    shard: &Shard,
+    manifest: &[ManifestDir],
+    dirs: &[WalkedDir<DirRun>],
+) -> Result<WriteOutcome> {
     let view = run.view;
     let still_there: usize = dirs.iter().map(|dir| dir.result.cached_entries).sum();
     let vanished = still_there != view.len();
@@ -884,21 +911,25 @@ fn persist(run: &Run<'_>, shard: &Shard, dirs: &[WalkedDir<DirRun>]) -> Result<W
     let mut key = Vec::new();
     let mut rebuilt = Vec::new();
     in_manifest_order(
-        dirs,
-        |dir| (&dir.result.listing, &dir.subdirs),
+        manifest,
+        |dir| (&dir.listing, &dir.subdirs),
         |d, entries| {
-            let dir = &dirs[d].result;
+            let (Some(listed), Some(WalkedDir { result: dir, .. })) =
+                (manifest.get(d), dirs.get(d))
+            else {
+                return;
+            };
             for i in entries {
                 if added.is_err() {
                     return;
                 }
-                if dir.files[i].sha256().is_none() {
+                if listed.files[i].sha256().is_none() {
                     continue;
                 }
                 file_key(
                     &mut key,
                     &dir.key,
-                    dir.listing.name(&dir.listing.entries[i].0),
+                    listed.listing.name(&listed.listing.entries[i].0),
                 );
                 let value = match dir.new_value(i) {
                     Some(value) => Some(value),
@@ -906,8 +937,8 @@ fn persist(run: &Run<'_>, shard: &Shard, dirs: &[WalkedDir<DirRun>]) -> Result<W
                         // Answered by its directory's cached listing, whose record holds all
                         // the entry would: write the entry again, so that the count of entries
                         // still holds next run.
-                        let sha256 = dir.files.get(i)?.sha256()?;
-                        let (_, Listed::File(Some(stamp))) = dir.listing.entries.get(i)? else {
+                        let sha256 = listed.files.get(i)?.sha256()?;
+                        let (_, Listed::File(Some(stamp))) = listed.listing.entries.get(i)? else {
                             return None;
                         };
                         encode_sha256_entry(
@@ -941,30 +972,6 @@ fn persist(run: &Run<'_>, shard: &Shard, dirs: &[WalkedDir<DirRun>]) -> Result<W
         }
     }
     writer.commit()
-}
-
-/// The manifest of the walked directories, which it takes over.
-fn assemble(dirs: Vec<WalkedDir<DirRun>>) -> Manifest {
-    let mut len = 0;
-    let dirs = dirs
-        .into_iter()
-        .map(
-            |WalkedDir {
-                 subdirs,
-                 result: dir,
-                 ..
-             }| {
-                len += dir.lines;
-                ManifestDir {
-                    escape_names: dir.escape_names,
-                    listing: dir.listing,
-                    files: dir.files,
-                    subdirs,
-                }
-            },
-        )
-        .collect();
-    Manifest::new(dirs, len)
 }
 
 /// Hashes one file of an open directory, streaming; `Ok(None)` if it is no longer a regular file.

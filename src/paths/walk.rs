@@ -491,11 +491,13 @@ fn continue_job(queue: &Queue<'_>) {
 /// Takes every directory of a walk under way in manifest order (depth first from the root,
 /// each directory's entries in order, a subdirectory gone through where its entry is), each
 /// as soon as it and every one before it finished. Calls `took(dirs, at, path)` when it took
-/// directory `at` (its parent link set; `path` is its path relative to the root) and
+/// directory `at` (its parent link set; `path` is its path relative to the root),
 /// `run(dir, path, entries)` for each run of a directory's entries that lies between two of its
-/// subdirectories. Returns the directories in the order taken (the root first), each with its
-/// subdirectories as (entry index, index in the result), like [`in_manifest_order`] goes
-/// through them; a subdirectory that could not be read is not one of them.
+/// subdirectories, and `done(dirs, at)` once directory `at` and everything under it have been
+/// gone through (its subdirectories are final then). Returns the directories in the order
+/// taken (the root first), each with its subdirectories as (entry index, index in the result),
+/// like [`in_manifest_order`] goes through them; a subdirectory that could not be read is not
+/// one of them.
 ///
 /// The path is built in one buffer (a name pushed on the way down, truncated on the way back),
 /// so memory grows with the tree, not with the square of its depth.
@@ -506,6 +508,7 @@ pub(crate) fn take_in_manifest_order<T>(
     listing_of: impl Fn(&T) -> &Listing,
     mut took: impl FnMut(&mut [WalkedDir<T>], usize, &[u8]),
     mut run: impl FnMut(&T, &[u8], std::ops::Range<usize>),
+    mut done: impl FnMut(&mut [WalkedDir<T>], usize),
 ) -> Vec<WalkedDir<T>> {
     /// A directory being gone through: its index, next entry and next subdirectory, and the
     /// length of its path in the buffer.
@@ -537,6 +540,7 @@ pub(crate) fn take_in_manifest_order<T>(
         let end = subdir.map_or(len, |(entry, _)| (entry as usize).min(len));
         run(&dir.result, &path, frame.start.min(end)..end);
         let Some((entry, id)) = subdir else {
+            done(&mut dirs, frame.dir);
             continue;
         };
         if let Some((range, _)) = listing.entries.get(entry as usize) {
