@@ -888,7 +888,7 @@ fn persist(
     run: &Run<'_>,
     shard: &Shard,
     manifest: &[ManifestDir],
-    dirs: &[WalkedDir<DirRun>],
+    dirs: &[Box<WalkedDir<DirRun>>],
 ) -> Result<WriteOutcome> {
     let view = run.view;
     let still_there: usize = dirs.iter().map(|dir| dir.result.cached_entries).sum();
@@ -914,8 +914,7 @@ fn persist(
         manifest,
         |dir| (&dir.listing, &dir.subdirs),
         |d, entries| {
-            let (Some(listed), Some(WalkedDir { result: dir, .. })) =
-                (manifest.get(d), dirs.get(d))
+            let (Some(listed), Some(dir)) = (manifest.get(d), dirs.get(d).map(|d| &d.result))
             else {
                 return;
             };
@@ -960,7 +959,7 @@ fn persist(
         },
     );
     added?;
-    for WalkedDir { result: dir, .. } in dirs {
+    for dir in dirs.iter().map(|dir| &dir.result) {
         listing_key(&mut key, &dir.key);
         let value = match &dir.new_listing {
             Some(listing) => Some(listing.as_slice()),

@@ -274,7 +274,7 @@ impl<T> Walked<'_, T> {
     /// Waits until directory `id` was visited and every task its visit queued has run, and
     /// takes it (its `subdirs` hold their ids; its `parent` is not set); `None` if it could not
     /// be read, was taken already or the walk ended without it.
-    pub fn take(&self, id: usize) -> Option<WalkedDir<T>> {
+    pub fn take(&self, id: usize) -> Option<Box<WalkedDir<T>>> {
         let mut state = self.board.state.lock();
         loop {
             let workers = state.workers;
@@ -284,7 +284,7 @@ impl<T> Walked<'_, T> {
                     let Slot::Visited { dir, .. } = std::mem::replace(slot, Slot::Gone) else {
                         return None;
                     };
-                    return Some(*dir);
+                    return Some(dir);
                 }
                 Slot::Gone => return None,
                 _ if workers == 0 => return None,
@@ -506,10 +506,10 @@ fn continue_job(queue: &Queue<'_>) {
 pub(crate) fn take_in_manifest_order<T>(
     walked: &Walked<'_, T>,
     listing_of: impl Fn(&T) -> &Listing,
-    mut took: impl FnMut(&mut [WalkedDir<T>], usize, &[u8]),
+    mut took: impl FnMut(&mut [Box<WalkedDir<T>>], usize, &[u8]),
     mut run: impl FnMut(&T, &[u8], std::ops::Range<usize>),
-    mut done: impl FnMut(&mut [WalkedDir<T>], usize),
-) -> Vec<WalkedDir<T>> {
+    mut done: impl FnMut(&mut [Box<WalkedDir<T>>], usize),
+) -> Vec<Box<WalkedDir<T>>> {
     /// A directory being gone through: its index, next entry and next subdirectory, and the
     /// length of its path in the buffer.
     struct Frame {
