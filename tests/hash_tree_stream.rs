@@ -259,3 +259,47 @@ fn an_unreadable_directory_between_others_is_left_out_and_the_rest_printed_in_or
         assert_eq!(stderr.matches("Permission denied").count(), 2, "{stderr}");
     }
 }
+
+#[test]
+fn the_cache_keys_worked_out_after_the_walk_are_the_walk_s_own_past_255_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    // 30 levels of 20-byte names: paths pass 255 bytes at the 13th, and their directories are
+    // keyed by a hash of their parent's key and their name from there on.
+    let mut dir = root.clone();
+    for level in 0..30 {
+        dir.push(format!("level-{level:02}-xxxxxxxxxx"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), format!("{level}")).unwrap();
+        std::fs::write(dir.join("g"), format!("g{level}")).unwrap();
+    }
+    std::fs::write(root.join("top"), "top").unwrap();
+    std::thread::sleep(Duration::from_millis(120));
+    let shard = tmp.path().join("cache.shard");
+    let options = options(&shard, 2);
+    let (_, cold) = streamed(&root, &options);
+    assert_eq!((cold.files, cold.hashed), (61, 61));
+    // A file gone: the cache is rewritten whole, every entry under the key worked out again.
+    std::fs::remove_file(root.join("top")).unwrap();
+    std::thread::sleep(Duration::from_millis(120));
+    let (_, pruned) = streamed(&root, &options);
+    assert!(pruned.shard_written);
+    assert_eq!((pruned.files, pruned.hashed), (60, 0));
+    // Every listing and file entry was found again under its key: nothing read, nothing hashed.
+    let (manifest, warm) = streamed(&root, &options);
+    assert_eq!(
+        (warm.hashed, warm.dirs_read, warm.shard_written),
+        (0, 0, false)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&manifest),
+        String::from_utf8_lossy(&sha256sum_manifest(&root))
+    );
+    // And a change deep down is written under the same keys too.
+    std::fs::write(dir.join("f"), "changed").unwrap();
+    std::thread::sleep(Duration::from_millis(120));
+    let (_, partial) = streamed(&root, &options);
+    assert_eq!(partial.hashed, 1);
+    let (_, warm) = streamed(&root, &options);
+    assert_eq!((warm.hashed, warm.shard_written), (0, false));
+}

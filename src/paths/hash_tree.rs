@@ -57,7 +57,7 @@ use sha2::{Digest, Sha256};
 use super::cache::recorded_hours;
 use super::error::{PathError, PathInputError, invalid_path};
 use super::exclude::Exclude;
-use super::listing::{Listed, Listing, listing_key};
+use super::listing::{Listed, Listing, dir_key, listing_key};
 use super::manifest::{
     FileState, Manifest, ManifestDir, Sha256sumWriter, in_manifest_order, names_need_escape,
     needs_escape, push_hex,
@@ -68,7 +68,8 @@ use super::tree_store::{
     file_key, push_file_key,
 };
 use super::walk::{
-    Spawner, VisitedDir, Visitor, WalkedDir, stamp_file_at, take_in_manifest_order, visit_fn, walk,
+    Spawner, VisitedDir, Visitor, WalkedDir, join_rel, stamp_file_at, take_in_manifest_order,
+    visit_fn, walk,
 };
 use crate::{BulkMode, Error, Health, Options, Result, Shard, Snapshot, WriteOutcome};
 
@@ -222,10 +223,6 @@ struct DirRun {
     lines: usize,
     /// Whether any of its names needs escaping in the manifest (see `manifest.rs`).
     escape_names: bool,
-    /// Its key in the cache (see `listing::dir_key`): its path relative to the root while that
-    /// is at most 255 bytes long, a short hash otherwise, so keys stay bounded whatever the
-    /// depth.
-    key: Vec<u8>,
     /// Whether its entries were read this run (rather than taken from the cache).
     read: bool,
     /// How many of its entries the cache holds (its files' and its listing, valid or not): the
@@ -254,7 +251,16 @@ struct DirRun {
     values: Vec<u8>,
 }
 
-impl DirRun {
+/// What the cache is to be told of a directory that changed: its listing to store, and the new
+/// values of its files hashed this run whose entry changed.
+struct DirChanges {
+    new_listing: Option<Vec<u8>>,
+    /// (entry index, range in `values`), by entry index.
+    new_values: Vec<(u32, Range<u32>)>,
+    values: Vec<u8>,
+}
+
+impl DirChanges {
     /// The new cache value of entry `i`, if it was hashed this run and its entry changed.
     fn new_value(&self, i: usize) -> Option<&[u8]> {
         let at = self
@@ -398,11 +404,14 @@ fn run_hash_tree(
     let mut hashed = 0;
     let mut unreadable = Vec::new();
     let mut printer = out.map(Sha256sumWriter::new);
-    // What the manifest keeps of each directory, by its index in `dirs`: moved out of the
-    // directory's run once it and everything under it were gone through.
+    // What the manifest keeps of each directory, by its number in manifest order, and what
+    // the cache is to be told of the directories that changed: taken from each directory once
+    // it and everything under it were gone through, while the workers still walk (the rest of
+    // the directory is dropped then, not after the walk).
     let mut manifest_dirs: Vec<ManifestDir> = Vec::new();
-    let mut lines = 0;
-    let (dirs, mut errors) = walk(
+    let mut changes: Vec<(usize, DirChanges)> = Vec::new();
+    let (mut lines, mut dirs_read, mut still_there) = (0, 0, 0);
+    let (dirs_found, mut errors) = walk(
         &root,
         options.threads,
         &cache_files(&shard),
@@ -411,13 +420,10 @@ fn run_hash_tree(
         |walked| {
             // Each directory is printed as soon as it and every one before it are done, while
             // the workers go on.
-            let dirs = take_in_manifest_order(
+            let dirs_found = take_in_manifest_order(
                 walked,
                 |dir| &dir.listing,
-                |dirs, at, path| {
-                    let dir = &mut dirs[at].result;
-                    hashed += take_in_hashed(&run, &root, dir, path, &mut unreadable);
-                },
+                |dir, path| hashed += take_in_hashed(&run, &root, dir, path, &mut unreadable),
                 |dir, path, entries| {
                     if let Some(printer) = &mut printer {
                         let escape_path = needs_escape(path);
@@ -432,32 +438,48 @@ fn run_hash_tree(
                         );
                     }
                 },
-                |dirs, at| {
-                    if manifest_dirs.len() < dirs.len() {
-                        manifest_dirs.resize_with(dirs.len(), ManifestDir::default);
-                    }
-                    let walked = &mut dirs[at];
-                    let dir = &mut walked.result;
-                    index_changes(dir, run.taken_at, options.racy_margin);
+                |at, walked| {
+                    let WalkedDir {
+                        subdirs,
+                        result: mut dir,
+                    } = *walked;
+                    index_changes(&mut dir, run.taken_at, options.racy_margin);
                     lines += dir.lines;
-                    if let Some(slot) = manifest_dirs.get_mut(at) {
-                        *slot = ManifestDir {
-                            escape_names: dir.escape_names,
-                            listing: std::mem::take(&mut dir.listing),
-                            files: std::mem::take(&mut dir.files),
-                            subdirs: std::mem::take(&mut walked.subdirs),
+                    dirs_read += u64::from(dir.read);
+                    still_there += dir.cached_entries;
+                    if manifest_dirs.len() <= at {
+                        manifest_dirs.resize_with(at + 1, ManifestDir::default);
+                    }
+                    manifest_dirs[at] = ManifestDir {
+                        escape_names: dir.escape_names,
+                        listing: dir.listing,
+                        files: dir.files,
+                        subdirs,
+                    };
+                    if dir.new_listing.is_some() || !dir.new_values.is_empty() {
+                        let DirRun {
+                            new_listing,
+                            new_values,
+                            values,
+                            ..
+                        } = dir;
+                        let change = DirChanges {
+                            new_listing,
+                            new_values,
+                            values,
                         };
+                        changes.push((at, change));
                     }
                 },
             );
             // The manifest is out before the cache is written.
             let printed = printer.map(Sha256sumWriter::finish);
-            (dirs, printed)
+            (dirs_found, printed)
         },
     );
-    let (dirs, printed) = dirs;
+    let (dirs_found, printed) = dirs_found;
     errors.append(&mut unreadable);
-    if dirs.first().is_none_or(|root| root.parent.is_some()) {
+    if dirs_found == 0 {
         // The root itself could not be read: there is no manifest to give.
         let error = errors.into_iter().find(|e| e.path == root).map_or_else(
             || std::io::Error::other("the directory could not be read"),
@@ -466,12 +488,13 @@ fn run_hash_tree(
         return Err(Error::io("reading", &root, error));
     }
     errors.sort_by(|a, b| a.path.cmp(&b.path));
-    let (shard_written, cache_error) = match persist(&run, &shard, &manifest_dirs, &dirs) {
+    changes.sort_unstable_by_key(|(at, _)| *at);
+    let persisted = persist(&run, &shard, &manifest_dirs, &changes, still_there);
+    let (shard_written, cache_error) = match persisted {
         Ok(outcome) => (matches!(outcome, WriteOutcome::Committed { .. }), None),
         Err(error) => (false, Some(error)),
     };
-    let dirs_read = dirs.iter().filter(|dir| dir.result.read).count() as u64;
-    let dirs_found = dirs.len() as u64;
+    let dirs_found = dirs_found as u64;
     let manifest = Manifest::new(manifest_dirs, lines);
     Ok(HashTreeReport {
         files: manifest.len() as u64,
@@ -610,7 +633,6 @@ impl<'env> Run<'env> {
             listing,
             files,
             lines,
-            key: dir.key,
             read: dir.read,
             cached_entries,
             stamp: dir.stamp,
@@ -883,21 +905,18 @@ fn index_changes(dir: &mut DirRun, taken_at: SystemTime, racy_margin: Duration) 
 /// entries changed or were added; the whole cache rewritten without the entries of files and
 /// directories that are gone otherwise (the others keep their value).
 ///
-/// `manifest[i]` holds the listing and file states of `dirs[i]`.
+/// `manifest` holds every directory in manifest order, `changes` what changed in some of them
+/// (by number), and `still_there` how many of the cache's entries the run found again.
 fn persist(
     run: &Run<'_>,
     shard: &Shard,
     manifest: &[ManifestDir],
-    dirs: &[Box<WalkedDir<DirRun>>],
+    changes: &[(usize, DirChanges)],
+    still_there: usize,
 ) -> Result<WriteOutcome> {
     let view = run.view;
-    let still_there: usize = dirs.iter().map(|dir| dir.result.cached_entries).sum();
     let vanished = still_there != view.len();
-    let changed = dirs
-        .iter()
-        .map(|dir| &dir.result)
-        .any(|dir| !dir.new_values.is_empty() || dir.new_listing.is_some());
-    if !vanished && !changed {
+    if !vanished && changes.is_empty() {
         return Ok(WriteOutcome::Unchanged);
     }
     let mode = if vanished {
@@ -906,6 +925,11 @@ fn persist(
         BulkMode::Merge
     };
     let keep_others = vanished;
+    let changes_of = |d: usize| {
+        let at = changes.binary_search_by_key(&d, |(at, _)| *at).ok()?;
+        Some(&changes[at].1)
+    };
+    let dir_keys = dir_keys(manifest);
     let mut writer = shard.bulk_writer(mode)?;
     let mut added = Ok(());
     let mut key = Vec::new();
@@ -914,10 +938,10 @@ fn persist(
         manifest,
         |dir| (&dir.listing, &dir.subdirs),
         |d, entries| {
-            let (Some(listed), Some(dir)) = (manifest.get(d), dirs.get(d).map(|d| &d.result))
-            else {
+            let (Some(listed), Some(dir_key)) = (manifest.get(d), dir_keys.get(d)) else {
                 return;
             };
+            let changed = changes_of(d);
             for i in entries {
                 if added.is_err() {
                     return;
@@ -925,12 +949,9 @@ fn persist(
                 if listed.files[i].sha256().is_none() {
                     continue;
                 }
-                file_key(
-                    &mut key,
-                    &dir.key,
-                    listed.listing.name(&listed.listing.entries[i].0),
-                );
-                let value = match dir.new_value(i) {
+                let name = listed.listing.name(&listed.listing.entries[i].0);
+                file_key(&mut key, dir_key, name);
+                let value = match changed.and_then(|changed| changed.new_value(i)) {
                     Some(value) => Some(value),
                     None if keep_others => view.get(&key).or_else(|| {
                         // Answered by its directory's cached listing, whose record holds all
@@ -959,10 +980,11 @@ fn persist(
         },
     );
     added?;
-    for dir in dirs.iter().map(|dir| &dir.result) {
-        listing_key(&mut key, &dir.key);
-        let value = match &dir.new_listing {
-            Some(listing) => Some(listing.as_slice()),
+    for (d, dir_key) in dir_keys.iter().enumerate() {
+        listing_key(&mut key, dir_key);
+        let new_listing = changes_of(d).and_then(|changed| changed.new_listing.as_deref());
+        let value = match new_listing {
+            Some(listing) => Some(listing),
             None if keep_others => view.get(&key),
             None => None,
         };
@@ -971,6 +993,34 @@ fn persist(
         }
     }
     writer.commit()
+}
+
+/// The cache key of each directory of `manifest` (see `listing::dir_key`): its path relative
+/// to the root while that is at most 255 bytes long, a short hash otherwise. Worked out again
+/// from the names, only when the cache is written (no directory keeps its key meanwhile).
+fn dir_keys(manifest: &[ManifestDir]) -> Vec<Vec<u8>> {
+    // Each directory's key and the length of its path; a directory comes after its parent.
+    let mut keys: Vec<(Vec<u8>, usize)> = vec![(Vec::new(), 0); manifest.len()];
+    for (d, dir) in manifest.iter().enumerate() {
+        for &(entry, child) in &dir.subdirs {
+            let Some((range, _)) = dir.listing.entries.get(entry as usize) else {
+                continue;
+            };
+            let name = dir.listing.name(range);
+            let (parent_key, parent_len) = &keys[d];
+            let len = parent_len + usize::from(*parent_len > 0) + name.len();
+            let key = dir_key(parent_key, name, len).unwrap_or_else(|| {
+                // A path of at most 255 bytes: so is its parent's, which is its key.
+                let mut path = Vec::with_capacity(len);
+                join_rel(&mut path, parent_key, name);
+                path
+            });
+            if let Some(slot) = keys.get_mut(child as usize) {
+                *slot = (key, len);
+            }
+        }
+    }
+    keys.into_iter().map(|(key, _)| key).collect()
 }
 
 /// Hashes one file of an open directory, streaming; `Ok(None)` if it is no longer a regular file.

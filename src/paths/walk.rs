@@ -93,19 +93,16 @@ struct DirJob {
     id: usize,
 }
 
-/// One directory a walk visited, as [`take_in_manifest_order`] returns it.
+/// One directory a walk visited, as [`take_in_manifest_order`] hands it over.
 ///
-/// It keeps its parent's index and its entry there, not its path: a chain of `n` nested
-/// directories then costs memory in proportion to `n`, not `n²`.
+/// It keeps no path: a chain of `n` nested directories costs memory in proportion to `n`, not
+/// `n²`.
 pub(crate) struct WalkedDir<T> {
-    /// Its parent's index in the walk's result and its entry index in the listing its parent
-    /// was visited with; `None` for the root only.
-    pub parent: Option<(u32, u32)>,
     /// Its subdirectories that were visited: (entry index in the listing it was visited with,
-    /// index in the walk's result), by entry index. So the tree can be gone through in
-    /// manifest order without looking a path up. (Until [`take_in_manifest_order`] takes them,
-    /// the second of each is the subdirectory's id in the walk, and the list also holds those
-    /// that could not be read.)
+    /// number in manifest order), by entry index. So the tree can be gone through in manifest
+    /// order again without looking a path up. (Until [`take_in_manifest_order`] handed it
+    /// over, the second of each is the subdirectory's id in the walk, and the list also holds
+    /// those that could not be read.)
     pub subdirs: Vec<(u32, u32)>,
     /// What the visit returned.
     pub result: T,
@@ -462,7 +459,6 @@ pub(crate) fn walk<'env, T: Send, R>(
                             };
                             let result = (visitor.visit)(visited, &spawner);
                             let walked = WalkedDir {
-                                parent: None,
                                 subdirs: subdir_ids,
                                 result,
                             };
@@ -490,14 +486,14 @@ fn continue_job(queue: &Queue<'_>) {
 
 /// Takes every directory of a walk under way in manifest order (depth first from the root,
 /// each directory's entries in order, a subdirectory gone through where its entry is), each
-/// as soon as it and every one before it finished. Calls `took(dirs, at, path)` when it took
-/// directory `at` (its parent link set; `path` is its path relative to the root),
-/// `run(dir, path, entries)` for each run of a directory's entries that lies between two of its
-/// subdirectories, and `done(dirs, at)` once directory `at` and everything under it have been
-/// gone through (its subdirectories are final then). Returns the directories in the order
-/// taken (the root first), each with its subdirectories as (entry index, index in the result),
-/// like [`in_manifest_order`] goes through them; a subdirectory that could not be read is not
-/// one of them.
+/// as soon as it and every one before it finished, and numbers them in that order (the root
+/// 0). Calls `took(dir, path)` when it took a directory (`path` is its path relative to the
+/// root), `run(dir, path, entries)` for each run of a directory's entries that lies between two
+/// of its subdirectories, and `done(at, dir)` once directory number `at` and everything under
+/// it have been gone through, handing it over: its subdirectories are then (entry index,
+/// number), by entry index, like [`in_manifest_order`] goes through them (a subdirectory that
+/// could not be read is not one of them). Returns how many directories it took: none if the
+/// root could not be read.
 ///
 /// The path is built in one buffer (a name pushed on the way down, truncated on the way back),
 /// so memory grows with the tree, not with the square of its depth.
@@ -506,41 +502,42 @@ fn continue_job(queue: &Queue<'_>) {
 pub(crate) fn take_in_manifest_order<T>(
     walked: &Walked<'_, T>,
     listing_of: impl Fn(&T) -> &Listing,
-    mut took: impl FnMut(&mut [Box<WalkedDir<T>>], usize, &[u8]),
+    mut took: impl FnMut(&mut T, &[u8]),
     mut run: impl FnMut(&T, &[u8], std::ops::Range<usize>),
-    mut done: impl FnMut(&mut [Box<WalkedDir<T>>], usize),
-) -> Vec<Box<WalkedDir<T>>> {
-    /// A directory being gone through: its index, next entry and next subdirectory, and the
-    /// length of its path in the buffer.
-    struct Frame {
-        dir: usize,
+    mut done: impl FnMut(usize, Box<WalkedDir<T>>),
+) -> usize {
+    /// A directory being gone through, its index, next entry and next subdirectory, and the
+    /// length of its path in the buffer. The frames on the stack are the directory being gone
+    /// through and its ancestors: the only directories kept here.
+    struct Frame<T> {
+        dir: Box<WalkedDir<T>>,
+        at: usize,
         start: usize,
         next: usize,
         path_len: usize,
     }
-    let mut dirs = Vec::new();
     let mut path = Vec::new();
-    let Some(root) = walked.take(0) else {
-        return dirs;
+    let Some(mut root) = walked.take(0) else {
+        return 0;
     };
-    dirs.push(root);
-    took(&mut dirs, 0, &path);
+    took(&mut root.result, &path);
+    let mut taken = 1;
     let mut stack = vec![Frame {
-        dir: 0,
+        dir: root,
+        at: 0,
         start: 0,
         next: 0,
         path_len: 0,
     }];
-    while let Some(frame) = stack.pop() {
+    while let Some(mut frame) = stack.pop() {
         path.truncate(frame.path_len);
-        let dir = &dirs[frame.dir];
-        let listing = listing_of(&dir.result);
+        let listing = listing_of(&frame.dir.result);
         let len = listing.entries.len();
-        let subdir = dir.subdirs.get(frame.next).copied();
+        let subdir = frame.dir.subdirs.get(frame.next).copied();
         let end = subdir.map_or(len, |(entry, _)| (entry as usize).min(len));
-        run(&dir.result, &path, frame.start.min(end)..end);
+        run(&frame.dir.result, &path, frame.start.min(end)..end);
         let Some((entry, id)) = subdir else {
-            done(&mut dirs, frame.dir);
+            done(frame.at, frame.dir);
             continue;
         };
         if let Some((range, _)) = listing.entries.get(entry as usize) {
@@ -549,33 +546,28 @@ pub(crate) fn take_in_manifest_order<T>(
             }
             path.extend_from_slice(listing.name(range));
         }
+        frame.start = entry as usize + 1;
         let Some(mut child) = walked.take(id as usize) else {
             // Could not be read: not one of its subdirectories.
-            dirs[frame.dir].subdirs.remove(frame.next);
-            stack.push(Frame {
-                start: entry as usize + 1,
-                ..frame
-            });
+            frame.dir.subdirs.remove(frame.next);
+            stack.push(frame);
             continue;
         };
-        let at = dirs.len();
-        child.parent = Some((frame.dir as u32, entry));
-        dirs[frame.dir].subdirs[frame.next].1 = at as u32;
-        dirs.push(child);
-        took(&mut dirs, at, &path);
+        let at = taken;
+        taken += 1;
+        frame.dir.subdirs[frame.next].1 = at as u32;
+        frame.next += 1;
+        took(&mut child.result, &path);
+        stack.push(frame);
         stack.push(Frame {
-            start: entry as usize + 1,
-            next: frame.next + 1,
-            ..frame
-        });
-        stack.push(Frame {
-            dir: at,
+            dir: child,
+            at,
             start: 0,
             next: 0,
             path_len: path.len(),
         });
     }
-    dirs
+    taken
 }
 
 /// `listing` without the entries `exclude` matches, and the whole listing if any was taken out.
