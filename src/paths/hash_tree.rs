@@ -26,17 +26,20 @@
 //! 3. **Persist the changes** ([`index_changes`], [`persist`]): the listing of a directory read
 //!    this run, or with a file its cached listing did not answer, is encoded with its files'
 //!    stamps and hashes; the shard is rewritten only if an entry changed or a file or directory
-//!    disappeared, with the values encoded in step 2.
-//! 4. **Print the manifest** (`take_in_manifest_order` in `walk.rs`, [`assemble`]): while the
-//!    workers walk, the calling thread takes the directories they finished in manifest order,
-//!    takes in what their hashing tasks returned, and ([`hash_tree_to`]) writes their lines as
-//!    soon as every directory before them is done, each directory's path built in one buffer
-//!    on the way down; so little is left to print once the walk is over. The [`Manifest`]
-//!    keeps the walk's listings and is printed straight from them.
+//!    disappeared, with the values encoded in step 2 (and the directories' keys worked out
+//!    again from their names, [`dir_keys`]).
+//! 4. **Print the manifest** (`take_in_manifest_order` in `walk.rs`): while the workers walk,
+//!    the calling thread takes the directories they finished in manifest order, takes in what
+//!    their hashing tasks returned, writes their lines ([`hash_tree_to`]) as soon as every
+//!    directory before them is done, each directory's path built in one buffer on the way
+//!    down, and once a directory and everything under it are done, keeps its listing for the
+//!    [`Manifest`] (which is printed straight from the listings), its changes for step 3, and
+//!    drops the rest. So little is left to do once the walk is over.
 //!
-//! No part keeps a directory's path: the walk hands each directory its parent's index and its
-//! name, and its cache key is its path only while that is short. So memory grows with the tree
-//! (its names and files), not with the square of its depth.
+//! No part keeps a directory's path or key past its visit: the walk hands each directory to
+//! the calling thread with its subdirectories' numbers, and its cache key is its path only
+//! while that is short. So memory grows with the tree (its names and files), not with the
+//! square of its depth.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io::Read;
