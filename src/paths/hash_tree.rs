@@ -28,8 +28,8 @@
 //!    stamps and hashes; the shard is rewritten only if an entry changed or a file or directory
 //!    disappeared, with the values encoded in step 2 (and the directories' keys worked out
 //!    again from their names, [`dir_keys`]).
-//! 4. **Print the manifest** (`take_in_manifest_order` in `walk.rs`): while the workers walk,
-//!    the calling thread takes the directories they finished in manifest order, takes in what
+//! 4. **Print the manifest** (`InOrder` in `walk.rs`): between the walk's jobs it runs itself,
+//!    the calling thread takes the directories that are done in manifest order, takes in what
 //!    their hashing tasks returned, writes their lines ([`hash_tree_to`]) as soon as every
 //!    directory before them is done, each directory's path built in one buffer on the way
 //!    down, and once a directory and everything under it are done, keeps its listing for the
@@ -71,8 +71,7 @@ use super::tree_store::{
     file_key, push_file_key,
 };
 use super::walk::{
-    Spawner, VisitedDir, Visitor, WalkedDir, join_rel, stamp_file_at, take_in_manifest_order,
-    visit_fn, walk,
+    InOrder, Spawner, VisitedDir, Visitor, WalkedDir, join_rel, stamp_file_at, visit_fn, walk,
 };
 use crate::{BulkMode, Error, Health, Options, Result, Shard, Snapshot, WriteOutcome};
 
@@ -95,7 +94,7 @@ pub struct HashTreeOptions {
     /// Cache shard to use; `None` means one per canonical root under the user cache directory
     /// ([`shard_path_for_root`]).
     pub shard: Option<PathBuf>,
-    /// Worker threads for walking and hashing (default: all cores).
+    /// Threads for walking and hashing, the calling thread one of them (default: all cores).
     pub threads: usize,
     /// Margin of the racy-timestamp rule.
     pub racy_margin: Duration,
@@ -409,21 +408,21 @@ fn run_hash_tree(
     let mut printer = out.map(Sha256sumWriter::new);
     // What the manifest keeps of each directory, by its number in manifest order, and what
     // the cache is to be told of the directories that changed: taken from each directory once
-    // it and everything under it were gone through, while the workers still walk (the rest of
-    // the directory is dropped then, not after the walk).
+    // it and everything under it were gone through, during the walk (the rest of the
+    // directory is dropped then, not after the walk).
     let mut manifest_dirs: Vec<ManifestDir> = Vec::new();
     let mut changes: Vec<(usize, DirChanges)> = Vec::new();
     let (mut lines, mut dirs_read, mut still_there) = (0, 0, 0);
-    let (dirs_found, mut errors) = walk(
+    let mut in_order = InOrder::new();
+    let mut errors = walk(
         &root,
         options.threads,
         &cache_files(&shard),
         &options.exclude,
         visitor,
         |walked| {
-            // Each directory is printed as soon as it and every one before it are done, while
-            // the workers go on.
-            let dirs_found = take_in_manifest_order(
+            // Each directory is printed as soon as it and every one before it are done.
+            in_order.advance(
                 walked,
                 |dir| &dir.listing,
                 |dir, path| hashed += take_in_hashed(&run, &root, dir, path, &mut unreadable),
@@ -475,12 +474,11 @@ fn run_hash_tree(
                     }
                 },
             );
-            // The manifest is out before the cache is written.
-            let printed = printer.map(Sha256sumWriter::finish);
-            (dirs_found, printed)
         },
     );
-    let (dirs_found, printed) = dirs_found;
+    // The manifest is out before the cache is written.
+    let printed = printer.map(Sha256sumWriter::finish);
+    let dirs_found = in_order.taken();
     errors.append(&mut unreadable);
     if dirs_found == 0 {
         // The root itself could not be read: there is no manifest to give.

@@ -9,9 +9,10 @@
 //! for the files whose fresh stamp is the one they were stored under. Only regular files are
 //! reported: symlinks, FIFOs, sockets and devices are never opened.
 //!
-//! While the workers walk, the calling thread takes the directories they finished in manifest
-//! order ([`take_in_manifest_order`]): `hash-tree` prints a directory's lines as soon as it and
-//! every directory before it are done, rather than all of them once the walk is over.
+//! The calling thread is one of the walk's threads: between the jobs it runs, it takes the
+//! directories that are done in manifest order ([`InOrder`]), so that `hash-tree` prints a
+//! directory's lines as soon as it and every directory before it are done, rather than all of
+//! them once the walk is over, with no more threads than asked for.
 
 use std::ffi::{CStr, OsStr};
 use std::os::fd::OwnedFd;
@@ -93,14 +94,14 @@ struct DirJob {
     id: usize,
 }
 
-/// One directory a walk visited, as [`take_in_manifest_order`] hands it over.
+/// One directory a walk visited, as [`InOrder`] hands it over.
 ///
 /// It keeps no path: a chain of `n` nested directories costs memory in proportion to `n`, not
 /// `n²`.
 pub(crate) struct WalkedDir<T> {
     /// Its subdirectories that were visited: (entry index in the listing it was visited with,
     /// number in manifest order), by entry index. So the tree can be gone through in manifest
-    /// order again without looking a path up. (Until [`take_in_manifest_order`] handed it
+    /// order again without looking a path up. (Until [`InOrder`] handed it
     /// over, the second of each is the subdirectory's id in the walk, and the list also holds
     /// those that could not be read.)
     pub subdirs: Vec<(u32, u32)>,
@@ -137,24 +138,9 @@ impl<'env> Spawner<'_, 'env> {
     }
 }
 
-/// The visited directories, by id, until the caller's thread takes them (see [`Walked`]).
+/// The visited directories, by id, until the calling thread takes them (see [`Walked`]).
 struct Board<T> {
-    state: Mutex<BoardState<T>>,
-    /// Wakes the caller's thread when `finished` reaches `wake_at`, or when the walk is over.
-    ready: Condvar,
-}
-
-struct BoardState<T> {
-    /// Indexed by directory id.
-    slots: Vec<Slot<T>>,
-    /// Directories finished so far (visited with all their tasks run, or failed).
-    finished: usize,
-    /// The caller's thread waits until `finished` reaches this (`usize::MAX`: it does not wait):
-    /// woken once per batch of directories rather than once per directory, it costs few
-    /// context switches.
-    wake_at: usize,
-    /// Workers still running: none left means nothing more will finish.
-    workers: usize,
+    slots: Mutex<Vec<Slot<T>>>,
 }
 
 enum Slot<T> {
@@ -166,129 +152,74 @@ enum Slot<T> {
         dir: Box<WalkedDir<T>>,
         tasks_left: usize,
     },
-    /// Could not be read, or taken by the caller already.
+    /// Could not be read, or taken by the calling thread already.
     Gone,
 }
 
-/// Directories the caller's thread lets finish before it is woken, when it waits for one.
-const WAKE_BATCH: usize = 256;
-
 impl<T> Board<T> {
-    fn new(workers: usize) -> Self {
-        Board {
-            state: Mutex::new(BoardState {
-                slots: Vec::new(),
-                finished: 0,
-                wake_at: usize::MAX,
-                workers,
-            }),
-            ready: Condvar::new(),
+    fn slot(slots: &mut Vec<Slot<T>>, id: usize) -> &mut Slot<T> {
+        if slots.len() <= id {
+            slots.resize_with(id + 1, || Slot::Pending { tasks_run: 0 });
         }
-    }
-
-    fn slot(state: &mut BoardState<T>, id: usize) -> &mut Slot<T> {
-        if state.slots.len() <= id {
-            state
-                .slots
-                .resize_with(id + 1, || Slot::Pending { tasks_run: 0 });
-        }
-        &mut state.slots[id]
-    }
-
-    fn finish(&self, state: &mut BoardState<T>) {
-        state.finished += 1;
-        if state.finished >= state.wake_at {
-            state.wake_at = usize::MAX;
-            self.ready.notify_one();
-        }
+        &mut slots[id]
     }
 
     /// Directory `id` was visited, and its visit queued `tasks` tasks.
     fn visited(&self, id: usize, dir: WalkedDir<T>, tasks: usize) {
         let dir = Box::new(dir);
-        let mut state = self.state.lock();
-        let slot = Self::slot(&mut state, id);
+        let mut slots = self.slots.lock();
+        let slot = Self::slot(&mut slots, id);
         let tasks_run = match slot {
             Slot::Pending { tasks_run } => *tasks_run,
             _ => 0,
         };
         let tasks_left = tasks.saturating_sub(tasks_run);
         *slot = Slot::Visited { dir, tasks_left };
-        if tasks_left == 0 {
-            self.finish(&mut state);
-        }
     }
 
     /// Directory `id` could not be read.
     fn failed(&self, id: usize) {
-        let mut state = self.state.lock();
-        *Self::slot(&mut state, id) = Slot::Gone;
-        self.finish(&mut state);
+        *Self::slot(&mut self.slots.lock(), id) = Slot::Gone;
     }
 
     /// A task queued by the visit of directory `id` has run.
     fn task_done(&self, id: usize) {
-        let mut state = self.state.lock();
-        match Self::slot(&mut state, id) {
+        match Self::slot(&mut self.slots.lock(), id) {
             Slot::Pending { tasks_run } => *tasks_run += 1,
-            Slot::Visited { tasks_left, .. } => {
-                *tasks_left = tasks_left.saturating_sub(1);
-                if *tasks_left == 0 {
-                    self.finish(&mut state);
-                }
-            }
+            Slot::Visited { tasks_left, .. } => *tasks_left = tasks_left.saturating_sub(1),
             Slot::Gone => {}
         }
     }
-
-    /// A worker is done (or unwinding): once none is left, nothing more will finish.
-    fn worker_done(&self) {
-        let mut state = self.state.lock();
-        state.workers = state.workers.saturating_sub(1);
-        if state.workers == 0 {
-            self.ready.notify_all();
-        }
-    }
 }
 
-/// Tells the board a worker is done, also when it unwinds: the caller's thread would otherwise
-/// wait for it forever.
-struct WorkerDone<'b, T>(&'b Board<T>);
-
-impl<T> Drop for WorkerDone<'_, T> {
-    fn drop(&mut self) {
-        self.0.worker_done();
-    }
-}
-
-/// What the caller's thread sees of a walk under way: it takes each directory once the
-/// directory and every task its visit queued are done.
+/// What the calling thread sees of a walk under way (between the jobs it runs itself): the
+/// directories that are done, each with every task its visit queued.
 pub(crate) struct Walked<'b, T> {
     board: &'b Board<T>,
 }
 
+/// What [`Walked::try_take`] found of a directory.
+pub(crate) enum Taken<T> {
+    /// Done: here it is (its `subdirs` hold their ids).
+    Done(Box<WalkedDir<T>>),
+    /// Not visited yet, or some of its tasks still to run.
+    NotYet,
+    /// Could not be read, or taken already.
+    Gone,
+}
+
 impl<T> Walked<'_, T> {
-    /// Waits until directory `id` was visited and every task its visit queued has run, and
-    /// takes it (its `subdirs` hold their ids; its `parent` is not set); `None` if it could not
-    /// be read, was taken already or the walk ended without it.
-    pub fn take(&self, id: usize) -> Option<Box<WalkedDir<T>>> {
-        let mut state = self.board.state.lock();
-        loop {
-            let workers = state.workers;
-            let slot = Board::slot(&mut state, id);
-            match slot {
-                Slot::Visited { tasks_left: 0, .. } => {
-                    let Slot::Visited { dir, .. } = std::mem::replace(slot, Slot::Gone) else {
-                        return None;
-                    };
-                    return Some(dir);
-                }
-                Slot::Gone => return None,
-                _ if workers == 0 => return None,
-                _ => {}
-            }
-            state.wake_at = state.finished.saturating_add(WAKE_BATCH);
-            self.board.ready.wait(&mut state);
+    /// Takes directory `id` if it was visited and every task its visit queued has run.
+    pub fn try_take(&self, id: usize) -> Taken<T> {
+        let mut slots = self.board.slots.lock();
+        let slot = Board::slot(&mut slots, id);
+        match slot {
+            Slot::Visited { tasks_left: 0, .. } => match std::mem::replace(slot, Slot::Gone) {
+                Slot::Visited { dir, .. } => Taken::Done(dir),
+                _ => Taken::Gone,
+            },
+            Slot::Gone => Taken::Gone,
+            Slot::Pending { .. } | Slot::Visited { .. } => Taken::NotYet,
         }
     }
 }
@@ -320,21 +251,22 @@ where
     f
 }
 
-/// Walks `root` with `threads` workers, calling `visitor.visit` for every directory, while
-/// `follow` runs on the calling thread and takes the visited directories as they finish (see
-/// [`Walked::take`], [`take_in_manifest_order`]). Returns what `follow` returned, and the
-/// errors met, once every directory is visited and every queued task has run.
+/// Walks `root` with `threads` threads, the calling thread one of them, calling
+/// `visitor.visit` for every directory; between the jobs it runs, and once more at the end, the
+/// calling thread calls `follow` to take the directories that are done (see [`Walked`],
+/// [`InOrder`]). Returns the errors met once every directory is visited and every queued task
+/// has run.
 ///
-/// Subdirectories are visited first to last in manifest order (as far as the workers' shared
-/// stack allows), so that the caller can take them in that order soon after they finish.
-pub(crate) fn walk<'env, T: Send, R>(
+/// Subdirectories are visited first to last in manifest order (as far as the threads' shared
+/// stack allows), so that the caller can take them in that order soon after they are done.
+pub(crate) fn walk<'env, T: Send>(
     root: &Path,
     threads: usize,
     excluded: &Excluded,
     exclude: &Exclude,
     visitor: Visitor<'_, 'env, T>,
-    follow: impl FnOnce(&Walked<'_, T>) -> R,
-) -> (R, Vec<WalkError>) {
+    mut follow: impl FnMut(&Walked<'_, T>),
+) -> Vec<WalkError> {
     let excluded_rel: Option<Vec<u8>> = excluded
         .dir
         .strip_prefix(root)
@@ -355,124 +287,190 @@ pub(crate) fn walk<'env, T: Send, R>(
         )),
         wake: Condvar::new(),
     };
-    let waiting_handles = AtomicUsize::new(0);
-    let next_id = AtomicUsize::new(1);
-    let threads = threads.max(1);
-    let board = Board::new(threads);
+    let board = Board {
+        slots: Mutex::new(Vec::new()),
+    };
+    let shared = Shared {
+        root,
+        root_handle: root_handle.as_ref(),
+        excluded,
+        excluded_rel: excluded_rel.as_deref(),
+        exclude,
+        visitor,
+        queue: &queue,
+        board: &board,
+        waiting_handles: AtomicUsize::new(0),
+        next_id: AtomicUsize::new(1),
+    };
     let errors = Mutex::new(Vec::new());
-    let followed = std::thread::scope(|scope| {
-        for _ in 0..threads {
+    std::thread::scope(|scope| {
+        for _ in 1..threads.max(1) {
             scope.spawn(|| {
-                let _done = WorkerDone(&board);
-                let mut failed = Vec::new();
-                let mut child = Vec::new();
-                // Reused for every directory: the jobs of its subdirectories.
-                let mut subdirs = Vec::new();
+                let mut worker = Worker::new(&shared);
                 while let Some(job) = next_job(&queue) {
-                    match job {
-                        Job::Task(task, dir) => {
-                            task();
-                            board.task_done(dir);
-                        }
-                        Job::Dir(DirJob {
-                            parent,
-                            rel,
-                            name_len,
-                            long_key,
-                            id,
-                        }) => {
-                            let key = long_key.as_deref().unwrap_or(&rel);
-                            let name = &rel[rel.len() - name_len..];
-                            if parent.is_some() {
-                                waiting_handles.fetch_sub(1, Ordering::Relaxed);
-                            }
-                            let is_excluded = excluded_rel.as_deref() == Some(rel.as_slice());
-                            let excluded = is_excluded.then_some(excluded);
-                            let Some(dir) = open_and_list(
-                                Root {
-                                    path: root,
-                                    handle: root_handle.as_ref(),
-                                },
-                                parent.as_deref(),
-                                DirName {
-                                    name,
-                                    rel: &rel,
-                                    key,
-                                },
-                                excluded,
-                                visitor.cached,
-                                &mut failed,
-                            ) else {
-                                board.failed(id);
-                                continue_job(&queue);
-                                continue;
-                            };
-                            let handle = Arc::new(dir.handle);
-                            let (listing, unfiltered) = filtered(dir.listing, &rel, exclude);
-                            // (entry index, id) of each subdirectory, by entry index.
-                            let mut subdir_ids = Vec::new();
-                            for (i, (range, kind)) in listing.entries.iter().enumerate() {
-                                if let Listed::Dir = kind {
-                                    let name = listing.name(range);
-                                    join_rel(&mut child, &rel, name);
-                                    let held = waiting_handles.fetch_add(1, Ordering::Relaxed);
-                                    let parent = if held < MAX_WAITING_HANDLES {
-                                        Some(handle.clone())
-                                    } else {
-                                        waiting_handles.fetch_sub(1, Ordering::Relaxed);
-                                        None
-                                    };
-                                    let child_key = dir_key(key, name, child.len());
-                                    let child_id = next_id.fetch_add(1, Ordering::Relaxed);
-                                    subdir_ids.push((i as u32, child_id as u32));
-                                    subdirs.push(Job::Dir(DirJob {
-                                        parent,
-                                        rel: child.clone(),
-                                        name_len: name.len(),
-                                        long_key: child_key,
-                                        id: child_id,
-                                    }));
-                                }
-                            }
-                            // Subdirectories go on the stack before the visit's tasks, so the
-                            // tasks run first and release this directory's handle; the last
-                            // pushed is taken first, so the first in manifest order goes last.
-                            subdirs.reverse();
-                            {
-                                let mut state = queue.state.lock();
-                                state.0.append(&mut subdirs);
-                            }
-                            queue.wake.notify_all();
-                            let visited = VisitedDir {
-                                key: long_key.unwrap_or(rel),
-                                handle: &handle,
-                                stamp: dir.stamp,
-                                listing,
-                                unfiltered,
-                                read: dir.read,
-                                cacheable: !is_excluded,
-                            };
-                            let spawner = Spawner {
-                                queue: &queue,
-                                dir: id,
-                                spawned: std::cell::Cell::new(0),
-                            };
-                            let result = (visitor.visit)(visited, &spawner);
-                            let walked = WalkedDir {
-                                subdirs: subdir_ids,
-                                result,
-                            };
-                            board.visited(id, walked, spawner.spawned.get());
-                        }
-                    }
-                    continue_job(&queue);
+                    worker.run(job);
                 }
-                errors.lock().append(&mut failed);
+                errors.lock().append(&mut worker.failed);
             });
         }
-        follow(&Walked { board: &board })
+        // The calling thread walks too (no more threads than asked for), and between its jobs
+        // takes what is done: nobody waits for it, and it never waits for a directory.
+        let walked = Walked { board: &board };
+        let mut worker = Worker::new(&shared);
+        loop {
+            follow(&walked);
+            let Some(job) = next_job(&queue) else {
+                break;
+            };
+            worker.run(job);
+        }
+        follow(&walked);
+        errors.lock().append(&mut worker.failed);
     });
-    (followed, errors.into_inner())
+    errors.into_inner()
+}
+
+/// What every thread of a walk shares.
+struct Shared<'w, 'env, T> {
+    root: &'w Path,
+    root_handle: Option<&'w OwnedFd>,
+    excluded: &'w Excluded,
+    /// The path of `excluded.dir` relative to the root, if it is in the tree.
+    excluded_rel: Option<&'w [u8]>,
+    exclude: &'w Exclude,
+    visitor: Visitor<'w, 'env, T>,
+    queue: &'w Queue<'env>,
+    board: &'w Board<T>,
+    /// Directory jobs waiting with their parent's handle (see [`MAX_WAITING_HANDLES`]).
+    waiting_handles: AtomicUsize,
+    /// The id of the next directory queued.
+    next_id: AtomicUsize,
+}
+
+/// One thread of a walk: what it shares, and its own buffers.
+struct Worker<'s, 'w, 'env, T> {
+    shared: &'s Shared<'w, 'env, T>,
+    failed: Vec<WalkError>,
+    /// A subdirectory's path, built for its job.
+    child: Vec<u8>,
+    /// Reused for every directory: the jobs of its subdirectories.
+    subdirs: Vec<Job<'env>>,
+}
+
+impl<'s, 'w, 'env, T> Worker<'s, 'w, 'env, T> {
+    fn new(shared: &'s Shared<'w, 'env, T>) -> Self {
+        Worker {
+            shared,
+            failed: Vec::new(),
+            child: Vec::new(),
+            subdirs: Vec::new(),
+        }
+    }
+
+    /// Runs one job taken from the queue, and tells the queue it is done.
+    fn run(&mut self, job: Job<'env>) {
+        match job {
+            Job::Task(task, dir) => {
+                task();
+                self.shared.board.task_done(dir);
+            }
+            Job::Dir(dir) => self.visit(dir),
+        }
+        continue_job(self.shared.queue);
+    }
+
+    /// Opens and lists a directory, queues its subdirectories and visits it.
+    fn visit(&mut self, job: DirJob) {
+        let DirJob {
+            parent,
+            rel,
+            name_len,
+            long_key,
+            id,
+        } = job;
+        let shared = self.shared;
+        let key = long_key.as_deref().unwrap_or(&rel);
+        let name = &rel[rel.len() - name_len..];
+        if parent.is_some() {
+            shared.waiting_handles.fetch_sub(1, Ordering::Relaxed);
+        }
+        let is_excluded = shared.excluded_rel == Some(rel.as_slice());
+        let excluded = is_excluded.then_some(shared.excluded);
+        let Some(dir) = open_and_list(
+            Root {
+                path: shared.root,
+                handle: shared.root_handle,
+            },
+            parent.as_deref(),
+            DirName {
+                name,
+                rel: &rel,
+                key,
+            },
+            excluded,
+            shared.visitor.cached,
+            &mut self.failed,
+        ) else {
+            shared.board.failed(id);
+            return;
+        };
+        let handle = Arc::new(dir.handle);
+        let (listing, unfiltered) = filtered(dir.listing, &rel, shared.exclude);
+        // (entry index, id) of each subdirectory, by entry index.
+        let mut subdir_ids = Vec::new();
+        for (i, (range, kind)) in listing.entries.iter().enumerate() {
+            if let Listed::Dir = kind {
+                let name = listing.name(range);
+                join_rel(&mut self.child, &rel, name);
+                let held = shared.waiting_handles.fetch_add(1, Ordering::Relaxed);
+                let parent = if held < MAX_WAITING_HANDLES {
+                    Some(handle.clone())
+                } else {
+                    shared.waiting_handles.fetch_sub(1, Ordering::Relaxed);
+                    None
+                };
+                let child_key = dir_key(key, name, self.child.len());
+                let child_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+                subdir_ids.push((i as u32, child_id as u32));
+                self.subdirs.push(Job::Dir(DirJob {
+                    parent,
+                    rel: self.child.clone(),
+                    name_len: name.len(),
+                    long_key: child_key,
+                    id: child_id,
+                }));
+            }
+        }
+        // Subdirectories go on the stack before the visit's tasks, so the tasks run first and
+        // release this directory's handle; the last pushed is taken first, so the first in
+        // manifest order goes last.
+        self.subdirs.reverse();
+        {
+            let mut state = shared.queue.state.lock();
+            state.0.append(&mut self.subdirs);
+        }
+        shared.queue.wake.notify_all();
+        let visited = VisitedDir {
+            key: long_key.unwrap_or(rel),
+            handle: &handle,
+            stamp: dir.stamp,
+            listing,
+            unfiltered,
+            read: dir.read,
+            cacheable: !is_excluded,
+        };
+        let spawner = Spawner {
+            queue: shared.queue,
+            dir: id,
+            spawned: std::cell::Cell::new(0),
+        };
+        let result = (shared.visitor.visit)(visited, &spawner);
+        let walked = WalkedDir {
+            subdirs: subdir_ids,
+            result,
+        };
+        shared.board.visited(id, walked, spawner.spawned.get());
+    }
 }
 
 /// A worker is done with the job it took.
@@ -484,90 +482,144 @@ fn continue_job(queue: &Queue<'_>) {
     }
 }
 
-/// Takes every directory of a walk under way in manifest order (depth first from the root,
+/// Takes the directories of a walk under way in manifest order (depth first from the root,
 /// each directory's entries in order, a subdirectory gone through where its entry is), each
-/// as soon as it and every one before it finished, and numbers them in that order (the root
-/// 0). Calls `took(dir, path)` when it took a directory (`path` is its path relative to the
-/// root), `run(dir, path, entries)` for each run of a directory's entries that lies between two
-/// of its subdirectories, and `done(at, dir)` once directory number `at` and everything under
-/// it have been gone through, handing it over: its subdirectories are then (entry index,
-/// number), by entry index, like [`in_manifest_order`] goes through them (a subdirectory that
-/// could not be read is not one of them). Returns how many directories it took: none if the
-/// root could not be read.
+/// as soon as it and every one before it are done, and numbers them in that order (the root
+/// 0). [`advance`](InOrder::advance) goes as far as the directories done allow, and is called
+/// again later to go on; once the walk is over, it goes through the rest.
 ///
 /// The path is built in one buffer (a name pushed on the way down, truncated on the way back),
-/// so memory grows with the tree, not with the square of its depth.
-///
-/// [`in_manifest_order`]: super::manifest::in_manifest_order
-pub(crate) fn take_in_manifest_order<T>(
-    walked: &Walked<'_, T>,
-    listing_of: impl Fn(&T) -> &Listing,
-    mut took: impl FnMut(&mut T, &[u8]),
-    mut run: impl FnMut(&T, &[u8], std::ops::Range<usize>),
-    mut done: impl FnMut(usize, Box<WalkedDir<T>>),
-) -> usize {
-    /// A directory being gone through, its index, next entry and next subdirectory, and the
-    /// length of its path in the buffer. The frames on the stack are the directory being gone
-    /// through and its ancestors: the only directories kept here.
-    struct Frame<T> {
-        dir: Box<WalkedDir<T>>,
-        at: usize,
-        start: usize,
-        next: usize,
-        path_len: usize,
-    }
-    let mut path = Vec::new();
-    let Some(mut root) = walked.take(0) else {
-        return 0;
-    };
-    took(&mut root.result, &path);
-    let mut taken = 1;
-    let mut stack = vec![Frame {
-        dir: root,
-        at: 0,
-        start: 0,
-        next: 0,
-        path_len: 0,
-    }];
-    while let Some(mut frame) = stack.pop() {
-        path.truncate(frame.path_len);
-        let listing = listing_of(&frame.dir.result);
-        let len = listing.entries.len();
-        let subdir = frame.dir.subdirs.get(frame.next).copied();
-        let end = subdir.map_or(len, |(entry, _)| (entry as usize).min(len));
-        run(&frame.dir.result, &path, frame.start.min(end)..end);
-        let Some((entry, id)) = subdir else {
-            done(frame.at, frame.dir);
-            continue;
-        };
-        if let Some((range, _)) = listing.entries.get(entry as usize) {
-            if !path.is_empty() {
-                path.push(b'/');
-            }
-            path.extend_from_slice(listing.name(range));
+/// and only the directory being gone through and its ancestors are kept here, so memory grows
+/// with the tree, not with the square of its depth.
+pub(crate) struct InOrder<T> {
+    /// The directory being gone through, on top, and its ancestors.
+    stack: Vec<Frame<T>>,
+    path: Vec<u8>,
+    /// Directories taken so far.
+    taken: usize,
+    /// Whether the root was looked at and found gone.
+    root_gone: bool,
+}
+
+/// A directory being gone through: its number, next entry and next subdirectory, the length of
+/// its path in the buffer, and whether its entries up to that subdirectory were handed out.
+struct Frame<T> {
+    dir: Box<WalkedDir<T>>,
+    at: usize,
+    start: usize,
+    next: usize,
+    path_len: usize,
+    ran: bool,
+}
+
+impl<T> InOrder<T> {
+    pub fn new() -> Self {
+        InOrder {
+            stack: Vec::new(),
+            path: Vec::new(),
+            taken: 0,
+            root_gone: false,
         }
-        frame.start = entry as usize + 1;
-        let Some(mut child) = walked.take(id as usize) else {
-            // Could not be read: not one of its subdirectories.
-            frame.dir.subdirs.remove(frame.next);
-            stack.push(frame);
-            continue;
-        };
-        let at = taken;
-        taken += 1;
-        frame.dir.subdirs[frame.next].1 = at as u32;
-        frame.next += 1;
-        took(&mut child.result, &path);
-        stack.push(frame);
-        stack.push(Frame {
-            dir: child,
-            at,
-            start: 0,
-            next: 0,
-            path_len: path.len(),
-        });
     }
-    taken
+
+    /// How many directories were taken: none if the root could not be read.
+    pub fn taken(&self) -> usize {
+        self.taken
+    }
+
+    /// Goes on in manifest order as far as the directories done allow. Calls `took(dir, path)`
+    /// when it takes a directory (`path` is its path relative to the root), `run(dir, path,
+    /// entries)` for each run of a directory's entries that lies between two of its
+    /// subdirectories, and `done(at, dir)` once directory number `at` and everything under it
+    /// have been gone through, handing it over: its subdirectories are then (entry index,
+    /// number), by entry index, like [`in_manifest_order`] goes through them (a subdirectory
+    /// that could not be read is not one of them).
+    ///
+    /// [`in_manifest_order`]: super::manifest::in_manifest_order
+    pub fn advance(
+        &mut self,
+        walked: &Walked<'_, T>,
+        listing_of: impl Fn(&T) -> &Listing,
+        mut took: impl FnMut(&mut T, &[u8]),
+        mut run: impl FnMut(&T, &[u8], std::ops::Range<usize>),
+        mut done: impl FnMut(usize, Box<WalkedDir<T>>),
+    ) {
+        if self.taken == 0 {
+            if self.root_gone {
+                return;
+            }
+            match walked.try_take(0) {
+                Taken::Done(mut root) => {
+                    self.path.clear();
+                    took(&mut root.result, &self.path);
+                    self.taken = 1;
+                    self.stack.push(Frame {
+                        dir: root,
+                        at: 0,
+                        start: 0,
+                        next: 0,
+                        path_len: 0,
+                        ran: false,
+                    });
+                }
+                Taken::Gone => {
+                    self.root_gone = true;
+                    return;
+                }
+                Taken::NotYet => return,
+            }
+        }
+        while let Some(frame) = self.stack.last_mut() {
+            self.path.truncate(frame.path_len);
+            let listing = listing_of(&frame.dir.result);
+            let len = listing.entries.len();
+            let subdir = frame.dir.subdirs.get(frame.next).copied();
+            let end = subdir.map_or(len, |(entry, _)| (entry as usize).min(len));
+            if !frame.ran {
+                run(&frame.dir.result, &self.path, frame.start.min(end)..end);
+                frame.ran = true;
+            }
+            let Some((entry, id)) = subdir else {
+                if let Some(frame) = self.stack.pop() {
+                    done(frame.at, frame.dir);
+                }
+                continue;
+            };
+            let child = match walked.try_take(id as usize) {
+                Taken::NotYet => return,
+                Taken::Gone => {
+                    // Could not be read: not one of its subdirectories.
+                    frame.dir.subdirs.remove(frame.next);
+                    frame.start = entry as usize + 1;
+                    frame.ran = false;
+                    continue;
+                }
+                Taken::Done(child) => child,
+            };
+            if let Some((range, _)) = listing.entries.get(entry as usize) {
+                if !self.path.is_empty() {
+                    self.path.push(b'/');
+                }
+                self.path.extend_from_slice(listing.name(range));
+            }
+            let at = self.taken;
+            self.taken += 1;
+            frame.dir.subdirs[frame.next].1 = at as u32;
+            frame.start = entry as usize + 1;
+            frame.next += 1;
+            frame.ran = false;
+            let mut child = child;
+            took(&mut child.result, &self.path);
+            self.stack.push(Frame {
+                dir: child,
+                at,
+                start: 0,
+                next: 0,
+                path_len: self.path.len(),
+                ran: false,
+            });
+        }
+    }
 }
 
 /// `listing` without the entries `exclude` matches, and the whole listing if any was taken out.
