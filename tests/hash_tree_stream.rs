@@ -303,3 +303,69 @@ fn the_cache_keys_worked_out_after_the_walk_are_the_walk_s_own_past_255_bytes() 
     let (_, warm) = streamed(&root, &options);
     assert_eq!((warm.hashed, warm.shard_written), (0, false));
 }
+
+#[test]
+fn a_directory_of_thousands_of_files_is_stamped_in_chunks_and_every_change_is_seen() {
+    // More than 2,048 files: their cached listing is stamped in chunks by every thread.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    let big = root.join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    for i in 0..5000 {
+        std::fs::write(big.join(format!("f{i:05}")), format!("{i}")).unwrap();
+    }
+    std::fs::create_dir_all(root.join("small")).unwrap();
+    std::fs::write(root.join("small/s"), "s").unwrap();
+    std::thread::sleep(Duration::from_millis(120));
+    for threads in [1, 2, 3] {
+        let shard = tmp.path().join(format!("cache{threads}.shard"));
+        let options = options(&shard, threads);
+        let (cold, report) = streamed(&root, &options);
+        assert_eq!((report.files, report.hashed), (5001, 5001));
+        let (warm, report) = streamed(&root, &options);
+        assert_eq!(
+            (report.hashed, report.dirs_read),
+            (0, 0),
+            "{threads} threads"
+        );
+        assert_eq!(cold, warm);
+    }
+    // Files changed in the first, a middle and the last chunk, with the directory's own
+    // stamp unchanged (contents rewritten in place): each is hashed again, and only those.
+    for i in [0, 2500, 4999] {
+        std::fs::write(big.join(format!("f{i:05}")), format!("changed {i}")).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(120));
+    for threads in [1, 2, 3] {
+        let shard = tmp.path().join(format!("cache{threads}.shard"));
+        let (manifest, report) = streamed(&root, &options(&shard, threads));
+        assert_eq!(
+            (report.hashed, report.dirs_read),
+            (3, 0),
+            "{threads} threads"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&manifest),
+            String::from_utf8_lossy(&sha256sum_manifest(&root))
+        );
+    }
+    // A file of a late chunk replaced by a directory: the directory is read again, and the
+    // file under the new one is in the manifest.
+    std::fs::remove_file(big.join("f04000")).unwrap();
+    std::fs::create_dir(big.join("f04000")).unwrap();
+    std::fs::write(big.join("f04000/inside"), "inside").unwrap();
+    std::thread::sleep(Duration::from_millis(120));
+    for threads in [1, 2, 3] {
+        let shard = tmp.path().join(format!("cache{threads}.shard"));
+        let (manifest, report) = streamed(&root, &options(&shard, threads));
+        assert_eq!(
+            (report.files, report.dirs_read),
+            (5001, 2),
+            "{threads} threads"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&manifest),
+            String::from_utf8_lossy(&sha256sum_manifest(&root))
+        );
+    }
+}

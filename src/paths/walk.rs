@@ -15,6 +15,7 @@
 //! them once the walk is over, with no more threads than asked for.
 
 use std::ffi::{CStr, OsStr};
+use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -76,8 +77,9 @@ pub(crate) type Task<'env> = Box<dyn FnOnce() + Send + 'env>;
 
 enum Job<'env> {
     Dir(DirJob),
-    /// A task and the id of the directory whose visit queued it.
-    Task(Task<'env>, usize),
+    /// A task and the id of the directory whose visit queued it (none for a chunk of a
+    /// directory's files to stamp: see [`Worker::stamp_listing`]).
+    Task(Task<'env>, Option<usize>),
 }
 
 /// A directory to visit.
@@ -133,7 +135,11 @@ pub(crate) struct Spawner<'q, 'env> {
 impl<'env> Spawner<'_, 'env> {
     pub fn spawn(&self, task: Task<'env>) {
         self.spawned.set(self.spawned.get() + 1);
-        self.queue.state.lock().0.push(Job::Task(task, self.dir));
+        self.queue
+            .state
+            .lock()
+            .0
+            .push(Job::Task(task, Some(self.dir)));
         self.queue.wake.notify_one();
     }
 }
@@ -372,7 +378,9 @@ impl<'s, 'w, 'env, T> Worker<'s, 'w, 'env, T> {
         match job {
             Job::Task(task, dir) => {
                 task();
-                self.shared.board.task_done(dir);
+                if let Some(dir) = dir {
+                    self.shared.board.task_done(dir);
+                }
             }
             Job::Dir(dir) => self.visit(dir),
         }
@@ -396,7 +404,8 @@ impl<'s, 'w, 'env, T> Worker<'s, 'w, 'env, T> {
         }
         let is_excluded = shared.excluded_rel == Some(rel.as_slice());
         let excluded = is_excluded.then_some(shared.excluded);
-        let Some(dir) = open_and_list(
+        let mut failed = std::mem::take(&mut self.failed);
+        let opened = open_and_list(
             Root {
                 path: shared.root,
                 handle: shared.root_handle,
@@ -409,12 +418,15 @@ impl<'s, 'w, 'env, T> Worker<'s, 'w, 'env, T> {
             },
             excluded,
             shared.visitor.cached,
-            &mut self.failed,
-        ) else {
+            &mut |handle, listing| self.stamp_listing(handle, listing),
+            &mut failed,
+        );
+        self.failed.append(&mut failed);
+        let Some(dir) = opened else {
             shared.board.failed(id);
             return;
         };
-        let handle = Arc::new(dir.handle);
+        let handle = dir.handle;
         let (listing, unfiltered) = filtered(dir.listing, &rel, shared.exclude);
         // (entry index, id) of each subdirectory, by entry index.
         let mut subdir_ids = Vec::new();
@@ -471,6 +483,124 @@ impl<'s, 'w, 'env, T> Worker<'s, 'w, 'env, T> {
         };
         shared.board.visited(id, walked, spawner.spawned.get());
     }
+}
+
+/// Cached listings of more files than this are stamped in chunks (see
+/// [`Worker::stamp_listing`]), of this many files each.
+const BIG_LISTING: usize = 2048;
+const STAMP_CHUNK: usize = 1024;
+
+/// A chunk's number, and each of its files' fresh stamp (`None`: gone, no longer a regular
+/// file, or not stamped).
+type StampedChunk = (usize, Vec<Option<Stamp>>);
+
+/// The files of a large cached listing, stamped a chunk at a time by whichever threads are free.
+struct StampChunks {
+    handle: Arc<OwnedFd>,
+    /// A copy of the listing's names, and each file's entry index and name range.
+    names: Vec<u8>,
+    files: Vec<(u32, Range<u32>)>,
+    /// The chunks stamped so far, and how many they are.
+    stamped: Mutex<(Vec<StampedChunk>, usize)>,
+    done: Condvar,
+}
+
+impl StampChunks {
+    /// Stamps chunk `chunk` and hands it in.
+    fn stamp(&self, chunk: usize) {
+        let start = chunk * STAMP_CHUNK;
+        let files = self
+            .files
+            .get(start..(start + STAMP_CHUNK).min(self.files.len()));
+        let stamps = (files.unwrap_or_default().iter())
+            .map(|(_, range)| {
+                let name = self.names.get(range.start as usize..=range.end as usize)?;
+                let name = CStr::from_bytes_with_nul(name).ok()?;
+                stamp_file_at(&self.handle, name).ok().flatten()
+            })
+            .collect();
+        let mut stamped = self.stamped.lock();
+        stamped.0.push((chunk, stamps));
+        stamped.1 += 1;
+        self.done.notify_all();
+    }
+}
+
+impl<'env, T> Worker<'_, '_, 'env, T> {
+    /// Stamps the files of a cached listing, as [`stat_cached_files`] does. A listing of more
+    /// than [`BIG_LISTING`] files is stamped in chunks queued for every thread, this one
+    /// stamping the first and running other jobs until the rest are in: a directory of
+    /// thousands of files then does not leave one thread stamping alone at the end of a walk.
+    fn stamp_listing(&mut self, handle: &Arc<OwnedFd>, listing: &mut Listing) -> bool {
+        let files: Vec<(u32, Range<u32>)> = (listing.entries.iter().enumerate())
+            .filter(|(_, (_, kind))| matches!(kind, Listed::File(_)))
+            .map(|(i, (range, _))| (i as u32, range.clone()))
+            .collect();
+        if files.len() <= BIG_LISTING {
+            return stat_cached_files(handle, listing);
+        }
+        let chunks = files.len().div_ceil(STAMP_CHUNK);
+        let shared = Arc::new(StampChunks {
+            handle: handle.clone(),
+            names: listing.names.clone(),
+            files,
+            stamped: Mutex::new((Vec::with_capacity(chunks), 0)),
+            done: Condvar::new(),
+        });
+        {
+            let mut state = self.shared.queue.state.lock();
+            for chunk in (1..chunks).rev() {
+                let shared = shared.clone();
+                let task: Task<'env> = Box::new(move || shared.stamp(chunk));
+                state.0.push(Job::Task(task, None));
+            }
+        }
+        self.shared.queue.wake.notify_all();
+        shared.stamp(0);
+        // Run other jobs (the chunks first: they are on top) until every chunk is in.
+        loop {
+            if shared.stamped.lock().1 == chunks {
+                break;
+            }
+            if let Some(job) = try_job(self.shared.queue) {
+                self.run(job);
+                continue;
+            }
+            let mut stamped = shared.stamped.lock();
+            if stamped.1 < chunks {
+                // The rest are being stamped by other threads.
+                shared.done.wait(&mut stamped);
+            }
+        }
+        let stamped = std::mem::take(&mut shared.stamped.lock().0);
+        for (chunk, stamps) in stamped {
+            let files = &shared.files[chunk * STAMP_CHUNK..];
+            for (&(i, _), fresh) in files.iter().zip(stamps) {
+                let i = i as usize;
+                let Some(fresh) = fresh else {
+                    return false;
+                };
+                let Some((_, Listed::File(stored))) = listing.entries.get(i) else {
+                    return false;
+                };
+                if *stored != Some(fresh)
+                    && let Some(hash) = listing.hashes.get_mut(i)
+                {
+                    *hash = None;
+                }
+                listing.entries[i].1 = Listed::File(Some(fresh));
+            }
+        }
+        true
+    }
+}
+
+/// A job from the queue if there is one now (counted as being worked on, like [`next_job`]).
+fn try_job<'env>(queue: &Queue<'env>) -> Option<Job<'env>> {
+    let mut state = queue.state.lock();
+    let job = state.0.pop()?;
+    state.1 += 1;
+    Some(job)
 }
 
 /// A worker is done with the job it took.
@@ -670,7 +800,7 @@ fn next_job<'env>(queue: &Queue<'env>) -> Option<Job<'env>> {
 }
 
 struct OpenDir {
-    handle: OwnedFd,
+    handle: Arc<OwnedFd>,
     stamp: Stamp,
     listing: Listing,
     read: bool,
@@ -698,6 +828,7 @@ fn open_and_list(
     DirName { name, rel, key }: DirName<'_>,
     excluded: Option<&Excluded>,
     cached: &(dyn Fn(&[u8], &Stamp) -> Option<Listing> + Sync),
+    stamp_files: &mut dyn FnMut(&Arc<OwnedFd>, &mut Listing) -> bool,
     failed: &mut Vec<WalkError>,
 ) -> Option<OpenDir> {
     let path_of = |rel: &[u8]| match rel {
@@ -720,7 +851,7 @@ fn open_and_list(
         (None, None) => Err(nix::errno::Errno::EBADF),
     };
     let handle = match opened {
-        Ok(handle) => handle,
+        Ok(handle) => Arc::new(handle),
         Err(errno) => {
             fail(errno);
             return None;
@@ -737,7 +868,7 @@ fn open_and_list(
     };
     if excluded.is_none()
         && let Some(mut listing) = cached(key, &stamp)
-        && stat_cached_files(&handle, &mut listing)
+        && stamp_files(&handle, &mut listing)
     {
         return Some(OpenDir {
             handle,
