@@ -6,8 +6,9 @@
 //! name buffer — or, if the caller has a cached listing taken at exactly that stamp, not read at
 //! all — and its regular files are `fstatat`ed relative to the open handle (no path resolution
 //! beyond one component, no allocation per entry); a cached listing's file hashes are kept only
-//! for the files whose fresh stamp is the one they were stored under. Only regular files are
-//! reported: symlinks, FIFOs, sockets and devices are never opened.
+//! for the files whose fresh stamp is the one they were stored under (a listing of thousands of
+//! files is stamped in chunks that every thread takes: see [`Worker::stamp_listing`]). Only
+//! regular files are reported: symlinks, FIFOs, sockets and devices are never opened.
 //!
 //! The calling thread is one of the walk's threads: between the jobs it runs, it takes the
 //! directories that are done in manifest order ([`InOrder`]), so that `hash-tree` prints a
