@@ -125,7 +125,7 @@ struct Queue<'env> {
 }
 
 /// Lets a visit queue tasks for the walk's workers; the walk returns once they have all run,
-/// and the directory is handed to the caller's thread (see [`Walked::take`]) once its own have.
+/// and the directory is handed to the calling thread (see [`Walked::try_take`]) once its own have.
 pub(crate) struct Spawner<'q, 'env> {
     queue: &'q Queue<'env>,
     /// The id of the directory being visited, and how many tasks its visit queued.
