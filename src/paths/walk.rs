@@ -513,11 +513,16 @@ impl StampChunks {
         let files = self
             .files
             .get(start..(start + STAMP_CHUNK).min(self.files.len()));
+        // A handle of its own for the chunk (the directory itself, `.` of the shared one):
+        // threads stamping through one shared handle contend for its reference count on
+        // every call. If it cannot be had, the shared one does.
+        let own = nix::fcntl::openat(&*self.handle, c".", dir_flags(), Mode::empty()).ok();
+        let handle = own.as_ref().unwrap_or(&self.handle);
         let stamps = (files.unwrap_or_default().iter())
             .map(|(_, range)| {
                 let name = self.names.get(range.start as usize..=range.end as usize)?;
                 let name = CStr::from_bytes_with_nul(name).ok()?;
-                stamp_file_at(&self.handle, name).ok().flatten()
+                stamp_file_at(handle, name).ok().flatten()
             })
             .collect();
         let mut stamped = self.stamped.lock();
