@@ -94,7 +94,8 @@ pub struct HashTreeOptions {
     /// Cache shard to use; `None` means one per canonical root under the user cache directory
     /// ([`shard_path_for_root`]).
     pub shard: Option<PathBuf>,
-    /// Threads for walking and hashing, the calling thread one of them (default: all cores).
+    /// Threads for walking and hashing, the calling thread one of them (default: one per core,
+    /// and the calling thread: it also prints and keeps the manifest, between its jobs).
     pub threads: usize,
     /// Margin of the racy-timestamp rule.
     pub racy_margin: Duration,
@@ -117,7 +118,7 @@ impl Default for HashTreeOptions {
     fn default() -> Self {
         HashTreeOptions {
             shard: None,
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()) + 1,
             racy_margin: DEFAULT_RACY_MARGIN,
             listing_cache: true,
             shard_options: Options::from_env(),
