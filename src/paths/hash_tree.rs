@@ -26,14 +26,20 @@
 //! 3. **Persist the changes** ([`index_changes`], [`persist`]): the listing of a directory read
 //!    this run, or with a file its cached listing did not answer, is encoded with its files'
 //!    stamps and hashes; the shard is rewritten only if an entry changed or a file or directory
-//!    disappeared, with the values encoded in step 2.
-//! 4. **Print the manifest** ([`assemble`]): the [`Manifest`] keeps the walk's listings and is
-//!    printed straight from them, in order, each directory's path built in one buffer on the
-//!    way down.
+//!    disappeared, with the values encoded in step 2 (and the directories' keys worked out
+//!    again from their names, [`dir_keys`]).
+//! 4. **Print the manifest** (`InOrder` in `walk.rs`): between the walk's jobs it runs itself,
+//!    the calling thread takes the directories that are done in manifest order, takes in what
+//!    their hashing tasks returned, writes their lines ([`hash_tree_to`]) as soon as every
+//!    directory before them is done, each directory's path built in one buffer on the way
+//!    down, and once a directory and everything under it are done, keeps its listing for the
+//!    [`Manifest`] (which is printed straight from the listings), its changes for step 3, and
+//!    drops the rest. So little is left to do once the walk is over.
 //!
-//! No part keeps a directory's path: the walk hands each directory its parent's index and its
-//! name, and its cache key is its path only while that is short. So memory grows with the tree
-//! (its names and files), not with the square of its depth.
+//! No part keeps a directory's path or key past its visit: the walk hands each directory to
+//! the calling thread with its subdirectories' numbers, and its cache key is its path only
+//! while that is short. So memory grows with the tree (its names and files), not with the
+//! square of its depth.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io::Read;
@@ -54,9 +60,10 @@ use sha2::{Digest, Sha256};
 use super::cache::recorded_hours;
 use super::error::{PathError, PathInputError, invalid_path};
 use super::exclude::Exclude;
-use super::listing::{Listed, Listing, listing_key};
+use super::listing::{Listed, Listing, dir_key, listing_key};
 use super::manifest::{
-    FileState, Manifest, ManifestDir, in_manifest_order, names_need_escape, push_hex,
+    FileState, Manifest, ManifestDir, Sha256sumWriter, in_manifest_order, names_need_escape,
+    needs_escape, push_hex,
 };
 use super::stamp::{DEFAULT_RACY_MARGIN, Stamp};
 use super::tree_store::{
@@ -64,7 +71,7 @@ use super::tree_store::{
     file_key, push_file_key,
 };
 use super::walk::{
-    Spawner, VisitedDir, Visitor, WalkedDir, rel_path, stamp_file_at, visit_fn, walk,
+    InOrder, Spawner, VisitedDir, Visitor, WalkedDir, join_rel, stamp_file_at, visit_fn, walk,
 };
 use crate::{BulkMode, Error, Health, Options, Result, Shard, Snapshot, WriteOutcome};
 
@@ -87,7 +94,8 @@ pub struct HashTreeOptions {
     /// Cache shard to use; `None` means one per canonical root under the user cache directory
     /// ([`shard_path_for_root`]).
     pub shard: Option<PathBuf>,
-    /// Worker threads for walking and hashing (default: all cores).
+    /// Threads for walking and hashing, the calling thread one of them (default: one per core,
+    /// and the calling thread: it also prints and keeps the manifest, between its jobs).
     pub threads: usize,
     /// Margin of the racy-timestamp rule.
     pub racy_margin: Duration,
@@ -110,7 +118,7 @@ impl Default for HashTreeOptions {
     fn default() -> Self {
         HashTreeOptions {
             shard: None,
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()) + 1,
             racy_margin: DEFAULT_RACY_MARGIN,
             listing_cache: true,
             shard_options: Options::from_env(),
@@ -192,6 +200,9 @@ pub struct HashTreeReport {
     /// Why the cache shard could not be written (lock timeout, size limit, I/O...), if it could
     /// not. The manifest is complete and correct either way: the next run only re-hashes more.
     pub cache_error: Option<Error>,
+    /// Why the manifest could not be written to the writer given to [`hash_tree_to`], if it
+    /// could not (always `None` for [`hash_tree`]). The run went on without writing more.
+    pub output_error: Option<std::io::Error>,
 }
 
 /// The default cache shard of a canonical root: `<cache dir>/warmshard/trees/<sha256 of the
@@ -215,10 +226,6 @@ struct DirRun {
     lines: usize,
     /// Whether any of its names needs escaping in the manifest (see `manifest.rs`).
     escape_names: bool,
-    /// Its key in the cache (see `listing::dir_key`): its path relative to the root while that
-    /// is at most 255 bytes long, a short hash otherwise, so keys stay bounded whatever the
-    /// depth.
-    key: Vec<u8>,
     /// Whether its entries were read this run (rather than taken from the cache).
     read: bool,
     /// How many of its entries the cache holds (its files' and its listing, valid or not): the
@@ -247,7 +254,16 @@ struct DirRun {
     values: Vec<u8>,
 }
 
-impl DirRun {
+/// What the cache is to be told of a directory that changed: its listing to store, and the new
+/// values of its files hashed this run whose entry changed.
+struct DirChanges {
+    new_listing: Option<Vec<u8>>,
+    /// (entry index, range in `values`), by entry index.
+    new_values: Vec<(u32, Range<u32>)>,
+    values: Vec<u8>,
+}
+
+impl DirChanges {
     /// The new cache value of entry `i`, if it was hashed this run and its entry changed.
     fn new_value(&self, i: usize) -> Option<&[u8]> {
         let at = self
@@ -296,6 +312,49 @@ thread_local! {
 /// Builds the manifest of `root` (see the module docs): plan each directory from the cache and
 /// hash what is stale (both during the walk), persist what changed, then assemble the manifest.
 pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeReport> {
+    run_hash_tree(root, options, None)
+}
+
+/// [`hash_tree`], writing the manifest to `out` as GNU `sha256sum` prints it
+/// ([`Manifest::write_sha256sum_to`]) while the tree is walked: each directory's lines as soon
+/// as it and every directory before it in the manifest are done. `out` is flushed once the
+/// manifest is complete, before the cache is written.
+///
+/// A failed write does not end the run (the cache is still brought up to date); it is in
+/// [`HashTreeReport::output_error`], and nothing more is written after it. If the root cannot
+/// be read, the error is returned and nothing is written.
+///
+/// ```
+/// # fn main() -> warmshard::Result<()> {
+/// # let tmp = tempfile::tempdir().unwrap();
+/// # let root = tmp.path().join("src");
+/// # std::fs::create_dir_all(root.join("sub")).unwrap();
+/// # std::fs::write(root.join("sub/a.rs"), "fn a() {}").unwrap();
+/// use warmshard::paths::{HashTreeOptions, hash_tree_to};
+/// let options = HashTreeOptions::default().shard(tmp.path().join("tree.shard"));
+/// let mut out = Vec::new();
+/// let report = hash_tree_to(&root, &options, &mut out)?;
+/// assert!(report.output_error.is_none());
+/// let mut again = Vec::new();
+/// report.manifest.write_sha256sum_to(&mut again).unwrap();
+/// assert_eq!(out, again);
+/// assert!(out.ends_with(b"  sub/a.rs\n"));
+/// # Ok(()) }
+/// ```
+pub fn hash_tree_to(
+    root: &Path,
+    options: &HashTreeOptions,
+    out: &mut dyn std::io::Write,
+) -> Result<HashTreeReport> {
+    run_hash_tree(root, options, Some(out))
+}
+
+/// [`hash_tree`], and [`hash_tree_to`] when `out` is given.
+fn run_hash_tree(
+    root: &Path,
+    options: &HashTreeOptions,
+    out: Option<&mut dyn std::io::Write>,
+) -> Result<HashTreeReport> {
     let started = Instant::now();
     let root = std::fs::canonicalize(root).map_err(|e| Error::io("resolving", root, e))?;
     if !root.is_dir() {
@@ -345,14 +404,84 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         cached: &cached,
         visit: &visit,
     };
-    let (mut dirs, mut errors) = walk(
+    let mut hashed = 0;
+    let mut unreadable = Vec::new();
+    let mut printer = out.map(Sha256sumWriter::new);
+    // What the manifest keeps of each directory, by its number in manifest order, and what
+    // the cache is to be told of the directories that changed: taken from each directory once
+    // it and everything under it were gone through, during the walk (the rest of the
+    // directory is dropped then, not after the walk).
+    let mut manifest_dirs: Vec<ManifestDir> = Vec::new();
+    let mut changes: Vec<(usize, DirChanges)> = Vec::new();
+    let (mut lines, mut dirs_read, mut still_there) = (0, 0, 0);
+    let mut in_order = InOrder::new();
+    let mut errors = walk(
         &root,
         options.threads,
         &cache_files(&shard),
         &options.exclude,
         visitor,
+        |walked| {
+            // Each directory is printed as soon as it and every one before it are done.
+            in_order.advance(
+                walked,
+                |dir| &dir.listing,
+                |dir, path| hashed += take_in_hashed(&run, &root, dir, path, &mut unreadable),
+                |dir, path, entries| {
+                    if let Some(printer) = &mut printer {
+                        let escape_path = needs_escape(path);
+                        let (listing, files) = (&dir.listing, &dir.files);
+                        printer.write_run(
+                            path,
+                            escape_path,
+                            dir.escape_names,
+                            listing,
+                            files,
+                            entries,
+                        );
+                    }
+                },
+                |at, walked| {
+                    let WalkedDir {
+                        subdirs,
+                        result: mut dir,
+                    } = *walked;
+                    index_changes(&mut dir, run.taken_at, options.racy_margin);
+                    lines += dir.lines;
+                    dirs_read += u64::from(dir.read);
+                    still_there += dir.cached_entries;
+                    if manifest_dirs.len() <= at {
+                        manifest_dirs.resize_with(at + 1, ManifestDir::default);
+                    }
+                    manifest_dirs[at] = ManifestDir {
+                        escape_names: dir.escape_names,
+                        listing: dir.listing,
+                        files: dir.files,
+                        subdirs,
+                    };
+                    if dir.new_listing.is_some() || !dir.new_values.is_empty() {
+                        let DirRun {
+                            new_listing,
+                            new_values,
+                            values,
+                            ..
+                        } = dir;
+                        let change = DirChanges {
+                            new_listing,
+                            new_values,
+                            values,
+                        };
+                        changes.push((at, change));
+                    }
+                },
+            );
+        },
     );
-    if dirs.first().is_none_or(|root| root.parent.is_some()) {
+    // The manifest is out before the cache is written.
+    let printed = printer.map(Sha256sumWriter::finish);
+    let dirs_found = in_order.taken();
+    errors.append(&mut unreadable);
+    if dirs_found == 0 {
         // The root itself could not be read: there is no manifest to give.
         let error = errors.into_iter().find(|e| e.path == root).map_or_else(
             || std::io::Error::other("the directory could not be read"),
@@ -360,16 +489,15 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         );
         return Err(Error::io("reading", &root, error));
     }
-    let hashed = take_in_hashed(&run, &root, &mut dirs, &mut errors);
-    index_changes(&mut dirs, run.taken_at, options.racy_margin);
     errors.sort_by(|a, b| a.path.cmp(&b.path));
-    let (shard_written, cache_error) = match persist(&run, &shard, &dirs) {
+    changes.sort_unstable_by_key(|(at, _)| *at);
+    let persisted = persist(&run, &shard, &manifest_dirs, &changes, still_there);
+    let (shard_written, cache_error) = match persisted {
         Ok(outcome) => (matches!(outcome, WriteOutcome::Committed { .. }), None),
         Err(error) => (false, Some(error)),
     };
-    let dirs_read = dirs.iter().filter(|dir| dir.result.read).count() as u64;
-    let dirs_found = dirs.len() as u64;
-    let manifest = assemble(dirs);
+    let dirs_found = dirs_found as u64;
+    let manifest = Manifest::new(manifest_dirs, lines);
     Ok(HashTreeReport {
         files: manifest.len() as u64,
         hashed,
@@ -381,6 +509,7 @@ pub fn hash_tree(root: &Path, options: &HashTreeOptions) -> Result<HashTreeRepor
         shard_path,
         shard_written,
         cache_error,
+        output_error: printed.and_then(std::io::Result::err),
         manifest,
     })
 }
@@ -506,7 +635,6 @@ impl<'env> Run<'env> {
             listing,
             files,
             lines,
-            key: dir.key,
             read: dir.read,
             cached_entries,
             stamp: dir.stamp,
@@ -653,80 +781,72 @@ impl<'d, 'env, 's, 'q> Batcher<'d, 'env, 's, 'q> {
     }
 }
 
-/// Takes what the hashing tasks returned into each directory's file states and new values;
-/// a file that could not be read goes to `errors`. Returns how many files were hashed.
+/// Takes what the hashing tasks of one directory (at `dir_path` relative to `root`) returned
+/// into its file states and new values; a file that could not be read goes to `errors`.
+/// Returns how many files were hashed.
 fn take_in_hashed(
     run: &Run<'_>,
     root: &Path,
-    dirs: &mut [WalkedDir<DirRun>],
+    dir: &mut DirRun,
+    dir_path: &[u8],
     errors: &mut Vec<PathError>,
 ) -> u64 {
     let mut hashed = 0;
-    for at in 0..dirs.len() {
-        let dir = &mut dirs[at].result;
-        let Some(hashing) = dir.hashing.take() else {
-            continue;
-        };
-        let batches = std::mem::take(&mut *hashing.lock());
-        let mut failed = Vec::new();
-        for batch in batches {
-            let offset = dir.values.len() as u32;
-            dir.values.extend_from_slice(&batch.values);
-            for (i, result) in batch.results {
-                let state = &mut dir.files[i as usize];
-                *state = FileState::Absent;
-                match result {
-                    Ok(None) => {}
-                    Ok(Some((stamp, sha256, range))) => {
-                        *state = FileState::Hashed(sha256);
-                        dir.lines += 1;
-                        if !stamp.is_racy(run.taken_at, run.options.racy_margin) {
-                            dir.uncovered_keepable += 1;
-                        }
-                        if let Some((_, kind)) = dir.listing.entries.get_mut(i as usize) {
-                            *kind = Listed::File(Some(stamp));
-                        }
-                        hashed += 1;
-                        if let Some(range) = range {
-                            let range = range.start + offset..range.end + offset;
-                            dir.new_values.push((i, range));
-                        }
+    let Some(hashing) = dir.hashing.take() else {
+        return 0;
+    };
+    let batches = std::mem::take(&mut *hashing.lock());
+    let mut failed = Vec::new();
+    for batch in batches {
+        let offset = dir.values.len() as u32;
+        dir.values.extend_from_slice(&batch.values);
+        for (i, result) in batch.results {
+            let state = &mut dir.files[i as usize];
+            *state = FileState::Absent;
+            match result {
+                Ok(None) => {}
+                Ok(Some((stamp, sha256, range))) => {
+                    *state = FileState::Hashed(sha256);
+                    dir.lines += 1;
+                    if !stamp.is_racy(run.taken_at, run.options.racy_margin) {
+                        dir.uncovered_keepable += 1;
                     }
-                    Err(source) => failed.push((i, source)),
+                    if let Some((_, kind)) = dir.listing.entries.get_mut(i as usize) {
+                        *kind = Listed::File(Some(stamp));
+                    }
+                    hashed += 1;
+                    if let Some(range) = range {
+                        let range = range.start + offset..range.end + offset;
+                        dir.new_values.push((i, range));
+                    }
                 }
+                Err(source) => failed.push((i, source)),
             }
         }
-        dir.new_values.sort_unstable_by_key(|(i, _)| *i);
-        if failed.is_empty() {
-            continue;
-        }
-        fn name_of(dir: &DirRun, entry: u32) -> &[u8] {
-            let listing = &dir.listing;
-            listing
-                .entries
-                .get(entry as usize)
-                .map_or(&b""[..], |(range, _)| listing.name(range))
-        }
-        let dir_path = root.join(OsStr::from_bytes(&rel_path(dirs, at, name_of)));
-        let listing = &dirs[at].result.listing;
-        for (i, source) in failed {
-            let name = listing.name(&listing.entries[i as usize].0);
-            let path = dir_path.join(OsStr::from_bytes(name));
-            errors.push(PathError { path, source });
-        }
+    }
+    dir.new_values.sort_unstable_by_key(|(i, _)| *i);
+    if failed.is_empty() {
+        return hashed;
+    }
+    let dir_path = root.join(OsStr::from_bytes(dir_path));
+    let listing = &dir.listing;
+    for (i, source) in failed {
+        let name = listing.name(&listing.entries[i as usize].0);
+        let path = dir_path.join(OsStr::from_bytes(name));
+        errors.push(PathError { path, source });
     }
     hashed
 }
 
-/// Encodes the listing to store of each directory that needs one, with its files' stamps and
+/// Encodes the listing to store of a directory if it needs one, with its files' stamps and
 /// hashes (the per-directory stamp index that lets the next run answer an unchanged file by a
 /// sequential compare): a directory read this run, or one where at least a quarter of the files
 /// have a hash its cached listing did not hold although it could (hashed this run, or answered
 /// by its own entry, under a stamp that is not racy); the other files it no longer answers are
 /// answered by their own entries. So a warm run stores nothing, and a run after a change stores
 /// the listings of the directories it changed much only.
-fn index_changes(dirs: &mut [WalkedDir<DirRun>], taken_at: SystemTime, racy_margin: Duration) {
-    for WalkedDir { result: dir, .. } in dirs {
+fn index_changes(dir: &mut DirRun, taken_at: SystemTime, racy_margin: Duration) {
+    {
         let files = || {
             (dir.listing.entries.iter())
                 .filter(|(_, kind)| matches!(kind, Listed::File(_)))
@@ -738,7 +858,7 @@ fn index_changes(dirs: &mut [WalkedDir<DirRun>], taken_at: SystemTime, racy_marg
         // limit rewrites the whole shard).
         let stale = dir.uncovered_keepable;
         if !dir.storable || (!dir.read && (stale == 0 || stale * 4 < files())) {
-            continue;
+            return;
         }
         let value = {
             let dir = &*dir;
@@ -786,15 +906,19 @@ fn index_changes(dirs: &mut [WalkedDir<DirRun>], taken_at: SystemTime, racy_marg
 /// vanished; a merge of the changes (which a small change turns into a small write) when only
 /// entries changed or were added; the whole cache rewritten without the entries of files and
 /// directories that are gone otherwise (the others keep their value).
-fn persist(run: &Run<'_>, shard: &Shard, dirs: &[WalkedDir<DirRun>]) -> Result<WriteOutcome> {
+///
+/// `manifest` holds every directory in manifest order, `changes` what changed in some of them
+/// (by number), and `still_there` how many of the cache's entries the run found again.
+fn persist(
+    run: &Run<'_>,
+    shard: &Shard,
+    manifest: &[ManifestDir],
+    changes: &[(usize, DirChanges)],
+    still_there: usize,
+) -> Result<WriteOutcome> {
     let view = run.view;
-    let still_there: usize = dirs.iter().map(|dir| dir.result.cached_entries).sum();
     let vanished = still_there != view.len();
-    let changed = dirs
-        .iter()
-        .map(|dir| &dir.result)
-        .any(|dir| !dir.new_values.is_empty() || dir.new_listing.is_some());
-    if !vanished && !changed {
+    if !vanished && changes.is_empty() {
         return Ok(WriteOutcome::Unchanged);
     }
     let mode = if vanished {
@@ -803,35 +927,40 @@ fn persist(run: &Run<'_>, shard: &Shard, dirs: &[WalkedDir<DirRun>]) -> Result<W
         BulkMode::Merge
     };
     let keep_others = vanished;
+    let changes_of = |d: usize| {
+        let at = changes.binary_search_by_key(&d, |(at, _)| *at).ok()?;
+        Some(&changes[at].1)
+    };
+    let dir_keys = dir_keys(manifest);
     let mut writer = shard.bulk_writer(mode)?;
     let mut added = Ok(());
     let mut key = Vec::new();
     let mut rebuilt = Vec::new();
     in_manifest_order(
-        dirs,
-        |dir| (&dir.result.listing, &dir.subdirs),
+        manifest,
+        |dir| (&dir.listing, &dir.subdirs),
         |d, entries| {
-            let dir = &dirs[d].result;
+            let (Some(listed), Some(dir_key)) = (manifest.get(d), dir_keys.get(d)) else {
+                return;
+            };
+            let changed = changes_of(d);
             for i in entries {
                 if added.is_err() {
                     return;
                 }
-                if dir.files[i].sha256().is_none() {
+                if listed.files[i].sha256().is_none() {
                     continue;
                 }
-                file_key(
-                    &mut key,
-                    &dir.key,
-                    dir.listing.name(&dir.listing.entries[i].0),
-                );
-                let value = match dir.new_value(i) {
+                let name = listed.listing.name(&listed.listing.entries[i].0);
+                file_key(&mut key, dir_key, name);
+                let value = match changed.and_then(|changed| changed.new_value(i)) {
                     Some(value) => Some(value),
                     None if keep_others => view.get(&key).or_else(|| {
                         // Answered by its directory's cached listing, whose record holds all
                         // the entry would: write the entry again, so that the count of entries
                         // still holds next run.
-                        let sha256 = dir.files.get(i)?.sha256()?;
-                        let (_, Listed::File(Some(stamp))) = dir.listing.entries.get(i)? else {
+                        let sha256 = listed.files.get(i)?.sha256()?;
+                        let (_, Listed::File(Some(stamp))) = listed.listing.entries.get(i)? else {
                             return None;
                         };
                         encode_sha256_entry(
@@ -853,10 +982,11 @@ fn persist(run: &Run<'_>, shard: &Shard, dirs: &[WalkedDir<DirRun>]) -> Result<W
         },
     );
     added?;
-    for WalkedDir { result: dir, .. } in dirs {
-        listing_key(&mut key, &dir.key);
-        let value = match &dir.new_listing {
-            Some(listing) => Some(listing.as_slice()),
+    for (d, dir_key) in dir_keys.iter().enumerate() {
+        listing_key(&mut key, dir_key);
+        let new_listing = changes_of(d).and_then(|changed| changed.new_listing.as_deref());
+        let value = match new_listing {
+            Some(listing) => Some(listing),
             None if keep_others => view.get(&key),
             None => None,
         };
@@ -867,28 +997,32 @@ fn persist(run: &Run<'_>, shard: &Shard, dirs: &[WalkedDir<DirRun>]) -> Result<W
     writer.commit()
 }
 
-/// The manifest of the walked directories, which it takes over.
-fn assemble(dirs: Vec<WalkedDir<DirRun>>) -> Manifest {
-    let mut len = 0;
-    let dirs = dirs
-        .into_iter()
-        .map(
-            |WalkedDir {
-                 subdirs,
-                 result: dir,
-                 ..
-             }| {
-                len += dir.lines;
-                ManifestDir {
-                    escape_names: dir.escape_names,
-                    listing: dir.listing,
-                    files: dir.files,
-                    subdirs,
-                }
-            },
-        )
-        .collect();
-    Manifest::new(dirs, len)
+/// The cache key of each directory of `manifest` (see `listing::dir_key`): its path relative
+/// to the root while that is at most 255 bytes long, a short hash otherwise. Worked out again
+/// from the names, only when the cache is written (no directory keeps its key meanwhile).
+fn dir_keys(manifest: &[ManifestDir]) -> Vec<Vec<u8>> {
+    // Each directory's key and the length of its path; a directory comes after its parent.
+    let mut keys: Vec<(Vec<u8>, usize)> = vec![(Vec::new(), 0); manifest.len()];
+    for (d, dir) in manifest.iter().enumerate() {
+        for &(entry, child) in &dir.subdirs {
+            let Some((range, _)) = dir.listing.entries.get(entry as usize) else {
+                continue;
+            };
+            let name = dir.listing.name(range);
+            let (parent_key, parent_len) = &keys[d];
+            let len = parent_len + usize::from(*parent_len > 0) + name.len();
+            let key = dir_key(parent_key, name, len).unwrap_or_else(|| {
+                // A path of at most 255 bytes: so is its parent's, which is its key.
+                let mut path = Vec::with_capacity(len);
+                join_rel(&mut path, parent_key, name);
+                path
+            });
+            if let Some(slot) = keys.get_mut(child as usize) {
+                *slot = (key, len);
+            }
+        }
+    }
+    keys.into_iter().map(|(key, _)| key).collect()
 }
 
 /// Hashes one file of an open directory, streaming; `Ok(None)` if it is no longer a regular file.

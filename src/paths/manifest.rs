@@ -153,53 +153,19 @@ impl Manifest {
 
     /// Writes the whole manifest as GNU `sha256sum` prints it to `out`, in chunks of about
     /// 64 KiB (no copy of the whole text in memory), and flushes it.
-    ///
-    /// Lines are written into one buffer set up once, each part copied into place: a line costs
-    /// its copies, not a fill of its bytes first (as growing a `Vec` by a line would).
-    pub fn write_sha256sum_to(&self, mut out: impl std::io::Write) -> std::io::Result<()> {
-        const CHUNK: usize = 64 * 1024;
-        let mut buffer = vec![0u8; CHUNK];
-        let mut at = 0;
-        // An escaped line (rare) is built here first.
-        let mut escaped = Vec::new();
-        let mut written = Ok(());
+    pub fn write_sha256sum_to(&self, out: impl std::io::Write) -> std::io::Result<()> {
+        let mut writer = Sha256sumWriter::new(out);
         self.for_each_run(|run| {
-            if written.is_err() {
-                return;
-            }
-            run.for_each_line(|line| {
-                if written.is_err() {
-                    return;
-                }
-                let escape = Escape {
-                    dir: run.escape_path,
-                    names: run.escape_names,
-                };
-                let len = plain_line_len(line.dir, line.name);
-                let plain = is_plain(line.dir, escape, line.name);
-                if plain && at + len <= CHUNK {
-                    write_plain_line(&mut buffer[at..at + len], line.dir, line.name, line.sha256);
-                    at += len;
-                    return;
-                }
-                written = out.write_all(&buffer[..at]);
-                at = 0;
-                if plain && len <= CHUNK {
-                    write_plain_line(&mut buffer[..len], line.dir, line.name, line.sha256);
-                    at = len;
-                    return;
-                }
-                // Escaped, or longer than the buffer: written on its own.
-                escaped.clear();
-                push_line(&mut escaped, line.dir, escape, line.name, line.sha256);
-                if written.is_ok() {
-                    written = out.write_all(&escaped);
-                }
-            });
+            writer.write_run(
+                run.path,
+                run.escape_path,
+                run.escape_names,
+                &run.dir.listing,
+                &run.dir.files,
+                run.entries.clone(),
+            )
         });
-        written?;
-        out.write_all(&buffer[..at])?;
-        out.flush()
+        writer.finish()
     }
 
     /// Calls `f` for each run of a directory's entries that lies between two of its listed
@@ -286,6 +252,95 @@ impl PartialEq for Manifest {
 
 impl Eq for Manifest {}
 
+/// Writes `sha256sum` lines to a writer in chunks of about 64 KiB, run by run of a directory's
+/// entries (see [`Manifest::write_sha256sum_to`], and `hash_tree`, which prints each directory
+/// while the walk goes on).
+///
+/// Lines are written into one buffer set up once, each part copied into place: a line costs
+/// its copies, not a fill of its bytes first (as growing a `Vec` by a line would). After a
+/// write fails, nothing more is written and [`finish`](Sha256sumWriter::finish) returns the
+/// error.
+pub(super) struct Sha256sumWriter<W: std::io::Write> {
+    out: W,
+    buffer: Vec<u8>,
+    at: usize,
+    /// An escaped line (rare) is built here first.
+    escaped: Vec<u8>,
+    written: std::io::Result<()>,
+}
+
+/// Bytes a [`Sha256sumWriter`] writes at a time.
+const CHUNK: usize = 64 * 1024;
+
+impl<W: std::io::Write> Sha256sumWriter<W> {
+    pub fn new(out: W) -> Self {
+        Sha256sumWriter {
+            out,
+            buffer: vec![0u8; CHUNK],
+            at: 0,
+            escaped: Vec::new(),
+            written: Ok(()),
+        }
+    }
+
+    /// Writes the lines of the files among `entries` of a directory's `listing` with their
+    /// states `files`: its path is `path` (empty for the root), which needs escaping if
+    /// `escape_path`; `escape_names` if any of its names does ([`names_need_escape`]).
+    pub fn write_run(
+        &mut self,
+        path: &[u8],
+        escape_path: bool,
+        escape_names: bool,
+        listing: &Listing,
+        files: &[FileState],
+        entries: Range<usize>,
+    ) {
+        let escape = Escape {
+            dir: escape_path,
+            names: escape_names,
+        };
+        for i in entries {
+            if self.written.is_err() {
+                return;
+            }
+            let (Some(sha256), Some((range, _))) = (
+                files.get(i).and_then(FileState::sha256),
+                listing.entries.get(i),
+            ) else {
+                continue;
+            };
+            let name = listing.name(range);
+            let len = plain_line_len(path, name);
+            let plain = is_plain(path, escape, name);
+            if plain && self.at + len <= CHUNK {
+                write_plain_line(&mut self.buffer[self.at..self.at + len], path, name, sha256);
+                self.at += len;
+                continue;
+            }
+            self.written = self.out.write_all(&self.buffer[..self.at]);
+            self.at = 0;
+            if plain && len <= CHUNK {
+                write_plain_line(&mut self.buffer[..len], path, name, sha256);
+                self.at = len;
+                continue;
+            }
+            // Escaped, or longer than the buffer: written on its own.
+            self.escaped.clear();
+            push_line(&mut self.escaped, path, escape, name, sha256);
+            if self.written.is_ok() {
+                self.written = self.out.write_all(&self.escaped);
+            }
+        }
+    }
+
+    /// Writes what is left and flushes; the first error met, if any.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.written?;
+        self.out.write_all(&self.buffer[..self.at])?;
+        self.out.flush()
+    }
+}
+
 /// One line of a [`Manifest`]: a file's directory, name and SHA-256.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ManifestLine<'a> {
@@ -329,7 +384,7 @@ impl<'a> ManifestLine<'a> {
 }
 
 /// Whether GNU `sha256sum` escapes a path holding these bytes.
-fn needs_escape(bytes: &[u8]) -> bool {
+pub(super) fn needs_escape(bytes: &[u8]) -> bool {
     // Eight bytes at a time: a byte equal to `b` makes `x ^ b` hold a zero byte, which
     // `(y - 0x01..) & !y & 0x80..` finds (exactly, as a whole: no false positive or negative).
     const ONES: u64 = u64::from_ne_bytes([1; 8]);

@@ -25,7 +25,9 @@ mod walk;
 pub use cache::{PathCache, PathEntry, PathView};
 pub use error::{PathError, PathInputError};
 pub use exclude::Exclude;
-pub use hash_tree::{HashTreeOptions, HashTreeReport, hash_tree, shard_path_for_root};
+pub use hash_tree::{
+    HashTreeOptions, HashTreeReport, hash_tree, hash_tree_to, shard_path_for_root,
+};
 pub use manifest::{Manifest, ManifestLine};
 pub use prune::{PruneOptions, PruneReport};
 pub use stamp::{DEFAULT_RACY_MARGIN, Stamp};

@@ -6,10 +6,17 @@
 //! name buffer — or, if the caller has a cached listing taken at exactly that stamp, not read at
 //! all — and its regular files are `fstatat`ed relative to the open handle (no path resolution
 //! beyond one component, no allocation per entry); a cached listing's file hashes are kept only
-//! for the files whose fresh stamp is the one they were stored under. Only regular files are reported: symlinks,
-//! FIFOs, sockets and devices are never opened.
+//! for the files whose fresh stamp is the one they were stored under (a listing of thousands of
+//! files is stamped in chunks that every thread takes: see [`Worker::stamp_listing`]). Only
+//! regular files are reported: symlinks, FIFOs, sockets and devices are never opened.
+//!
+//! The calling thread is one of the walk's threads: between the jobs it runs, it takes the
+//! directories that are done in manifest order ([`InOrder`]), so that `hash-tree` prints a
+//! directory's lines as soon as it and every directory before it are done, rather than all of
+//! them once the walk is over, with no more threads than asked for.
 
 use std::ffi::{CStr, OsStr};
+use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -71,7 +78,9 @@ pub(crate) type Task<'env> = Box<dyn FnOnce() + Send + 'env>;
 
 enum Job<'env> {
     Dir(DirJob),
-    Task(Task<'env>),
+    /// A task and the id of the directory whose visit queued it (none for a chunk of a
+    /// directory's files to stamp: see [`Worker::stamp_listing`]).
+    Task(Task<'env>, Option<usize>),
 }
 
 /// A directory to visit.
@@ -84,23 +93,20 @@ struct DirJob {
     name_len: usize,
     /// Its cache key if that is not its path.
     long_key: Option<Vec<u8>>,
-    /// Its number in this walk (the root is 0), and its parent's with its entry index there.
+    /// Its number in this walk (the root is 0).
     id: usize,
-    link: Option<(usize, u32)>,
 }
 
-/// One directory a walk visited, as [`walk`] returns it.
+/// One directory a walk visited, as [`InOrder`] hands it over.
 ///
-/// It keeps its parent's index and its entry there, not its path: a chain of `n` nested
-/// directories then costs memory in proportion to `n`, not `n²` (see [`rel_path`] for the rare
-/// caller that needs a path after the walk).
+/// It keeps no path: a chain of `n` nested directories costs memory in proportion to `n`, not
+/// `n²`.
 pub(crate) struct WalkedDir<T> {
-    /// Its parent's index in the walk's result and its entry index in the listing its parent
-    /// was visited with; `None` for the root only.
-    pub parent: Option<(u32, u32)>,
     /// Its subdirectories that were visited: (entry index in the listing it was visited with,
-    /// index in the walk's result), by entry index. So the tree can be gone through in
-    /// manifest order without looking a path up.
+    /// number in manifest order), by entry index. So the tree can be gone through in manifest
+    /// order again without looking a path up. (Until [`InOrder`] handed it
+    /// over, the second of each is the subdirectory's id in the walk, and the list also holds
+    /// those that could not be read.)
     pub subdirs: Vec<(u32, u32)>,
     /// What the visit returned.
     pub result: T,
@@ -118,15 +124,110 @@ struct Queue<'env> {
     wake: Condvar,
 }
 
-/// Lets a visit queue tasks for the walk's workers; the walk returns once they have all run.
+/// Lets a visit queue tasks for the walk's workers; the walk returns once they have all run,
+/// and the directory is handed to the calling thread (see [`Walked::try_take`]) once its own have.
 pub(crate) struct Spawner<'q, 'env> {
     queue: &'q Queue<'env>,
+    /// The id of the directory being visited, and how many tasks its visit queued.
+    dir: usize,
+    spawned: std::cell::Cell<usize>,
 }
 
 impl<'env> Spawner<'_, 'env> {
     pub fn spawn(&self, task: Task<'env>) {
-        self.queue.state.lock().0.push(Job::Task(task));
+        self.spawned.set(self.spawned.get() + 1);
+        self.queue
+            .state
+            .lock()
+            .0
+            .push(Job::Task(task, Some(self.dir)));
         self.queue.wake.notify_one();
+    }
+}
+
+/// The visited directories, by id, until the calling thread takes them (see [`Walked`]).
+struct Board<T> {
+    slots: Mutex<Vec<Slot<T>>>,
+}
+
+enum Slot<T> {
+    /// Not visited yet; `tasks_run` of its tasks have run already (a task may end before the
+    /// visit that queued it returns).
+    Pending { tasks_run: usize },
+    /// Visited; waits for `tasks_left` of its tasks. Its `subdirs` hold their ids.
+    Visited {
+        dir: Box<WalkedDir<T>>,
+        tasks_left: usize,
+    },
+    /// Could not be read, or taken by the calling thread already.
+    Gone,
+}
+
+impl<T> Board<T> {
+    fn slot(slots: &mut Vec<Slot<T>>, id: usize) -> &mut Slot<T> {
+        if slots.len() <= id {
+            slots.resize_with(id + 1, || Slot::Pending { tasks_run: 0 });
+        }
+        &mut slots[id]
+    }
+
+    /// Directory `id` was visited, and its visit queued `tasks` tasks.
+    fn visited(&self, id: usize, dir: WalkedDir<T>, tasks: usize) {
+        let dir = Box::new(dir);
+        let mut slots = self.slots.lock();
+        let slot = Self::slot(&mut slots, id);
+        let tasks_run = match slot {
+            Slot::Pending { tasks_run } => *tasks_run,
+            _ => 0,
+        };
+        let tasks_left = tasks.saturating_sub(tasks_run);
+        *slot = Slot::Visited { dir, tasks_left };
+    }
+
+    /// Directory `id` could not be read.
+    fn failed(&self, id: usize) {
+        *Self::slot(&mut self.slots.lock(), id) = Slot::Gone;
+    }
+
+    /// A task queued by the visit of directory `id` has run.
+    fn task_done(&self, id: usize) {
+        match Self::slot(&mut self.slots.lock(), id) {
+            Slot::Pending { tasks_run } => *tasks_run += 1,
+            Slot::Visited { tasks_left, .. } => *tasks_left = tasks_left.saturating_sub(1),
+            Slot::Gone => {}
+        }
+    }
+}
+
+/// What the calling thread sees of a walk under way (between the jobs it runs itself): the
+/// directories that are done, each with every task its visit queued.
+pub(crate) struct Walked<'b, T> {
+    board: &'b Board<T>,
+}
+
+/// What [`Walked::try_take`] found of a directory.
+pub(crate) enum Taken<T> {
+    /// Done: here it is (its `subdirs` hold their ids).
+    Done(Box<WalkedDir<T>>),
+    /// Not visited yet, or some of its tasks still to run.
+    NotYet,
+    /// Could not be read, or taken already.
+    Gone,
+}
+
+impl<T> Walked<'_, T> {
+    /// Takes directory `id` if it was visited and every task its visit queued has run.
+    pub fn try_take(&self, id: usize) -> Taken<T> {
+        let mut slots = self.board.slots.lock();
+        let slot = Board::slot(&mut slots, id);
+        match slot {
+            Slot::Visited { tasks_left: 0, .. } => match std::mem::replace(slot, Slot::Gone) {
+                Slot::Visited { dir, .. } => Taken::Done(dir),
+                _ => Taken::Gone,
+            },
+            Slot::Gone => Taken::Gone,
+            Slot::Pending { .. } | Slot::Visited { .. } => Taken::NotYet,
+        }
     }
 }
 
@@ -157,17 +258,22 @@ where
     f
 }
 
-/// Walks `root` with `threads` workers, calling `visitor.visit` for every directory, and returns
-/// the visited directories, the root first if it could be read, each with its visited
-/// subdirectories, and the errors met. Returns once every directory is visited and every queued
-/// task has run.
+/// Walks `root` with `threads` threads, the calling thread one of them, calling
+/// `visitor.visit` for every directory; between the jobs it runs, and once more at the end, the
+/// calling thread calls `follow` to take the directories that are done (see [`Walked`],
+/// [`InOrder`]). Returns the errors met once every directory is visited and every queued task
+/// has run.
+///
+/// Subdirectories are visited first to last in manifest order (as far as the threads' shared
+/// stack allows), so that the caller can take them in that order soon after they are done.
 pub(crate) fn walk<'env, T: Send>(
     root: &Path,
     threads: usize,
     excluded: &Excluded,
     exclude: &Exclude,
     visitor: Visitor<'_, 'env, T>,
-) -> (Vec<WalkedDir<T>>, Vec<WalkError>) {
+    mut follow: impl FnMut(&Walked<'_, T>),
+) -> Vec<WalkError> {
     let excluded_rel: Option<Vec<u8>> = excluded
         .dir
         .strip_prefix(root)
@@ -183,221 +289,473 @@ pub(crate) fn walk<'env, T: Send>(
                 name_len: 0,
                 long_key: None,
                 id: 0,
-                link: None,
             })],
             0,
         )),
         wake: Condvar::new(),
     };
-    let waiting_handles = AtomicUsize::new(0);
-    let next_id = AtomicUsize::new(1);
-    // What the workers found: the visited directories (in chunks that never grow, so that no
-    // directory's result is copied but once, when they are joined), and the same number of
-    // (id, link), in the same order.
-    let results = Mutex::new((Vec::new(), Vec::new()));
+    let board = Board {
+        slots: Mutex::new(Vec::new()),
+    };
+    let shared = Shared {
+        root,
+        root_handle: root_handle.as_ref(),
+        excluded,
+        excluded_rel: excluded_rel.as_deref(),
+        exclude,
+        visitor,
+        queue: &queue,
+        board: &board,
+        waiting_handles: AtomicUsize::new(0),
+        next_id: AtomicUsize::new(1),
+    };
     let errors = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
-        for _ in 0..threads.max(1) {
+        for _ in 1..threads.max(1) {
             scope.spawn(|| {
-                let spawner = Spawner { queue: &queue };
-                let mut found: Vec<Vec<WalkedDir<T>>> = Vec::new();
-                let mut found_links = Vec::new();
-                let mut failed = Vec::new();
-                let mut child = Vec::new();
-                // Reused for every directory: the jobs of its subdirectories.
-                let mut subdirs = Vec::new();
+                let mut worker = Worker::new(&shared);
                 while let Some(job) = next_job(&queue) {
-                    match job {
-                        Job::Task(task) => task(),
-                        Job::Dir(DirJob {
-                            parent,
-                            rel,
-                            name_len,
-                            long_key,
-                            id,
-                            link,
-                        }) => {
-                            let key = long_key.as_deref().unwrap_or(&rel);
-                            let name = &rel[rel.len() - name_len..];
-                            if parent.is_some() {
-                                waiting_handles.fetch_sub(1, Ordering::Relaxed);
-                            }
-                            let is_excluded = excluded_rel.as_deref() == Some(rel.as_slice());
-                            let excluded = is_excluded.then_some(excluded);
-                            if let Some(dir) = open_and_list(
-                                Root {
-                                    path: root,
-                                    handle: root_handle.as_ref(),
-                                },
-                                parent.as_deref(),
-                                DirName {
-                                    name,
-                                    rel: &rel,
-                                    key,
-                                },
-                                excluded,
-                                visitor.cached,
-                                &mut failed,
-                            ) {
-                                let handle = Arc::new(dir.handle);
-                                let (listing, unfiltered) = filtered(dir.listing, &rel, exclude);
-                                for (i, (range, kind)) in listing.entries.iter().enumerate() {
-                                    if let Listed::Dir = kind {
-                                        let name = listing.name(range);
-                                        join_rel(&mut child, &rel, name);
-                                        let held = waiting_handles.fetch_add(1, Ordering::Relaxed);
-                                        let parent = if held < MAX_WAITING_HANDLES {
-                                            Some(handle.clone())
-                                        } else {
-                                            waiting_handles.fetch_sub(1, Ordering::Relaxed);
-                                            None
-                                        };
-                                        let child_key = dir_key(key, name, child.len());
-                                        subdirs.push(Job::Dir(DirJob {
-                                            parent,
-                                            rel: child.clone(),
-                                            name_len: name.len(),
-                                            long_key: child_key,
-                                            id: next_id.fetch_add(1, Ordering::Relaxed),
-                                            link: Some((id, i as u32)),
-                                        }));
-                                    }
-                                }
-                                // Subdirectories go on the stack before the visit's tasks, so
-                                // the tasks run first and release this directory's handle.
-                                {
-                                    let mut state = queue.state.lock();
-                                    state.0.append(&mut subdirs);
-                                }
-                                queue.wake.notify_all();
-                                let visited = VisitedDir {
-                                    key: long_key.unwrap_or(rel),
-                                    handle: &handle,
-                                    stamp: dir.stamp,
-                                    listing,
-                                    unfiltered,
-                                    read: dir.read,
-                                    cacheable: !is_excluded,
-                                };
-                                let result = (visitor.visit)(visited, &spawner);
-                                if found.last().is_none_or(|c| c.len() == c.capacity()) {
-                                    found.push(Vec::with_capacity(DIRS_PER_CHUNK));
-                                }
-                                if let Some(chunk) = found.last_mut() {
-                                    chunk.push(WalkedDir {
-                                        parent: None,
-                                        subdirs: Vec::new(),
-                                        result,
-                                    });
-                                }
-                                found_links.push((id, link));
-                            }
-                        }
-                    }
-                    let mut state = queue.state.lock();
-                    state.1 -= 1;
-                    if state.1 == 0 && state.0.is_empty() {
-                        queue.wake.notify_all();
-                    }
+                    worker.run(job);
                 }
-                let mut results = results.lock();
-                results.0.append(&mut found);
-                results.1.append(&mut found_links);
-                errors.lock().append(&mut failed);
+                errors.lock().append(&mut worker.failed);
             });
         }
+        // The calling thread walks too (no more threads than asked for), and between its jobs
+        // takes what is done: nobody waits for it, and it never waits for a directory.
+        let walked = Walked { board: &board };
+        let mut worker = Worker::new(&shared);
+        loop {
+            follow(&walked);
+            let Some(job) = next_job(&queue) else {
+                break;
+            };
+            worker.run(job);
+        }
+        follow(&walked);
+        errors.lock().append(&mut worker.failed);
     });
-    (
-        linked(joined(results.into_inner()), next_id.into_inner()),
-        errors.into_inner(),
-    )
+    errors.into_inner()
 }
 
-/// Visited directories a worker keeps per chunk of its results.
-const DIRS_PER_CHUNK: usize = 256;
-
-/// The workers' chunks of visited directories as one vector (each moved once), with their links.
-fn joined<T>(
-    (chunks, links): (Vec<Vec<WalkedDir<T>>>, Vec<Link>),
-) -> (Vec<WalkedDir<T>>, Vec<Link>) {
-    let mut dirs = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
-    for chunk in chunks {
-        dirs.extend(chunk);
-    }
-    (dirs, links)
+/// What every thread of a walk shares.
+struct Shared<'w, 'env, T> {
+    root: &'w Path,
+    root_handle: Option<&'w OwnedFd>,
+    excluded: &'w Excluded,
+    /// The path of `excluded.dir` relative to the root, if it is in the tree.
+    excluded_rel: Option<&'w [u8]>,
+    exclude: &'w Exclude,
+    visitor: Visitor<'w, 'env, T>,
+    queue: &'w Queue<'env>,
+    board: &'w Board<T>,
+    /// Directory jobs waiting with their parent's handle (see [`MAX_WAITING_HANDLES`]).
+    waiting_handles: AtomicUsize,
+    /// The id of the next directory queued.
+    next_id: AtomicUsize,
 }
 
-/// The (id, link to its parent) of a visited directory (see [`DirJob`]).
-type Link = (usize, Option<(usize, u32)>);
+/// One thread of a walk: what it shares, and its own buffers.
+struct Worker<'s, 'w, 'env, T> {
+    shared: &'s Shared<'w, 'env, T>,
+    failed: Vec<WalkError>,
+    /// A subdirectory's path, built for its job.
+    child: Vec<u8>,
+    /// Reused for every directory: the jobs of its subdirectories.
+    subdirs: Vec<Job<'env>>,
+}
 
-/// The visited directories (`dirs`, each with its id and link in `links`; ids below `ids`),
-/// the root first, each with its visited subdirectories. Nothing is sorted or moved but the
-/// root.
-fn linked<T>(
-    (mut dirs, mut links): (Vec<WalkedDir<T>>, Vec<Link>),
-    ids: usize,
-) -> Vec<WalkedDir<T>> {
-    if let Some(root) = links.iter().position(|(id, _)| *id == 0) {
-        dirs.swap(0, root);
-        links.swap(0, root);
-    }
-    let mut position = vec![usize::MAX; ids];
-    for (at, (id, _)) in links.iter().enumerate() {
-        position[*id] = at;
-    }
-    // Each directory's subdirectories, counted first so that each list is allocated once.
-    let mut counts = vec![0u32; dirs.len()];
-    for (_, link) in &links {
-        if let Some(&at) = link.and_then(|(parent, _)| position.get(parent))
-            && let Some(count) = counts.get_mut(at)
-        {
-            *count += 1;
+impl<'s, 'w, 'env, T> Worker<'s, 'w, 'env, T> {
+    fn new(shared: &'s Shared<'w, 'env, T>) -> Self {
+        Worker {
+            shared,
+            failed: Vec::new(),
+            child: Vec::new(),
+            subdirs: Vec::new(),
         }
     }
-    for (dir, count) in dirs.iter_mut().zip(counts) {
-        dir.subdirs.reserve_exact(count as usize);
-    }
-    for (at, (_, link)) in links.into_iter().enumerate() {
-        // A directory is queued only once its parent was listed, so its parent was visited.
-        if let Some((parent, entry)) = link
-            && let Some(parent_dir) = dirs.get_mut(position[parent])
-        {
-            parent_dir.subdirs.push((entry, at as u32));
-            dirs[at].parent = Some((position[parent] as u32, entry));
-        }
-    }
-    for dir in &mut dirs {
-        dir.subdirs.sort_unstable_by_key(|(entry, _)| *entry);
-    }
-    dirs
-}
 
-/// The path relative to the root (`/`-separated; the root is empty) of the directory at index
-/// `at` of a walk's result, rebuilt from its ancestors' names (for error messages: a walked
-/// directory keeps no path); `name_of(result, entry)` is the name of entry `entry` of the
-/// listing a directory was visited with.
-pub(crate) fn rel_path<'d, T>(
-    dirs: &'d [WalkedDir<T>],
-    at: usize,
-    name_of: impl Fn(&'d T, u32) -> &'d [u8],
-) -> Vec<u8> {
-    let mut names = Vec::new();
-    let mut at = at;
-    while let Some((parent, entry)) = dirs.get(at).and_then(|dir| dir.parent) {
-        let Some(parent_dir) = dirs.get(parent as usize) else {
-            break;
+    /// Runs one job taken from the queue, and tells the queue it is done.
+    fn run(&mut self, job: Job<'env>) {
+        match job {
+            Job::Task(task, dir) => {
+                task();
+                if let Some(dir) = dir {
+                    self.shared.board.task_done(dir);
+                }
+            }
+            Job::Dir(dir) => self.visit(dir),
+        }
+        continue_job(self.shared.queue);
+    }
+
+    /// Opens and lists a directory, queues its subdirectories and visits it.
+    fn visit(&mut self, job: DirJob) {
+        let DirJob {
+            parent,
+            rel,
+            name_len,
+            long_key,
+            id,
+        } = job;
+        let shared = self.shared;
+        let key = long_key.as_deref().unwrap_or(&rel);
+        let name = &rel[rel.len() - name_len..];
+        if parent.is_some() {
+            shared.waiting_handles.fetch_sub(1, Ordering::Relaxed);
+        }
+        let is_excluded = shared.excluded_rel == Some(rel.as_slice());
+        let excluded = is_excluded.then_some(shared.excluded);
+        let mut failed = std::mem::take(&mut self.failed);
+        let opened = open_and_list(
+            Root {
+                path: shared.root,
+                handle: shared.root_handle,
+            },
+            parent.as_deref(),
+            DirName {
+                name,
+                rel: &rel,
+                key,
+            },
+            excluded,
+            shared.visitor.cached,
+            &mut |handle, listing| self.stamp_listing(handle, listing),
+            &mut failed,
+        );
+        self.failed.append(&mut failed);
+        let Some(dir) = opened else {
+            shared.board.failed(id);
+            return;
         };
-        names.push(name_of(&parent_dir.result, entry));
-        at = parent as usize;
-    }
-    let mut path = Vec::new();
-    for name in names.iter().rev() {
-        if !path.is_empty() {
-            path.push(b'/');
+        let handle = dir.handle;
+        let (listing, unfiltered) = filtered(dir.listing, &rel, shared.exclude);
+        // (entry index, id) of each subdirectory, by entry index.
+        let mut subdir_ids = Vec::new();
+        for (i, (range, kind)) in listing.entries.iter().enumerate() {
+            if let Listed::Dir = kind {
+                let name = listing.name(range);
+                join_rel(&mut self.child, &rel, name);
+                let held = shared.waiting_handles.fetch_add(1, Ordering::Relaxed);
+                let parent = if held < MAX_WAITING_HANDLES {
+                    Some(handle.clone())
+                } else {
+                    shared.waiting_handles.fetch_sub(1, Ordering::Relaxed);
+                    None
+                };
+                let child_key = dir_key(key, name, self.child.len());
+                let child_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+                subdir_ids.push((i as u32, child_id as u32));
+                self.subdirs.push(Job::Dir(DirJob {
+                    parent,
+                    rel: self.child.clone(),
+                    name_len: name.len(),
+                    long_key: child_key,
+                    id: child_id,
+                }));
+            }
         }
-        path.extend_from_slice(name);
+        // Subdirectories go on the stack before the visit's tasks, so the tasks run first and
+        // release this directory's handle; the last pushed is taken first, so the first in
+        // manifest order goes last.
+        self.subdirs.reverse();
+        {
+            let mut state = shared.queue.state.lock();
+            state.0.append(&mut self.subdirs);
+        }
+        shared.queue.wake.notify_all();
+        let visited = VisitedDir {
+            key: long_key.unwrap_or(rel),
+            handle: &handle,
+            stamp: dir.stamp,
+            listing,
+            unfiltered,
+            read: dir.read,
+            cacheable: !is_excluded,
+        };
+        let spawner = Spawner {
+            queue: shared.queue,
+            dir: id,
+            spawned: std::cell::Cell::new(0),
+        };
+        let result = (shared.visitor.visit)(visited, &spawner);
+        let walked = WalkedDir {
+            subdirs: subdir_ids,
+            result,
+        };
+        shared.board.visited(id, walked, spawner.spawned.get());
     }
-    path
+}
+
+/// Cached listings of more files than this are stamped in chunks (see
+/// [`Worker::stamp_listing`]), of this many files each.
+const BIG_LISTING: usize = 2048;
+const STAMP_CHUNK: usize = 1024;
+
+/// A chunk's number, and each of its files' fresh stamp (`None`: gone, no longer a regular
+/// file, or not stamped).
+type StampedChunk = (usize, Vec<Option<Stamp>>);
+
+/// The files of a large cached listing, stamped a chunk at a time by whichever threads are free.
+struct StampChunks {
+    handle: Arc<OwnedFd>,
+    /// A copy of the listing's names, and each file's entry index and name range.
+    names: Vec<u8>,
+    files: Vec<(u32, Range<u32>)>,
+    /// The chunks stamped so far, and how many they are.
+    stamped: Mutex<(Vec<StampedChunk>, usize)>,
+    done: Condvar,
+}
+
+impl StampChunks {
+    /// Stamps chunk `chunk` and hands it in.
+    fn stamp(&self, chunk: usize) {
+        let start = chunk * STAMP_CHUNK;
+        let files = self
+            .files
+            .get(start..(start + STAMP_CHUNK).min(self.files.len()));
+        // A handle of its own for the chunk (the directory itself, `.` of the shared one):
+        // threads stamping through one shared handle contend for its reference count on
+        // every call. If it cannot be had, the shared one does.
+        let own = nix::fcntl::openat(&*self.handle, c".", dir_flags(), Mode::empty()).ok();
+        let handle = own.as_ref().unwrap_or(&self.handle);
+        let stamps = (files.unwrap_or_default().iter())
+            .map(|(_, range)| {
+                let name = self.names.get(range.start as usize..=range.end as usize)?;
+                let name = CStr::from_bytes_with_nul(name).ok()?;
+                stamp_file_at(handle, name).ok().flatten()
+            })
+            .collect();
+        let mut stamped = self.stamped.lock();
+        stamped.0.push((chunk, stamps));
+        stamped.1 += 1;
+        self.done.notify_all();
+    }
+}
+
+impl<'env, T> Worker<'_, '_, 'env, T> {
+    /// Stamps the files of a cached listing, as [`stat_cached_files`] does. A listing of more
+    /// than [`BIG_LISTING`] files is stamped in chunks queued for every thread, this one
+    /// stamping the first and running other jobs until the rest are in: a directory of
+    /// thousands of files then does not leave one thread stamping alone at the end of a walk.
+    fn stamp_listing(&mut self, handle: &Arc<OwnedFd>, listing: &mut Listing) -> bool {
+        let files: Vec<(u32, Range<u32>)> = (listing.entries.iter().enumerate())
+            .filter(|(_, (_, kind))| matches!(kind, Listed::File(_)))
+            .map(|(i, (range, _))| (i as u32, range.clone()))
+            .collect();
+        if files.len() <= BIG_LISTING {
+            return stat_cached_files(handle, listing);
+        }
+        let chunks = files.len().div_ceil(STAMP_CHUNK);
+        let shared = Arc::new(StampChunks {
+            handle: handle.clone(),
+            names: listing.names.clone(),
+            files,
+            stamped: Mutex::new((Vec::with_capacity(chunks), 0)),
+            done: Condvar::new(),
+        });
+        {
+            let mut state = self.shared.queue.state.lock();
+            for chunk in (1..chunks).rev() {
+                let shared = shared.clone();
+                let task: Task<'env> = Box::new(move || shared.stamp(chunk));
+                state.0.push(Job::Task(task, None));
+            }
+        }
+        self.shared.queue.wake.notify_all();
+        shared.stamp(0);
+        // Run other jobs (the chunks first: they are on top) until every chunk is in.
+        loop {
+            if shared.stamped.lock().1 == chunks {
+                break;
+            }
+            if let Some(job) = try_job(self.shared.queue) {
+                self.run(job);
+                continue;
+            }
+            let mut stamped = shared.stamped.lock();
+            if stamped.1 < chunks {
+                // The rest are being stamped by other threads.
+                shared.done.wait(&mut stamped);
+            }
+        }
+        let stamped = std::mem::take(&mut shared.stamped.lock().0);
+        for (chunk, stamps) in stamped {
+            let files = &shared.files[chunk * STAMP_CHUNK..];
+            for (&(i, _), fresh) in files.iter().zip(stamps) {
+                let i = i as usize;
+                let Some(fresh) = fresh else {
+                    return false;
+                };
+                let Some((_, Listed::File(stored))) = listing.entries.get(i) else {
+                    return false;
+                };
+                if *stored != Some(fresh)
+                    && let Some(hash) = listing.hashes.get_mut(i)
+                {
+                    *hash = None;
+                }
+                listing.entries[i].1 = Listed::File(Some(fresh));
+            }
+        }
+        true
+    }
+}
+
+/// A job from the queue if there is one now (counted as being worked on, like [`next_job`]).
+fn try_job<'env>(queue: &Queue<'env>) -> Option<Job<'env>> {
+    let mut state = queue.state.lock();
+    let job = state.0.pop()?;
+    state.1 += 1;
+    Some(job)
+}
+
+/// A worker is done with the job it took.
+fn continue_job(queue: &Queue<'_>) {
+    let mut state = queue.state.lock();
+    state.1 -= 1;
+    if state.1 == 0 && state.0.is_empty() {
+        queue.wake.notify_all();
+    }
+}
+
+/// Takes the directories of a walk under way in manifest order (depth first from the root,
+/// each directory's entries in order, a subdirectory gone through where its entry is), each
+/// as soon as it and every one before it are done, and numbers them in that order (the root
+/// 0). [`advance`](InOrder::advance) goes as far as the directories done allow, and is called
+/// again later to go on; once the walk is over, it goes through the rest.
+///
+/// The path is built in one buffer (a name pushed on the way down, truncated on the way back),
+/// and only the directory being gone through and its ancestors are kept here, so memory grows
+/// with the tree, not with the square of its depth.
+pub(crate) struct InOrder<T> {
+    /// The directory being gone through, on top, and its ancestors.
+    stack: Vec<Frame<T>>,
+    path: Vec<u8>,
+    /// Directories taken so far.
+    taken: usize,
+    /// Whether the root was looked at and found gone.
+    root_gone: bool,
+}
+
+/// A directory being gone through: its number, next entry and next subdirectory, the length of
+/// its path in the buffer, and whether its entries up to that subdirectory were handed out.
+struct Frame<T> {
+    dir: Box<WalkedDir<T>>,
+    at: usize,
+    start: usize,
+    next: usize,
+    path_len: usize,
+    ran: bool,
+}
+
+impl<T> InOrder<T> {
+    pub fn new() -> Self {
+        InOrder {
+            stack: Vec::new(),
+            path: Vec::new(),
+            taken: 0,
+            root_gone: false,
+        }
+    }
+
+    /// How many directories were taken: none if the root could not be read.
+    pub fn taken(&self) -> usize {
+        self.taken
+    }
+
+    /// Goes on in manifest order as far as the directories done allow. Calls `took(dir, path)`
+    /// when it takes a directory (`path` is its path relative to the root), `run(dir, path,
+    /// entries)` for each run of a directory's entries that lies between two of its
+    /// subdirectories, and `done(at, dir)` once directory number `at` and everything under it
+    /// have been gone through, handing it over: its subdirectories are then (entry index,
+    /// number), by entry index, like [`in_manifest_order`] goes through them (a subdirectory
+    /// that could not be read is not one of them).
+    ///
+    /// [`in_manifest_order`]: super::manifest::in_manifest_order
+    pub fn advance(
+        &mut self,
+        walked: &Walked<'_, T>,
+        listing_of: impl Fn(&T) -> &Listing,
+        mut took: impl FnMut(&mut T, &[u8]),
+        mut run: impl FnMut(&T, &[u8], std::ops::Range<usize>),
+        mut done: impl FnMut(usize, Box<WalkedDir<T>>),
+    ) {
+        if self.taken == 0 {
+            if self.root_gone {
+                return;
+            }
+            match walked.try_take(0) {
+                Taken::Done(mut root) => {
+                    self.path.clear();
+                    took(&mut root.result, &self.path);
+                    self.taken = 1;
+                    self.stack.push(Frame {
+                        dir: root,
+                        at: 0,
+                        start: 0,
+                        next: 0,
+                        path_len: 0,
+                        ran: false,
+                    });
+                }
+                Taken::Gone => {
+                    self.root_gone = true;
+                    return;
+                }
+                Taken::NotYet => return,
+            }
+        }
+        while let Some(frame) = self.stack.last_mut() {
+            self.path.truncate(frame.path_len);
+            let listing = listing_of(&frame.dir.result);
+            let len = listing.entries.len();
+            let subdir = frame.dir.subdirs.get(frame.next).copied();
+            let end = subdir.map_or(len, |(entry, _)| (entry as usize).min(len));
+            if !frame.ran {
+                run(&frame.dir.result, &self.path, frame.start.min(end)..end);
+                frame.ran = true;
+            }
+            let Some((entry, id)) = subdir else {
+                if let Some(frame) = self.stack.pop() {
+                    done(frame.at, frame.dir);
+                }
+                continue;
+            };
+            let child = match walked.try_take(id as usize) {
+                Taken::NotYet => return,
+                Taken::Gone => {
+                    // Could not be read: not one of its subdirectories.
+                    frame.dir.subdirs.remove(frame.next);
+                    frame.start = entry as usize + 1;
+                    frame.ran = false;
+                    continue;
+                }
+                Taken::Done(child) => child,
+            };
+            if let Some((range, _)) = listing.entries.get(entry as usize) {
+                if !self.path.is_empty() {
+                    self.path.push(b'/');
+                }
+                self.path.extend_from_slice(listing.name(range));
+            }
+            let at = self.taken;
+            self.taken += 1;
+            frame.dir.subdirs[frame.next].1 = at as u32;
+            frame.start = entry as usize + 1;
+            frame.next += 1;
+            frame.ran = false;
+            let mut child = child;
+            took(&mut child.result, &self.path);
+            self.stack.push(Frame {
+                dir: child,
+                at,
+                start: 0,
+                next: 0,
+                path_len: self.path.len(),
+                ran: false,
+            });
+        }
+    }
 }
 
 /// `listing` without the entries `exclude` matches, and the whole listing if any was taken out.
@@ -448,7 +806,7 @@ fn next_job<'env>(queue: &Queue<'env>) -> Option<Job<'env>> {
 }
 
 struct OpenDir {
-    handle: OwnedFd,
+    handle: Arc<OwnedFd>,
     stamp: Stamp,
     listing: Listing,
     read: bool,
@@ -476,6 +834,7 @@ fn open_and_list(
     DirName { name, rel, key }: DirName<'_>,
     excluded: Option<&Excluded>,
     cached: &(dyn Fn(&[u8], &Stamp) -> Option<Listing> + Sync),
+    stamp_files: &mut dyn FnMut(&Arc<OwnedFd>, &mut Listing) -> bool,
     failed: &mut Vec<WalkError>,
 ) -> Option<OpenDir> {
     let path_of = |rel: &[u8]| match rel {
@@ -498,7 +857,7 @@ fn open_and_list(
         (None, None) => Err(nix::errno::Errno::EBADF),
     };
     let handle = match opened {
-        Ok(handle) => handle,
+        Ok(handle) => Arc::new(handle),
         Err(errno) => {
             fail(errno);
             return None;
@@ -515,7 +874,7 @@ fn open_and_list(
     };
     if excluded.is_none()
         && let Some(mut listing) = cached(key, &stamp)
-        && stat_cached_files(&handle, &mut listing)
+        && stamp_files(&handle, &mut listing)
     {
         return Some(OpenDir {
             handle,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use warmshard::Error;
-use warmshard::paths::{HashTreeOptions, hash_tree};
+use warmshard::paths::{HashTreeOptions, hash_tree, hash_tree_to};
 
 use crate::Outcome;
 
@@ -48,11 +48,22 @@ pub(crate) fn run(args: HashTreeArgs) -> Outcome {
         let bytes = hashed.fetch_max(bytes, Ordering::Relaxed).max(bytes);
         bar.tick_with(seen, bytes);
     }));
-    let report = hash_tree(&args.dir, &options)?;
+    // The manifest is printed while the tree is walked, unless the progress bar may share a
+    // terminal with it (then it is printed once the bar is gone).
+    let bar_may_share_terminal = progress.terminal && std::io::stdout().is_terminal();
+    let stream = !args.json && !bar_may_share_terminal;
+    let mut report = if stream {
+        let mut stdout = std::io::stdout().lock();
+        hash_tree_to(&args.dir, &options, &mut stdout)?
+    } else {
+        hash_tree(&args.dir, &options)?
+    };
     progress.finish();
 
     let mut stdout = std::io::stdout().lock();
-    let written = if args.json {
+    let written = if stream {
+        report.output_error.take().map_or(Ok(()), Err)
+    } else if args.json {
         let mut out = Vec::new();
         let mut lines: Vec<serde_json::Value> = Vec::with_capacity(report.manifest.len());
         report.manifest.for_each(|line| {
@@ -70,14 +81,7 @@ pub(crate) fn run(args: HashTreeArgs) -> Outcome {
         out.push(b'\n');
         stdout.write_all(&out).and_then(|()| stdout.flush())
     } else {
-        {
-            let t = std::time::Instant::now();
-            let r = report.manifest.write_sha256sum_to(&mut stdout);
-            if std::env::var_os("WS_TIMING").is_some() {
-                eprintln!("print {:?}", t.elapsed());
-            }
-            r
-        }
+        report.manifest.write_sha256sum_to(&mut stdout)
     };
     match written {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
