@@ -239,31 +239,35 @@ struct DirRun {
     stamp: Stamp,
     storable: bool,
     unfiltered: Option<Listing>,
-    /// Its listing to store in the cache, with its files' stamps and hashes (see
-    /// [`index_changes`]).
-    new_listing: Option<Vec<u8>>,
     /// How many of its files its cached listing did not answer although it could next time
     /// (answered by their own entry, or hashed, under a stamp that is not racy): see
     /// [`index_changes`].
     uncovered_keepable: usize,
     /// What its hashing tasks return, while the walk goes on; none if it queued no task.
     hashing: Option<Arc<Mutex<Vec<HashedBatch>>>>,
+    /// What the cache is to be told of it.
+    changes: DirChanges,
+}
+
+/// What the cache is to be told of a directory that changed: its listing to store, and the new
+/// values of its files hashed this run whose entry changed.
+#[derive(Default)]
+struct DirChanges {
+    /// Its listing to store in the cache, with its files' stamps and hashes (see
+    /// [`index_changes`]).
+    new_listing: Option<Vec<u8>>,
     /// The new cache values of its files hashed this run whose entry changed, each encoded once:
     /// (entry index, range in `values`), by entry index.
     new_values: Vec<(u32, Range<u32>)>,
     values: Vec<u8>,
 }
 
-/// What the cache is to be told of a directory that changed: its listing to store, and the new
-/// values of its files hashed this run whose entry changed.
-struct DirChanges {
-    new_listing: Option<Vec<u8>>,
-    /// (entry index, range in `values`), by entry index.
-    new_values: Vec<(u32, Range<u32>)>,
-    values: Vec<u8>,
-}
-
 impl DirChanges {
+    /// Whether there is anything to tell the cache.
+    fn any(&self) -> bool {
+        self.new_listing.is_some() || !self.new_values.is_empty()
+    }
+
     /// The new cache value of entry `i`, if it was hashed this run and its entry changed.
     fn new_value(&self, i: usize) -> Option<&[u8]> {
         let at = self
@@ -459,19 +463,8 @@ fn run_hash_tree(
                         files: dir.files,
                         subdirs,
                     };
-                    if dir.new_listing.is_some() || !dir.new_values.is_empty() {
-                        let DirRun {
-                            new_listing,
-                            new_values,
-                            values,
-                            ..
-                        } = dir;
-                        let change = DirChanges {
-                            new_listing,
-                            new_values,
-                            values,
-                        };
-                        changes.push((at, change));
+                    if dir.changes.any() {
+                        changes.push((at, dir.changes));
                     }
                 },
             );
@@ -640,11 +633,9 @@ impl<'env> Run<'env> {
             stamp: dir.stamp,
             storable,
             unfiltered: dir.unfiltered,
-            new_listing: None,
             uncovered_keepable,
             hashing,
-            new_values: Vec::new(),
-            values: Vec::new(),
+            changes: DirChanges::default(),
         }
     }
 
@@ -798,8 +789,8 @@ fn take_in_hashed(
     let batches = std::mem::take(&mut *hashing.lock());
     let mut failed = Vec::new();
     for batch in batches {
-        let offset = dir.values.len() as u32;
-        dir.values.extend_from_slice(&batch.values);
+        let offset = dir.changes.values.len() as u32;
+        dir.changes.values.extend_from_slice(&batch.values);
         for (i, result) in batch.results {
             let state = &mut dir.files[i as usize];
             *state = FileState::Absent;
@@ -817,14 +808,14 @@ fn take_in_hashed(
                     hashed += 1;
                     if let Some(range) = range {
                         let range = range.start + offset..range.end + offset;
-                        dir.new_values.push((i, range));
+                        dir.changes.new_values.push((i, range));
                     }
                 }
                 Err(source) => failed.push((i, source)),
             }
         }
     }
-    dir.new_values.sort_unstable_by_key(|(i, _)| *i);
+    dir.changes.new_values.sort_unstable_by_key(|(i, _)| *i);
     if failed.is_empty() {
         return hashed;
     }
@@ -898,7 +889,7 @@ fn index_changes(dir: &mut DirRun, taken_at: SystemTime, racy_margin: Duration) 
                 }
             }
         };
-        dir.new_listing = Some(value);
+        dir.changes.new_listing = Some(value);
     }
 }
 
