@@ -586,15 +586,10 @@ impl<'env, T> Worker<'_, '_, 'env, T> {
                 let Some(fresh) = fresh else {
                     return false;
                 };
-                let Some((_, Listed::File(stored))) = listing.entries.get(i) else {
+                if !matches!(listing.entries.get(i), Some((_, Listed::File(_)))) {
                     return false;
-                };
-                if *stored != Some(fresh)
-                    && let Some(hash) = listing.hashes.get_mut(i)
-                {
-                    *hash = None;
                 }
-                listing.entries[i].1 = Listed::File(Some(fresh));
+                take_fresh_stamp(listing, i, fresh);
             }
         }
         true
@@ -961,10 +956,9 @@ pub(crate) fn stamp_file_at(dir: &OwnedFd, name: &CStr) -> nix::Result<Option<St
 /// regular file (the directory changed after all: it must be read again).
 fn stat_cached_files(handle: &OwnedFd, listing: &mut Listing) -> bool {
     for i in 0..listing.entries.len() {
-        let (range, Listed::File(stored)) = &listing.entries[i] else {
+        let (range, Listed::File(_)) = &listing.entries[i] else {
             continue;
         };
-        let stored = *stored;
         let Some(name) = listing.c_name(range) else {
             return false;
         };
@@ -972,14 +966,20 @@ fn stat_cached_files(handle: &OwnedFd, listing: &mut Listing) -> bool {
             Ok(Some(fresh)) => fresh,
             _ => return false,
         };
-        if stored != Some(fresh)
-            && let Some(hash) = listing.hashes.get_mut(i)
-        {
-            *hash = None;
-        }
-        listing.entries[i].1 = Listed::File(Some(fresh));
+        take_fresh_stamp(listing, i, fresh);
     }
     true
+}
+
+/// Records `fresh` as the stamp of file entry `i` of a cached listing, dropping its cached
+/// hash unless that was stored under exactly this stamp.
+fn take_fresh_stamp(listing: &mut Listing, i: usize, fresh: Stamp) {
+    if !matches!(listing.entries[i].1, Listed::File(Some(stored)) if stored == fresh)
+        && let Some(hash) = listing.hashes.get_mut(i)
+    {
+        *hash = None;
+    }
+    listing.entries[i].1 = Listed::File(Some(fresh));
 }
 
 /// Reads the directory: its regular files and subdirectories, in manifest order. Files are
