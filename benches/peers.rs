@@ -23,7 +23,7 @@ use std::time::Instant;
 use common::data::{self, DataSet};
 use common::{
     ENGINES, Lmdb, Peer, PhysicalLimit, PhysicalTrusted, Probe, Reader, Redb, Result, RkyvFull,
-    RkyvFullTyped, RkyvInPlace, Sqlite, Warmshard, WarmshardTyped, fresh_dir,
+    RkyvFullTyped, RkyvInPlace, Sqlite, Warmshard, WarmshardTwoLines, WarmshardTyped, fresh_dir,
 };
 
 /// Keys for put_one: far above any store's entry count, so always new.
@@ -257,6 +257,7 @@ fn engines() -> Vec<Engine> {
         Engine::of::<RkyvInPlace>(),
         Engine::of::<RkyvFull>(),
         Engine::of::<WarmshardTyped>(),
+        Engine::of::<WarmshardTwoLines>(),
         Engine::of::<RkyvFullTyped>(),
         Engine::of::<Lmdb>(),
         Engine::of::<Redb>(),
@@ -869,6 +870,21 @@ fn print_targets(cfg: &Config, rows: &[Row]) {
         r,
         fmt_ratio(r),
         |r| r <= 1.5,
+    );
+    let two_lines = find(rows, WarmshardTwoLines::NAME);
+    let r = div(two_lines.get_hit_ns, ws.get_hit_ns);
+    line(
+        "byte get reading both ends of the typed value vs raw get hit (info: the second line)",
+        r,
+        fmt_ratio(r),
+        |_| true,
+    );
+    let r = div(typed.get_hit_ns, two_lines.get_hit_ns);
+    line(
+        "typed get hit vs byte get reading the same two lines (info: validation + hint)",
+        r,
+        fmt_ratio(r),
+        |_| true,
     );
     let r = div(typed.get_chained_ns, ws.get_chained_ns);
     line(

@@ -24,7 +24,7 @@ pub use self::physical::{PhysicalLimit, PhysicalTrusted};
 pub use self::redb::Redb;
 pub use self::rkyv_map::{RkyvFull, RkyvInPlace};
 pub use self::sqlite::Sqlite;
-pub use self::typed::{RkyvFullTyped, WarmshardTyped};
+pub use self::typed::{RkyvFullTyped, WarmshardTwoLines, WarmshardTyped};
 pub use self::warmshard::Warmshard;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -118,6 +118,7 @@ pub const ENGINES: &[&str] = &[
     RkyvInPlace::NAME,
     RkyvFull::NAME,
     WarmshardTyped::NAME,
+    WarmshardTwoLines::NAME,
     RkyvFullTyped::NAME,
     Lmdb::NAME,
     Redb::NAME,
@@ -133,6 +134,7 @@ pub fn open_get_by_name(engine: &str, dir: &Path, probe: &Probe) -> Result<Optio
         RkyvInPlace::NAME => RkyvInPlace::open_get(dir, probe),
         RkyvFull::NAME => RkyvFull::open_get(dir, probe),
         WarmshardTyped::NAME => WarmshardTyped::open_get(dir, probe),
+        WarmshardTwoLines::NAME => WarmshardTwoLines::open_get(dir, probe),
         RkyvFullTyped::NAME => RkyvFullTyped::open_get(dir, probe),
         Lmdb::NAME => Lmdb::open_get(dir, probe),
         Redb::NAME => Redb::open_get(dir, probe),
@@ -151,6 +153,7 @@ pub fn prewarm_by_name(engine: &str, dir: &Path, n: u64) -> Result<()> {
         RkyvInPlace::NAME => RkyvInPlace::prewarm(dir, entries, true),
         RkyvFull::NAME => RkyvFull::prewarm(dir, entries, true),
         WarmshardTyped::NAME => WarmshardTyped::prewarm(dir, entries, true),
+        WarmshardTwoLines::NAME => WarmshardTwoLines::prewarm(dir, entries, true),
         RkyvFullTyped::NAME => RkyvFullTyped::prewarm(dir, entries, true),
         Lmdb::NAME => Lmdb::prewarm(dir, entries, true),
         Redb::NAME => Redb::prewarm(dir, entries, true),

@@ -7,7 +7,12 @@
 //!   `HashMap<Vec<u8>, Entry>` archived whole, validated whole on every open, the chunk
 //!   copied out on get (as [`RkyvFull`](super::RkyvFull) copies its values).
 //!
-//! Neither has write figures of its own (`WRITES = false`): the typed writes are warmshard's
+//! - [`WarmshardTwoLines`]: byte gets of the typed peer's own shard that read the value's first
+//!   and last byte: the two lines a typed get must touch (rkyv keeps the root at the value's
+//!   end, and the chunk starts at its beginning), without the validation. A typed get can come
+//!   no closer to a byte get than this.
+//!
+//! None has write figures of its own (`WRITES = false`): the typed writes are warmshard's
 //! and full rkyv's writes plus one serialization per value.
 
 use std::collections::HashMap;
@@ -101,6 +106,60 @@ impl Peer for WarmshardTyped {
     fn put_one(writer: &mut Shard, key: &[u8], value: &[u8]) -> Result<()> {
         writer.put_typed(key, &entry(0, value))?;
         Ok(())
+    }
+}
+
+/// A byte view of the typed shard that reads both ends of each value.
+pub struct BothEnds(Snapshot);
+
+impl Reader for BothEnds {
+    #[inline]
+    fn get<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let value = self.0.get(key)?;
+        // The chunk's length, from the archived root's last four bytes (rkyv's default format:
+        // a 32-bit little-endian length ends the root), then the chunk from the value's start:
+        // the typed get's two lines and its bounds check, but no validation.
+        let len_at = value.len().checked_sub(4)?;
+        let len = u32::from_le_bytes(value[len_at..].try_into().ok()?) as usize;
+        value.get(..len).map(f)
+    }
+}
+
+pub struct WarmshardTwoLines;
+
+impl Peer for WarmshardTwoLines {
+    const NAME: &'static str = "warmshard-two-lines";
+    const LABEL: &'static str = "warmshard byte get, both ends of the typed value";
+    const WRITES: bool = false;
+    type Reader = BothEnds;
+    type Writer = Shard;
+
+    fn prewarm<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        dir: &Path,
+        entries: impl IntoIterator<Item = (K, V)>,
+        durable: bool,
+    ) -> Result<()> {
+        WarmshardTyped::prewarm(dir, entries, durable)
+    }
+
+    fn open(dir: &Path) -> Result<BothEnds> {
+        Ok(BothEnds(WarmshardTyped::open(dir)?.0))
+    }
+
+    fn open_get(dir: &Path, probe: &Probe) -> Result<Option<u8>> {
+        let shard = Shard::open(shard_path(dir))?;
+        let snapshot = shard.snapshot();
+        Ok(BothEnds(snapshot)
+            .get(&probe.key, |chunk| chunk.first().copied())
+            .flatten())
+    }
+
+    fn writer(dir: &Path, durable: bool) -> Result<Shard> {
+        WarmshardTyped::writer(dir, durable)
+    }
+
+    fn put_one(_: &mut Shard, _: &[u8], _: &[u8]) -> Result<()> {
+        Err("the two-line peer has no write figures".into())
     }
 }
 
