@@ -404,7 +404,7 @@ pub(super) fn needs_escape(bytes: &[u8]) -> bool {
 
 /// Whether any name of `listing` needs escaping in a `sha256sum` line.
 pub(super) fn names_need_escape(listing: &Listing) -> bool {
-    needs_escape(&listing.names)
+    listing.names_need_escape()
 }
 
 /// Whether a line's path may need escaping: its directory's path does, or some names may (then

@@ -773,6 +773,7 @@ fn filtered(listing: Listing, rel: &[u8], exclude: &Exclude) -> (Listing, Option
     // The kept entries keep their name ranges: `names` is shared as is.
     let mut kept = Listing {
         names: listing.names.clone(),
+        escape_names: listing.escape_names,
         ..Listing::default()
     };
     for (i, entry) in listing.entries.iter().enumerate() {
