@@ -380,19 +380,23 @@ fn manifest_order(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> std::cmp::Ord
     // Eight bytes at a time, as big-endian words (whose order is their bytes' order): names
     // of one directory often share a long prefix, and a call to `memcmp` costs more than the
     // compare of a short name.
-    let (a_words, b_words) = (a_head.chunks_exact(8), b_head.chunks_exact(8));
-    let (a_tail, b_tail) = (a_words.remainder(), b_words.remainder());
-    for (x, y) in a_words.zip(b_words) {
-        let x = u64::from_be_bytes(x.try_into().unwrap_or_default());
-        let y = u64::from_be_bytes(y.try_into().unwrap_or_default());
+    let word = |bytes: &[u8], at: usize| {
+        let chunk = bytes.get(at..at + 8).and_then(|chunk| chunk.try_into().ok());
+        u64::from_be_bytes(chunk.unwrap_or_default())
+    };
+    let mut at = 0;
+    while at + 8 <= common {
+        let (x, y) = (word(a_head, at), word(b_head, at));
         if x != y {
             return x.cmp(&y);
         }
+        at += 8;
     }
-    for (x, y) in a_tail.iter().zip(b_tail) {
+    while let (Some(x), Some(y)) = (a_head.get(at), b_head.get(at)) {
         if x != y {
             return x.cmp(y);
         }
+        at += 1;
     }
     // One name is a prefix of the other: compare what follows, a directory's '/' included.
     let a_rest = a[common..].iter().chain(a_dir.then_some(&b'/'));

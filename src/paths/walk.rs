@@ -538,6 +538,10 @@ impl<'env, T> Worker<'_, '_, 'env, T> {
     /// stamping the first and running other jobs until the rest are in: a directory of
     /// thousands of files then does not leave one thread stamping alone at the end of a walk.
     fn stamp_listing(&mut self, handle: &Arc<OwnedFd>, listing: &mut Listing) -> bool {
+        // Most listings are small: stamped here, without gathering their files first.
+        if listing.entries.len() <= BIG_LISTING {
+            return stat_cached_files(handle, listing);
+        }
         let files: Vec<(u32, Range<u32>)> = (listing.entries.iter().enumerate())
             .filter(|(_, (_, kind))| matches!(kind, Listed::File(_)))
             .map(|(i, (range, _))| (i as u32, range.clone()))
