@@ -226,6 +226,9 @@ struct DirRun {
     lines: usize,
     /// Whether any of its names needs escaping in the manifest (see `manifest.rs`).
     escape_names: bool,
+    /// Whether its path needs escaping in the manifest: found once the calling thread takes
+    /// it (its path is known then), not for each run of its entries.
+    escape_path: bool,
     /// Whether its entries were read this run (rather than taken from the cache).
     read: bool,
     /// How many of its entries the cache holds (its files' and its listing, valid or not): the
@@ -411,6 +414,7 @@ fn run_hash_tree(
     let mut hashed = 0;
     let mut unreadable = Vec::new();
     let mut printer = out.map(Sha256sumWriter::new);
+    let printing = printer.is_some();
     // What the manifest keeps of each directory, by its number in manifest order, and what
     // the cache is to be told of the directories that changed: taken from each directory once
     // it and everything under it were gone through, during the walk (the rest of the
@@ -430,14 +434,16 @@ fn run_hash_tree(
             in_order.advance(
                 walked,
                 |dir| &dir.listing,
-                |dir, path| hashed += take_in_hashed(&run, &root, dir, path, &mut unreadable),
+                |dir, path| {
+                    dir.escape_path = printing && needs_escape(path);
+                    hashed += take_in_hashed(&run, &root, dir, path, &mut unreadable);
+                },
                 |dir, path, entries| {
                     if let Some(printer) = &mut printer {
-                        let escape_path = needs_escape(path);
                         let (listing, files) = (&dir.listing, &dir.files);
                         printer.write_run(
                             path,
-                            escape_path,
+                            dir.escape_path,
                             dir.escape_names,
                             listing,
                             files,
@@ -561,7 +567,15 @@ impl<'env> Run<'env> {
             let name = names.get(range.start as usize..=range.end as usize)?;
             CStr::from_bytes_with_nul(name).ok()
         };
-        for (i, (range, kind)) in entries.iter_mut().enumerate() {
+        // No value looked up: the cached listing answered every file (the usual warm
+        // directory), and there is nothing more to plan.
+        let all_answered = values.is_empty();
+        let to_plan = if all_answered {
+            &mut [][..]
+        } else {
+            &mut entries[..]
+        };
+        for (i, (range, kind)) in to_plan.iter_mut().enumerate() {
             let Listed::File(stamp) = kind else {
                 continue;
             };
@@ -615,16 +629,20 @@ impl<'env> Run<'env> {
         }
         queue.flush();
         let hashing = queue.hashing;
-        let lines = files
-            .iter()
-            .filter(|f| matches!(f, FileState::Cached(_)))
-            .count();
+        let lines = if all_answered {
+            covered
+        } else {
+            (files.iter())
+                .filter(|f| matches!(f, FileState::Cached(_)))
+                .count()
+        };
 
         let planned = (covered + values.len()) as u64;
         let seen = self.seen.fetch_add(planned, Ordering::Relaxed) + planned;
         self.report_progress(seen);
         DirRun {
             escape_names: names_need_escape(&listing),
+            escape_path: false,
             listing,
             files,
             lines,

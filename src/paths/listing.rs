@@ -381,7 +381,9 @@ fn manifest_order(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> std::cmp::Ord
     // of one directory often share a long prefix, and a call to `memcmp` costs more than the
     // compare of a short name.
     let word = |bytes: &[u8], at: usize| {
-        let chunk = bytes.get(at..at + 8).and_then(|chunk| chunk.try_into().ok());
+        let chunk = bytes
+            .get(at..at + 8)
+            .and_then(|chunk| chunk.try_into().ok());
         u64::from_be_bytes(chunk.unwrap_or_default())
     };
     let mut at = 0;
