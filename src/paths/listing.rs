@@ -185,9 +185,9 @@ impl Listing {
     /// a name needs escaping in the manifest is noted on the way). Each entry's name is then
     /// found from its length, and is valid if a NUL follows it: the `count` NULs that end the
     /// names being all there are, no name holds one. The entries and hashes are allocated once,
-    /// for the count the header gives, which is checked against the value's size first (every
-    /// entry takes at least two bytes of the records), so a hostile count cannot make it
-    /// allocate more than in proportion to the value.
+    /// for the count the header gives, which must equal the number of NULs in the names block
+    /// (and fit in the records, two bytes an entry at least) before anything is allocated for
+    /// it, so a hostile count cannot make it allocate more than in proportion to the value.
     pub fn decode(value: &[u8], dir_stamp: &Stamp) -> Option<Listing> {
         if u32::try_from(value.len()).is_err() {
             return None; // name ranges are u32
@@ -697,6 +697,17 @@ mod tests {
             let value = [&value[..at], len, &value[at + 1..]].concat();
             assert!(Listing::decode(&value, &dir_stamp()).is_none(), "{what}");
         }
+        // Lengths that place a NUL inside a name (and none after it) though the NULs are as
+        // many as the entries, in order ("a\0b" < "d"), and fill the block: a miss.
+        let mut value = TAG.to_vec();
+        dir_stamp().encode(&mut value);
+        value.extend_from_slice(&2u32.to_le_bytes());
+        value.extend_from_slice(&6u32.to_le_bytes());
+        value.extend_from_slice(b"a\0bcd\0f\x03f\x01");
+        assert!(
+            Listing::decode(&value, &dir_stamp()).is_none(),
+            "NUL inside"
+        );
         // The long form of a short name's length is accepted.
         let value = raw(good, None, None);
         let at = names_end + 1;
