@@ -429,6 +429,7 @@ fn plain_line_len(dir: &[u8], name: &[u8]) -> usize {
 
 /// Writes the plain line of `name` in `dir` into `line`, which is exactly
 /// [`plain_line_len`] long: one bounds check per part, not per byte.
+#[inline(always)]
 fn write_plain_line(line: &mut [u8], dir: &[u8], name: &[u8], sha256: &[u8; 32]) {
     let (hex, rest) = line.split_at_mut(64);
     write_hex(hex, sha256);
