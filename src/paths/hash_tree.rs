@@ -534,7 +534,11 @@ impl<'env> Run<'env> {
         let mut listing = dir.listing;
         // Files the cached listing answered (their stamps matched its records) need no lookup.
         let covered = listing.hashes.iter().filter(|h| h.is_some()).count();
-        let values = cached_values(self.view, &dir.key, &listing);
+        // `None`: the cached listing answered every file (the usual warm directory), and
+        // there is nothing more to plan.
+        let looked_up = cached_values(self.view, &dir.key, &listing);
+        let all_answered = looked_up.is_none();
+        let values = looked_up.unwrap_or_default();
         // A listing that was not read came from the cache: no need to look it up again.
         let cached_listing = !dir.read || {
             let mut key = Vec::new();
@@ -567,9 +571,6 @@ impl<'env> Run<'env> {
             let name = names.get(range.start as usize..=range.end as usize)?;
             CStr::from_bytes_with_nul(name).ok()
         };
-        // No value looked up: the cached listing answered every file (the usual warm
-        // directory), and there is nothing more to plan.
-        let all_answered = values.is_empty();
         let to_plan = if all_answered {
             &mut [][..]
         } else {
@@ -703,17 +704,17 @@ impl<'env> Run<'env> {
 }
 
 /// The cache's value for each file of `listing` (in order) whose hash the cached listing did not
-/// answer, looked up in one batch.
+/// answer, looked up in one batch; `None` if it answered every file.
 fn cached_values<'v>(
     view: &'v Snapshot,
     dir_key: &[u8],
     listing: &Listing,
-) -> Vec<Option<&'v [u8]>> {
+) -> Option<Vec<Option<&'v [u8]>>> {
     let uncovered = |i: usize| listing.hashes.get(i).is_none_or(Option::is_none);
     let is_file = |kind: &Listed| matches!(kind, Listed::File(_));
     if !(listing.entries.iter().enumerate()).any(|(i, (_, kind))| is_file(kind) && uncovered(i)) {
         // The usual warm directory: its cached listing answered every file.
-        return Vec::new();
+        return None;
     }
     let mut key_bytes =
         Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir_key.len() + 1));
@@ -732,7 +733,7 @@ fn cached_values<'v>(
     }
     let mut values = Vec::new();
     view.get_many(&keys, &mut values);
-    values
+    Some(values)
 }
 
 /// Gathers one directory's stale files into hashing tasks: a few small files, or one large one.
