@@ -103,6 +103,8 @@ impl Listing {
 
     /// Appends a name (which must not contain NUL) and returns its range.
     pub fn push_name(&mut self, name: &[u8]) -> Range<u32> {
+        // What the decoder found out no longer covers every name.
+        self.escape_names = None;
         let start = self.names.len() as u32;
         self.names.extend_from_slice(name);
         self.names.push(0);
@@ -464,9 +466,12 @@ mod tests {
                 listing.entries.push((range, Listed::File(None)));
             }
             assert_eq!(listing.names_need_escape(), escape);
-            let back = Listing::decode(&listing.encode(&dir_stamp()), &dir_stamp()).unwrap();
+            let mut back = Listing::decode(&listing.encode(&dir_stamp()), &dir_stamp()).unwrap();
             assert_eq!(back.escape_names, Some(escape));
             assert_eq!(back.names_need_escape(), escape);
+            // A name added later is looked at too.
+            back.push_name(b"new\nline");
+            assert!(back.names_need_escape());
         }
     }
 
