@@ -41,8 +41,9 @@
 //! that stamp is not racy (see [`Stamp::is_racy`]): an entry added within the same clock tick as
 //! the listing could otherwise leave the stamp unchanged. A file's hash is used only while the
 //! file's own fresh stamp equals the one stored with it. A decoded listing is validated (known
-//! kinds, non-empty names without `/`, neither `.` nor `..`, strictly increasing in manifest
-//! order, whole records); anything else reads as a miss.
+//! kinds, non-empty names without `/` or NUL, neither `.` nor `..`, strictly increasing in
+//! manifest order; each length ending its name at a NUL, as many NULs as entries, names and
+//! records filling the value exactly); anything else reads as a miss.
 
 use std::ops::Range;
 
