@@ -226,6 +226,9 @@ struct DirRun {
     lines: usize,
     /// Whether any of its names needs escaping in the manifest (see `manifest.rs`).
     escape_names: bool,
+    /// Whether its path needs escaping in the manifest: found once the calling thread takes
+    /// it (its path is known then), not for each run of its entries.
+    escape_path: bool,
     /// Whether its entries were read this run (rather than taken from the cache).
     read: bool,
     /// How many of its entries the cache holds (its files' and its listing, valid or not): the
@@ -411,6 +414,7 @@ fn run_hash_tree(
     let mut hashed = 0;
     let mut unreadable = Vec::new();
     let mut printer = out.map(Sha256sumWriter::new);
+    let printing = printer.is_some();
     // What the manifest keeps of each directory, by its number in manifest order, and what
     // the cache is to be told of the directories that changed: taken from each directory once
     // it and everything under it were gone through, during the walk (the rest of the
@@ -430,14 +434,16 @@ fn run_hash_tree(
             in_order.advance(
                 walked,
                 |dir| &dir.listing,
-                |dir, path| hashed += take_in_hashed(&run, &root, dir, path, &mut unreadable),
+                |dir, path| {
+                    dir.escape_path = printing && needs_escape(path);
+                    hashed += take_in_hashed(&run, &root, dir, path, &mut unreadable);
+                },
                 |dir, path, entries| {
                     if let Some(printer) = &mut printer {
-                        let escape_path = needs_escape(path);
                         let (listing, files) = (&dir.listing, &dir.files);
                         printer.write_run(
                             path,
-                            escape_path,
+                            dir.escape_path,
                             dir.escape_names,
                             listing,
                             files,
@@ -528,7 +534,11 @@ impl<'env> Run<'env> {
         let mut listing = dir.listing;
         // Files the cached listing answered (their stamps matched its records) need no lookup.
         let covered = listing.hashes.iter().filter(|h| h.is_some()).count();
-        let values = cached_values(self.view, &dir.key, &listing);
+        // `None`: the cached listing answered every file (the usual warm directory), and
+        // there is nothing more to plan.
+        let looked_up = cached_values(self.view, &dir.key, &listing);
+        let all_answered = looked_up.is_none();
+        let values = looked_up.unwrap_or_default();
         // A listing that was not read came from the cache: no need to look it up again.
         let cached_listing = !dir.read || {
             let mut key = Vec::new();
@@ -561,7 +571,12 @@ impl<'env> Run<'env> {
             let name = names.get(range.start as usize..=range.end as usize)?;
             CStr::from_bytes_with_nul(name).ok()
         };
-        for (i, (range, kind)) in entries.iter_mut().enumerate() {
+        let to_plan = if all_answered {
+            &mut [][..]
+        } else {
+            &mut entries[..]
+        };
+        for (i, (range, kind)) in to_plan.iter_mut().enumerate() {
             let Listed::File(stamp) = kind else {
                 continue;
             };
@@ -615,16 +630,24 @@ impl<'env> Run<'env> {
         }
         queue.flush();
         let hashing = queue.hashing;
-        let lines = files
-            .iter()
-            .filter(|f| matches!(f, FileState::Cached(_)))
-            .count();
+        let lines = if all_answered {
+            covered
+        } else {
+            (files.iter())
+                .filter(|f| matches!(f, FileState::Cached(_)))
+                .count()
+        };
 
-        let planned = (covered + values.len()) as u64;
-        let seen = self.seen.fetch_add(planned, Ordering::Relaxed) + planned;
-        self.report_progress(seen);
+        // Counted only for a progress callback: a counter every thread adds to costs a
+        // cache-line transfer between cores per directory.
+        if self.options.progress.is_some() {
+            let planned = (covered + values.len()) as u64;
+            let seen = self.seen.fetch_add(planned, Ordering::Relaxed) + planned;
+            self.report_progress(seen);
+        }
         DirRun {
             escape_names: names_need_escape(&listing),
+            escape_path: false,
             listing,
             files,
             lines,
@@ -685,17 +708,17 @@ impl<'env> Run<'env> {
 }
 
 /// The cache's value for each file of `listing` (in order) whose hash the cached listing did not
-/// answer, looked up in one batch.
+/// answer, looked up in one batch; `None` if it answered every file.
 fn cached_values<'v>(
     view: &'v Snapshot,
     dir_key: &[u8],
     listing: &Listing,
-) -> Vec<Option<&'v [u8]>> {
+) -> Option<Vec<Option<&'v [u8]>>> {
     let uncovered = |i: usize| listing.hashes.get(i).is_none_or(Option::is_none);
     let is_file = |kind: &Listed| matches!(kind, Listed::File(_));
     if !(listing.entries.iter().enumerate()).any(|(i, (_, kind))| is_file(kind) && uncovered(i)) {
         // The usual warm directory: its cached listing answered every file.
-        return Vec::new();
+        return None;
     }
     let mut key_bytes =
         Vec::with_capacity(listing.names.len() + listing.entries.len() * (dir_key.len() + 1));
@@ -714,7 +737,7 @@ fn cached_values<'v>(
     }
     let mut values = Vec::new();
     view.get_many(&keys, &mut values);
-    values
+    Some(values)
 }
 
 /// Gathers one directory's stale files into hashing tasks: a few small files, or one large one.

@@ -404,7 +404,7 @@ pub(super) fn needs_escape(bytes: &[u8]) -> bool {
 
 /// Whether any name of `listing` needs escaping in a `sha256sum` line.
 pub(super) fn names_need_escape(listing: &Listing) -> bool {
-    needs_escape(&listing.names)
+    listing.names_need_escape()
 }
 
 /// Whether a line's path may need escaping: its directory's path does, or some names may (then
@@ -429,6 +429,7 @@ fn plain_line_len(dir: &[u8], name: &[u8]) -> usize {
 
 /// Writes the plain line of `name` in `dir` into `line`, which is exactly
 /// [`plain_line_len`] long: one bounds check per part, not per byte.
+#[inline(always)]
 fn write_plain_line(line: &mut [u8], dir: &[u8], name: &[u8], sha256: &[u8; 32]) {
     let (hex, rest) = line.split_at_mut(64);
     write_hex(hex, sha256);

@@ -314,8 +314,10 @@ pub(crate) fn walk<'env, T: Send>(
         for _ in 1..threads.max(1) {
             scope.spawn(|| {
                 let mut worker = Worker::new(&shared);
-                while let Some(job) = next_job(&queue) {
+                let mut finished = false;
+                while let Some(job) = next_job(&queue, finished) {
                     worker.run(job);
+                    finished = true;
                 }
                 errors.lock().append(&mut worker.failed);
             });
@@ -324,12 +326,14 @@ pub(crate) fn walk<'env, T: Send>(
         // takes what is done: nobody waits for it, and it never waits for a directory.
         let walked = Walked { board: &board };
         let mut worker = Worker::new(&shared);
+        let mut finished = false;
         loop {
             follow(&walked);
-            let Some(job) = next_job(&queue) else {
+            let Some(job) = next_job(&queue, finished) else {
                 break;
             };
             worker.run(job);
+            finished = true;
         }
         follow(&walked);
         errors.lock().append(&mut worker.failed);
@@ -374,7 +378,8 @@ impl<'s, 'w, 'env, T> Worker<'s, 'w, 'env, T> {
         }
     }
 
-    /// Runs one job taken from the queue, and tells the queue it is done.
+    /// Runs one job taken from the queue. The queue is told it is done by the next
+    /// [`next_job`] (or [`continue_job`]) of this thread.
     fn run(&mut self, job: Job<'env>) {
         match job {
             Job::Task(task, dir) => {
@@ -385,7 +390,6 @@ impl<'s, 'w, 'env, T> Worker<'s, 'w, 'env, T> {
             }
             Job::Dir(dir) => self.visit(dir),
         }
-        continue_job(self.shared.queue);
     }
 
     /// Opens and lists a directory, queues its subdirectories and visits it.
@@ -431,19 +435,30 @@ impl<'s, 'w, 'env, T> Worker<'s, 'w, 'env, T> {
         let (listing, unfiltered) = filtered(dir.listing, &rel, shared.exclude);
         // (entry index, id) of each subdirectory, by entry index.
         let mut subdir_ids = Vec::new();
+        // The counters every thread shares are touched once per directory, not once per
+        // subdirectory: ids for all its subdirectories at once, and as many of the waiting
+        // handles as the budget leaves (the first subdirectories in manifest order get them).
+        let subdirs = (listing.entries.iter())
+            .filter(|(_, kind)| matches!(kind, Listed::Dir))
+            .count();
+        let (mut next_id, mut with_handle) = (0, 0);
+        if subdirs > 0 {
+            next_id = shared.next_id.fetch_add(subdirs, Ordering::Relaxed);
+            let held = shared.waiting_handles.fetch_add(subdirs, Ordering::Relaxed);
+            with_handle = MAX_WAITING_HANDLES.saturating_sub(held).min(subdirs);
+            if with_handle < subdirs {
+                (shared.waiting_handles).fetch_sub(subdirs - with_handle, Ordering::Relaxed);
+            }
+        }
         for (i, (range, kind)) in listing.entries.iter().enumerate() {
             if let Listed::Dir = kind {
                 let name = listing.name(range);
                 join_rel(&mut self.child, &rel, name);
-                let held = shared.waiting_handles.fetch_add(1, Ordering::Relaxed);
-                let parent = if held < MAX_WAITING_HANDLES {
-                    Some(handle.clone())
-                } else {
-                    shared.waiting_handles.fetch_sub(1, Ordering::Relaxed);
-                    None
-                };
+                let parent = (with_handle > 0).then(|| handle.clone());
+                with_handle = with_handle.saturating_sub(1);
                 let child_key = dir_key(key, name, self.child.len());
-                let child_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+                let child_id = next_id;
+                next_id += 1;
                 subdir_ids.push((i as u32, child_id as u32));
                 self.subdirs.push(Job::Dir(DirJob {
                     parent,
@@ -538,6 +553,10 @@ impl<'env, T> Worker<'_, '_, 'env, T> {
     /// stamping the first and running other jobs until the rest are in: a directory of
     /// thousands of files then does not leave one thread stamping alone at the end of a walk.
     fn stamp_listing(&mut self, handle: &Arc<OwnedFd>, listing: &mut Listing) -> bool {
+        // Most listings are small: stamped here, without gathering their files first.
+        if listing.entries.len() <= BIG_LISTING {
+            return stat_cached_files(handle, listing);
+        }
         let files: Vec<(u32, Range<u32>)> = (listing.entries.iter().enumerate())
             .filter(|(_, (_, kind))| matches!(kind, Listed::File(_)))
             .map(|(i, (range, _))| (i as u32, range.clone()))
@@ -570,6 +589,7 @@ impl<'env, T> Worker<'_, '_, 'env, T> {
             }
             if let Some(job) = try_job(self.shared.queue) {
                 self.run(job);
+                continue_job(self.shared.queue);
                 continue;
             }
             let mut stamped = shared.stamped.lock();
@@ -773,6 +793,7 @@ fn filtered(listing: Listing, rel: &[u8], exclude: &Exclude) -> (Listing, Option
     // The kept entries keep their name ranges: `names` is shared as is.
     let mut kept = Listing {
         names: listing.names.clone(),
+        escape_names: listing.escape_names,
         ..Listing::default()
     };
     for (i, entry) in listing.entries.iter().enumerate() {
@@ -786,8 +807,18 @@ fn filtered(listing: Listing, rel: &[u8], exclude: &Exclude) -> (Listing, Option
     (kept, Some(listing))
 }
 
-fn next_job<'env>(queue: &Queue<'env>) -> Option<Job<'env>> {
+/// The next job from the queue, waiting for one while others are being worked on; `None` once
+/// there is none left and none being worked on. `finished`: this thread is done with the job it
+/// took before (told under the same lock: one lock a job, not two).
+fn next_job<'env>(queue: &Queue<'env>, finished: bool) -> Option<Job<'env>> {
     let mut state = queue.state.lock();
+    if finished {
+        state.1 -= 1;
+        if state.1 == 0 && state.0.is_empty() {
+            queue.wake.notify_all();
+            return None;
+        }
+    }
     loop {
         if let Some(job) = state.0.pop() {
             state.1 += 1;
