@@ -369,3 +369,75 @@ fn a_directory_of_thousands_of_files_is_stamped_in_chunks_and_every_change_is_se
         );
     }
 }
+
+/// The threads a run's directories were planned on (its progress callback is called from the
+/// thread that visits each directory).
+fn planning_threads(root: &Path, shard: &Path, threads: usize) -> (usize, bool) {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let record = seen.clone();
+    let options = options(shard, threads).progress(move |_, _| {
+        record.lock().unwrap().insert(std::thread::current().id());
+    });
+    let (out, report) = streamed(root, &options);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(!out.is_empty());
+    let seen = seen.lock().unwrap();
+    (seen.len(), seen.contains(&std::thread::current().id()))
+}
+
+#[test]
+fn a_deep_narrow_tree_is_walked_by_the_calling_thread_alone() {
+    // One job at a time: the other threads would only wait, so none starts (they used to
+    // start with the walk and take turns at the chain). Cold, a directory's file to hash is a
+    // job beside its subdirectory's, so files are in the warm run only.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    let mut path = root.clone();
+    for level in 0..150 {
+        path.push(format!("d{level}"));
+    }
+    std::fs::create_dir_all(&path).unwrap();
+    std::fs::write(path.join("bottom"), b"1").unwrap();
+    let shard = dir.path().join("chain.shard");
+    for run in ["cold", "warm"] {
+        assert_eq!(planning_threads(&root, &shard, 8), (1, true), "{run} run");
+    }
+    // Warm, each directory's cached files are stamped inline: still one job at a time.
+    let mut path = root.clone();
+    for level in 0..150 {
+        path.push(format!("d{level}"));
+        std::fs::write(path.join("f"), level.to_string()).unwrap();
+    }
+    // Older than the racy margin, so the next run caches the files' hashes and listings.
+    std::thread::sleep(Duration::from_millis(300));
+    planning_threads(&root, &shard, 8); // cold for the new files
+    assert_eq!(
+        planning_threads(&root, &shard, 8),
+        (1, true),
+        "warm run with files"
+    );
+}
+
+#[test]
+fn a_wide_tree_starts_more_threads_up_to_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    for d in 0..64 {
+        let sub = root.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..40 {
+            std::fs::write(sub.join(format!("f{f}")), vec![d as u8; 20_000]).unwrap();
+        }
+    }
+    let shard = dir.path().join("wide.shard");
+    let (threads, caller) = planning_threads(&root, &shard, 4);
+    assert!(caller);
+    assert!(
+        (2..=4).contains(&threads),
+        "{threads} threads planned directories"
+    );
+    let (one, _) = planning_threads(&root, &dir.path().join("one.shard"), 1);
+    assert_eq!(one, 1);
+}

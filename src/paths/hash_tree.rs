@@ -94,8 +94,15 @@ pub struct HashTreeOptions {
     /// Cache shard to use; `None` means one per canonical root under the user cache directory
     /// ([`shard_path_for_root`]).
     pub shard: Option<PathBuf>,
-    /// Threads for walking and hashing, the calling thread one of them (default: one per core,
-    /// and the calling thread: it also prints and keeps the manifest, between its jobs).
+    /// Most threads for walking and hashing, the calling thread one of them (default: two per
+    /// core, and the calling thread: it also prints and keeps the manifest, between its jobs).
+    /// The others start one at a time, each when a job waits with no thread idle, so a small
+    /// or narrow tree does not pay for threads it cannot use. Two per core because a walk
+    /// spends most of its time in system calls: on a machine whose cores are busy with other
+    /// work, the scheduler shares them out by thread, and a walk with one thread per core then
+    /// got a third less of them than `git update-index --refresh`, which stats with up to 20
+    /// (warm `/usr` with a busy loop on one of 2 cores: 1.36× git's wall time with 3 threads,
+    /// 1.06× with 5; no change with the cores idle, BENCHMARKS.md).
     pub threads: usize,
     /// Margin of the racy-timestamp rule.
     pub racy_margin: Duration,
@@ -118,7 +125,7 @@ impl Default for HashTreeOptions {
     fn default() -> Self {
         HashTreeOptions {
             shard: None,
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get()) + 1,
+            threads: 2 * std::thread::available_parallelism().map_or(2, |n| n.get()) + 1,
             racy_margin: DEFAULT_RACY_MARGIN,
             listing_cache: true,
             shard_options: Options::from_env(),

@@ -119,9 +119,17 @@ pub(crate) struct WalkedDir<T> {
 const MAX_WAITING_HANDLES: usize = 256;
 
 struct Queue<'env> {
-    /// Jobs waiting, and how many are being worked on right now.
-    state: Mutex<(Vec<Job<'env>>, usize)>,
+    state: Mutex<QueueState<'env>>,
     wake: Condvar,
+}
+
+struct QueueState<'env> {
+    /// Jobs waiting.
+    jobs: Vec<Job<'env>>,
+    /// Jobs being worked on right now.
+    working: usize,
+    /// Threads waiting for a job.
+    idle: usize,
 }
 
 /// Lets a visit queue tasks for the walk's workers; the walk returns once they have all run,
@@ -139,7 +147,7 @@ impl<'env> Spawner<'_, 'env> {
         self.queue
             .state
             .lock()
-            .0
+            .jobs
             .push(Job::Task(task, Some(self.dir)));
         self.queue.wake.notify_one();
     }
@@ -282,16 +290,17 @@ pub(crate) fn walk<'env, T: Send>(
     // Held for the whole walk: directories past the handle budget are reopened from it.
     let root_handle = nix::fcntl::open(root, dir_flags(), Mode::empty()).ok();
     let queue = Queue {
-        state: Mutex::new((
-            vec![Job::Dir(DirJob {
+        state: Mutex::new(QueueState {
+            jobs: vec![Job::Dir(DirJob {
                 parent: None,
                 rel: Vec::new(),
                 name_len: 0,
                 long_key: None,
                 id: 0,
             })],
-            0,
-        )),
+            working: 0,
+            idle: 0,
+        }),
         wake: Condvar::new(),
     };
     let board = Board {
@@ -311,27 +320,32 @@ pub(crate) fn walk<'env, T: Send>(
     };
     let errors = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
-        for _ in 1..threads.max(1) {
-            scope.spawn(|| {
-                let mut worker = Worker::new(&shared);
-                let mut finished = false;
-                while let Some(job) = next_job(&queue, finished) {
-                    worker.run(job);
-                    finished = true;
-                }
-                errors.lock().append(&mut worker.failed);
-            });
-        }
+        let work = || {
+            let mut worker = Worker::new(&shared);
+            let mut finished = false;
+            while let Some((job, _)) = next_job(&queue, finished) {
+                worker.run(job);
+                finished = true;
+            }
+            errors.lock().append(&mut worker.failed);
+        };
         // The calling thread walks too (no more threads than asked for), and between its jobs
-        // takes what is done: nobody waits for it, and it never waits for a directory.
+        // takes what is done: nobody waits for it, and it never waits for a directory. It
+        // starts the other threads one at a time, each when a job is left waiting with no
+        // thread idle: a small or deep and narrow tree is walked by the threads it can keep
+        // busy, without paying for the others.
         let walked = Walked { board: &board };
         let mut worker = Worker::new(&shared);
-        let mut finished = false;
+        let (mut finished, mut started) = (false, 1);
         loop {
             follow(&walked);
-            let Some(job) = next_job(&queue, finished) else {
+            let Some((job, backlog)) = next_job(&queue, finished) else {
                 break;
             };
+            if backlog && started < threads {
+                scope.spawn(work);
+                started += 1;
+            }
             worker.run(job);
             finished = true;
         }
@@ -475,7 +489,7 @@ impl<'s, 'w, 'env, T> Worker<'s, 'w, 'env, T> {
         self.subdirs.reverse();
         {
             let mut state = shared.queue.state.lock();
-            state.0.append(&mut self.subdirs);
+            state.jobs.append(&mut self.subdirs);
         }
         shared.queue.wake.notify_all();
         let visited = VisitedDir {
@@ -577,7 +591,7 @@ impl<'env, T> Worker<'_, '_, 'env, T> {
             for chunk in (1..chunks).rev() {
                 let shared = shared.clone();
                 let task: Task<'env> = Box::new(move || shared.stamp(chunk));
-                state.0.push(Job::Task(task, None));
+                state.jobs.push(Job::Task(task, None));
             }
         }
         self.shared.queue.wake.notify_all();
@@ -619,16 +633,16 @@ impl<'env, T> Worker<'_, '_, 'env, T> {
 /// A job from the queue if there is one now (counted as being worked on, like [`next_job`]).
 fn try_job<'env>(queue: &Queue<'env>) -> Option<Job<'env>> {
     let mut state = queue.state.lock();
-    let job = state.0.pop()?;
-    state.1 += 1;
+    let job = state.jobs.pop()?;
+    state.working += 1;
     Some(job)
 }
 
 /// A worker is done with the job it took.
 fn continue_job(queue: &Queue<'_>) {
     let mut state = queue.state.lock();
-    state.1 -= 1;
-    if state.1 == 0 && state.0.is_empty() {
+    state.working -= 1;
+    if state.working == 0 && state.jobs.is_empty() {
         queue.wake.notify_all();
     }
 }
@@ -809,25 +823,29 @@ fn filtered(listing: Listing, rel: &[u8], exclude: &Exclude) -> (Listing, Option
 
 /// The next job from the queue, waiting for one while others are being worked on; `None` once
 /// there is none left and none being worked on. `finished`: this thread is done with the job it
-/// took before (told under the same lock: one lock a job, not two).
-fn next_job<'env>(queue: &Queue<'env>, finished: bool) -> Option<Job<'env>> {
+/// took before (told under the same lock: one lock a job, not two). With the job comes whether
+/// other jobs are left waiting with no thread idle to take them (see [`walk`]).
+fn next_job<'env>(queue: &Queue<'env>, finished: bool) -> Option<(Job<'env>, bool)> {
     let mut state = queue.state.lock();
     if finished {
-        state.1 -= 1;
-        if state.1 == 0 && state.0.is_empty() {
+        state.working -= 1;
+        if state.working == 0 && state.jobs.is_empty() {
             queue.wake.notify_all();
             return None;
         }
     }
     loop {
-        if let Some(job) = state.0.pop() {
-            state.1 += 1;
-            return Some(job);
+        if let Some(job) = state.jobs.pop() {
+            state.working += 1;
+            let backlog = !state.jobs.is_empty() && state.idle == 0;
+            return Some((job, backlog));
         }
-        if state.1 == 0 {
+        if state.working == 0 {
             return None;
         }
+        state.idle += 1;
         queue.wake.wait(&mut state);
+        state.idle -= 1;
     }
 }
 

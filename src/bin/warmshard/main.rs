@@ -216,8 +216,8 @@ Examples:
         /// Print `files=N hashed=H bytes_hashed=B seconds=S` to stderr.
         #[arg(long)]
         stats: bool,
-        /// Threads for walking and hashing, this one included [default: one per core, and this
-        /// one].
+        /// Most threads for walking and hashing, this one included; more start only while
+        /// directories or files wait for them [default: two per core, and this one].
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
         /// Read every directory, even one whose stamp is unchanged since the last run (for
