@@ -857,6 +857,40 @@ fn a_few_files_changed_in_a_large_directory_do_not_rewrite_its_listing() {
 }
 
 #[test]
+fn a_thread_that_cannot_be_started_leaves_the_walk_to_those_running() {
+    // 64 threads asked for under `ulimit -v 30000`: their stacks (2 MiB each) cannot all be
+    // mapped. The threads start as jobs wait; the first that cannot start stops the others
+    // from being tried, and the walk finishes with those running. Seen before the fix: a
+    // failed start panicked the walk (exit 101, "failed to spawn thread").
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("wide");
+    for d in 0..48 {
+        let sub = root.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..4 {
+            std::fs::write(sub.join(format!("f{f}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    settle();
+    let shard = tmp.path().join("wide.shard");
+    for run in ["cold", "warm"] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(r#"ulimit -v 30000 && exec "$0" "$@""#)
+            .arg(BIN)
+            .args(["--no-fsync", "--shard"])
+            .arg(&shard)
+            .args(["hash-tree", "--threads", "64"])
+            .arg(&root)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{run}: {:?} {stderr}", out.status);
+        assert_eq!(out.stdout, sha256sum_manifest(&root), "{run}");
+    }
+}
+
+#[test]
 fn a_run_under_a_tight_address_space_limit_completes() {
     // `ulimit -v 30000` (30 MB of address space): the walk's workers must not need more than
     // the tree does. Seen before the fix: each worker reserved a 24 MiB block up front, and the

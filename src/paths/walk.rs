@@ -343,8 +343,11 @@ pub(crate) fn walk<'env, T: Send>(
                 break;
             };
             if backlog && started < threads {
-                scope.spawn(work);
-                started += 1;
+                started = match std::thread::Builder::new().spawn_scoped(scope, work) {
+                    Ok(_) => started + 1,
+                    // No thread to be had (`ulimit -v`, a process limit): those running walk on.
+                    Err(_) => threads,
+                };
             }
             worker.run(job);
             finished = true;
