@@ -856,12 +856,34 @@ fn a_few_files_changed_in_a_large_directory_do_not_rewrite_its_listing() {
     assert_eq!(hash_tree(&root, &shard).hashed, 0);
 }
 
+/// Runs `hash-tree --threads <threads>` on `root` twice (cold, then warm) under `ulimit -v
+/// 30000` (30 MB of address space); each run must succeed and print `sha256sum`'s manifest.
+fn cold_then_warm_under_30_mb(root: &Path, shard: &Path, threads: usize) {
+    for run in ["cold", "warm"] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(r#"ulimit -v 30000 && exec "$0" "$@""#)
+            .arg(BIN)
+            .args(["--no-fsync", "--shard"])
+            .arg(shard)
+            .args(["hash-tree", "--threads", &threads.to_string()])
+            .arg(root)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{run}: {:?} {stderr}", out.status);
+        assert_eq!(out.stdout, sha256sum_manifest(root), "{run}");
+    }
+}
+
 #[test]
 fn a_thread_that_cannot_be_started_leaves_the_walk_to_those_running() {
-    // 64 threads asked for under `ulimit -v 30000`: their stacks (2 MiB each) cannot all be
-    // mapped. The threads start as jobs wait; the first that cannot start stops the others
-    // from being tried, and the walk finishes with those running. Seen before the fix: a
-    // failed start panicked the walk (exit 101, "failed to spawn thread").
+    // 64 threads asked for under `ulimit -v 30000`: their stacks cannot all be mapped. The
+    // walk starts no more threads than whose stacks fit in a quarter of the limit, and the
+    // first that cannot start stops the others from being tried. Seen before the fixes: a
+    // failed start panicked the walk (exit 101, "failed to spawn thread"), and threads that
+    // did start (2 MiB stacks) left the heap no room (abort, "memory allocation of 262144
+    // bytes failed", 7 of 15 runs).
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("wide");
     for d in 0..48 {
@@ -873,21 +895,7 @@ fn a_thread_that_cannot_be_started_leaves_the_walk_to_those_running() {
     }
     settle();
     let shard = tmp.path().join("wide.shard");
-    for run in ["cold", "warm"] {
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(r#"ulimit -v 30000 && exec "$0" "$@""#)
-            .arg(BIN)
-            .args(["--no-fsync", "--shard"])
-            .arg(&shard)
-            .args(["hash-tree", "--threads", "64"])
-            .arg(&root)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{run}: {:?} {stderr}", out.status);
-        assert_eq!(out.stdout, sha256sum_manifest(&root), "{run}");
-    }
+    cold_then_warm_under_30_mb(&root, &shard, 64);
 }
 
 #[test]
@@ -902,19 +910,5 @@ fn a_run_under_a_tight_address_space_limit_completes() {
     std::fs::write(root.join("sub/b"), "b").unwrap();
     settle();
     let shard = tmp.path().join("small.shard");
-    for run in ["cold", "warm"] {
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(r#"ulimit -v 30000 && exec "$0" "$@""#)
-            .arg(BIN)
-            .args(["--no-fsync", "--shard"])
-            .arg(&shard)
-            .args(["hash-tree", "--threads", "2"])
-            .arg(&root)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{run}: {:?} {stderr}", out.status);
-        assert_eq!(out.stdout, sha256sum_manifest(&root), "{run}");
-    }
+    cold_then_warm_under_30_mb(&root, &shard, 2);
 }

@@ -118,6 +118,24 @@ pub(crate) struct WalkedDir<T> {
 /// neither the file descriptors nor the path length.
 const MAX_WAITING_HANDLES: usize = 256;
 
+/// Stack of a walk's worker thread. A worker's calls are shallow (no recursion: directories
+/// are queued, buffers are on the heap), and a small stack leaves the address space to the
+/// heap under `ulimit -v` (the default, 2 MiB a thread, let a few threads exhaust it).
+const WORKER_STACK: usize = 256 * 1024;
+
+/// Most threads a walk starts: `asked`, but no more than whose stacks take a quarter of the
+/// process's address-space limit (`ulimit -v`), so that the heap keeps the rest.
+fn thread_limit(asked: usize) -> usize {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
+    match getrlimit(Resource::RLIMIT_AS) {
+        Ok((soft, _)) if soft != RLIM_INFINITY => {
+            let stacks = usize::try_from(soft / 4).unwrap_or(usize::MAX) / WORKER_STACK;
+            asked.min(stacks.max(1))
+        }
+        _ => asked,
+    }
+}
+
 struct Queue<'env> {
     state: Mutex<QueueState<'env>>,
     wake: Condvar,
@@ -336,6 +354,7 @@ pub(crate) fn walk<'env, T: Send>(
         // busy, without paying for the others.
         let walked = Walked { board: &board };
         let mut worker = Worker::new(&shared);
+        let threads = thread_limit(threads);
         let (mut finished, mut started) = (false, 1);
         loop {
             follow(&walked);
@@ -343,7 +362,8 @@ pub(crate) fn walk<'env, T: Send>(
                 break;
             };
             if backlog && started < threads {
-                started = match std::thread::Builder::new().spawn_scoped(scope, work) {
+                let builder = std::thread::Builder::new().stack_size(WORKER_STACK);
+                started = match builder.spawn_scoped(scope, work) {
                     Ok(_) => started + 1,
                     // No thread to be had (`ulimit -v`, a process limit): those running walk on.
                     Err(_) => threads,
